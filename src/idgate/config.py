@@ -1,0 +1,236 @@
+"""The configuration schema: one YAML file, validated by pydantic v2.
+
+Every model forbids unknown keys. Checks that need the whole file (route → upstream, roles in a role set) live in
+:mod:`idgate.config_load`, which also reads the file, resolves secrets and reports every problem at once.
+See ``config/idgate.example.yaml`` for every key, commented.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+CLAIM_PATH_RE = re.compile(r"^[A-Za-z0-9_:/\-]+(\.[A-Za-z0-9_:/\-]+)*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    """Where the auth service listens and who may ask it for decisions."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9180, ge=1, le=65535)
+    # Only these networks may call /auth (HAProxy's address). Like uvicorn's forwarded-allow-ips: known hops only.
+    trusted_callers: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # Seconds a single decision may take before it is answered as a deny (fail closed).
+    decision_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
+    @field_validator("trusted_callers")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+
+class ClaimPaths(_Model):
+    """Dotted claim paths (``realm_access.roles``) for the principal's attributes (OIDC Core §5.1)."""
+
+    subject: str = "sub"
+    username: str = "preferred_username"
+    email: str = "email"
+    name: str = "name"
+    groups: str = "groups"
+
+    @field_validator("*")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not CLAIM_PATH_RE.match(value):
+            raise ValueError(f"not a claim path: {value!r}")
+        return value
+
+
+class JwksSettings(_Model):
+    """JWKS cache tuning. TTL comes from the response's Cache-Control max-age, clamped to [min, max]."""
+
+    min_ttl_seconds: float = Field(default=60, ge=0)
+    max_ttl_seconds: float = Field(default=86400, gt=0)
+    refetch_cooldown_seconds: float = Field(default=30, ge=0)
+    timeout_seconds: float = Field(default=5, gt=0, le=60)
+    max_bytes: int = Field(default=512 * 1024, gt=0)
+
+
+class IssuerConfig(_Model):
+    """One trusted token issuer (an OpenID Provider or OAuth 2.0 authorization server)."""
+
+    name: str
+    issuer: str
+    discovery: bool = True
+    jwks_uri: str | None = None
+    ca_file: str | None = None
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256",)
+    require_at_jwt_typ: bool = True
+    leeway_seconds: float = Field(default=30, ge=0, le=300)
+    max_token_bytes: int = Field(default=16384, ge=512, le=65536)
+    claims: ClaimPaths = ClaimPaths()
+    jwks: JwksSettings = JwksSettings()
+    client_id: str | None = None
+    client_secret: SecretStr | None = None  # only ever filled from client_secret_env / client_secret_file
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("must match [a-z][a-z0-9_]* (at most 63 characters)")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("pin at least one algorithm")
+        bad = [a for a in value if a not in ASYMMETRIC_ALGORITHMS]
+        if bad:
+            raise ValueError(
+                f"{', '.join(map(repr, bad))} not allowed: an OpenID Provider signs with asymmetric keys; "
+                f"'none' and HS* are refused (RFC 8725 §3.1). Allowed: {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
+            )
+        return value
+
+    @field_validator("audiences")
+    @classmethod
+    def _audiences(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or any(not a.strip() for a in value):
+            raise ValueError("at least one non-empty audience is required (RFC 9068 §4: aud must name us)")
+        return value
+
+    @model_validator(mode="after")
+    def _urls(self, info: ValidationInfo) -> IssuerConfig:
+        dev_mode = bool((info.context or {}).get("dev_mode"))
+        problems = []
+        for label, url in (("issuer", self.issuer), ("jwks_uri", self.jwks_uri)):
+            if url is None:
+                continue
+            if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", url):
+                problems.append(f"{label} {url!r} is not an absolute http(s) URL without query or fragment")
+            elif url.startswith("http://") and not dev_mode:
+                problems.append(f"{label} {url!r} is not https (allowed only with dev_mode: true)")
+        if not self.discovery and self.jwks_uri is None:
+            problems.append("set jwks_uri when discovery is false")
+        if self.jwks.min_ttl_seconds > self.jwks.max_ttl_seconds:
+            problems.append("jwks.min_ttl_seconds exceeds jwks.max_ttl_seconds")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class RoleSet(_Model):
+    """A per-upstream role vocabulary and the IdP groups that grant each role.
+
+    ``roles`` is ordered by ascending privilege (Grafana: Viewer, Editor, Admin); the highest granted one is the
+    principal's single ``role``.
+    """
+
+    roles: tuple[str, ...]
+    from_groups: dict[str, tuple[str, ...]] = {}
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("a role set needs at least one role")
+        if len(set(value)) != len(value):
+            raise ValueError("roles must be unique")
+        for role in value:
+            if not re.match(r"^[A-Za-z0-9_.:\-]+$", role):
+                raise ValueError(f"role {role!r} may only use letters, digits and _ . : -")
+        return value
+
+    @model_validator(mode="after")
+    def _mapped_roles_exist(self) -> RoleSet:
+        unknown = sorted({r for rs in self.from_groups.values() for r in rs} - set(self.roles))
+        if unknown:
+            raise ValueError(f"from_groups grants roles not in this role set: {', '.join(unknown)}")
+        return self
+
+
+class UpstreamConfig(_Model):
+    """An upstream profile: how identity is presented to one kind of upstream."""
+
+    profile: Literal["generic", "grafana", "looker"] = "generic"
+    role_set: str | None = None
+    # Which principal attribute becomes the user value: Grafana's header_property is username or email.
+    user_from: Literal["username", "email", "subject"] = "username"
+
+
+class AllowRule(_Model):
+    """Who may pass a non-public route. Any listed condition suffices; ``authenticated`` admits any principal."""
+
+    authenticated: bool = False
+    roles: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+class RouteConfig(_Model):
+    """host + path → upstream, and either ``public: true`` or an ``allow`` rule. First match wins."""
+
+    name: str
+    host: str = "*"
+    path: str = "/"
+    match: Literal["prefix", "exact"] = "prefix"
+    upstream: str
+    public: bool = False
+    allow: AllowRule | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in "?#%\\*") or "/../" in value + "/":
+            raise ValueError(f"path {value!r} must be an absolute, normalised path without ? # % \\ * or ..")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        value = value.lower()
+        if value != "*" and not re.match(r"^[a-z0-9.\-]+$|^\[[0-9a-f:.]+\]$", value):
+            raise ValueError(f"host {value!r} must be '*' or an exact host name without port")
+        return value
+
+    @model_validator(mode="after")
+    def _rule(self) -> RouteConfig:
+        if self.public and self.allow is not None:
+            raise ValueError(f"route {self.name!r}: public and allow are exclusive")
+        if not self.public and (
+            self.allow is None or not (self.allow.authenticated or self.allow.roles or self.allow.groups)
+        ):
+            raise ValueError(f"route {self.name!r} has no rule: set public: true or a non-empty allow")
+        return self
+
+
+class AuditConfig(_Model):
+    """Structured JSON audit log: one line per decision."""
+
+    log_allows: bool = True
+
+
+class Config(_Model):
+    """The whole idgate configuration."""
+
+    dev_mode: bool = False
+    server: ServerConfig = ServerConfig()
+    issuers: tuple[IssuerConfig, ...]
+    role_sets: dict[str, RoleSet] = {}
+    upstreams: dict[str, UpstreamConfig]
+    routes: tuple[RouteConfig, ...]
+    audit: AuditConfig = AuditConfig()

@@ -1,0 +1,193 @@
+"""Read, resolve and validate the configuration file, reporting every problem at once.
+
+``load_config(path)`` returns a :class:`~idgate.config.Config` or raises :class:`~idgate.errors.ConfigError` whose
+``problems`` lists every structural problem (pydantic collects them all) and every cross-reference problem (routes
+naming unknown upstreams, roles missing from a role set, unresolvable secrets). Secret values never appear in a
+problem or in the summary.
+
+Secrets: a key ``X`` that holds a secret is given as ``X_env: VARIABLE`` or ``X_file: /path``, never inline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from idgate.config import NAME_RE, Config
+from idgate.errors import ConfigError
+
+SECRET_KEYS = ("client_secret",)
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "example", "xxx", "todo"})
+MIN_SECRET_CHARS = 16
+
+
+def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate the YAML config at ``path``.
+
+    Raises:
+        ConfigError: with every problem found (unreadable file, YAML syntax, schema, cross references, secrets).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_config(raw, environ=os.environ if environ is None else environ)
+
+
+def parse_config(raw: object, *, environ: Mapping[str, str]) -> Config:
+    """Validate an already-parsed document. Raises :class:`ConfigError` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(["the config file must be a YAML mapping"])
+    problems: list[str] = []
+    data = _resolve_secrets(raw, environ, problems)
+    problems += _cross_reference_problems(data)
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data, context={"dev_mode": data.get("dev_mode") is True})
+    except ValidationError as exc:
+        problems += [_format_error(err) for err in exc.errors(include_url=False, include_input=False)]
+    if problems or config is None:
+        raise ConfigError(sorted(dict.fromkeys(problems)))
+    return config
+
+
+def _format_error(err: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{loc}: {msg}"
+
+
+def _resolve_secrets(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    data = dict(raw)
+    issuers = data.get("issuers")
+    if not isinstance(issuers, list):
+        return data
+    resolved = []
+    for i, issuer in enumerate(issuers):
+        if not isinstance(issuer, dict):
+            resolved.append(issuer)
+            continue
+        issuer = dict(issuer)
+        for key in SECRET_KEYS:
+            where = f"issuers.{i}.{key}"
+            if key in issuer:
+                problems.append(f"{where}: inline secrets are refused; use {key}_env or {key}_file")
+                del issuer[key]
+            env_name, file_name = issuer.pop(f"{key}_env", None), issuer.pop(f"{key}_file", None)
+            if env_name is not None and file_name is not None:
+                problems.append(f"{where}: set only one of {key}_env and {key}_file")
+                continue
+            value: str | None = None
+            if env_name is not None:
+                value = environ.get(str(env_name))
+                if value is None:
+                    problems.append(f"{where}_env: environment variable {env_name!s} is not set")
+            elif file_name is not None:
+                try:
+                    value = Path(str(file_name)).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    problems.append(f"{where}_file: cannot read {file_name}: {exc.strerror or exc}")
+            if value is not None:
+                if len(value) < MIN_SECRET_CHARS or value.lower() in PLACEHOLDER_SECRETS:
+                    problems.append(
+                        f"{where}: weak or placeholder secret (need {MIN_SECRET_CHARS}+ characters)"
+                    )
+                else:
+                    issuer[key] = value
+        resolved.append(issuer)
+    data["issuers"] = resolved
+    return data
+
+
+def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
+    """Checks spanning sections; tolerant of malformed input (the schema reports that)."""
+    problems: list[str] = []
+    upstreams: dict[Any, Any] = data["upstreams"] if isinstance(data.get("upstreams"), dict) else {}
+    role_sets: dict[Any, Any] = data["role_sets"] if isinstance(data.get("role_sets"), dict) else {}
+    if not data.get("issuers"):
+        problems.append("issuers: at least one issuer is required")
+    names = [str(i.get("name")) for i in data.get("issuers") or [] if isinstance(i, dict)]
+    problems += [f"issuers: duplicate name {n!r}" for n in sorted({n for n in names if names.count(n) > 1})]
+    for name in upstreams:
+        if not (isinstance(name, str) and NAME_RE.match(name)):
+            problems.append(
+                f"upstreams.{name}: name must match [a-z][a-z0-9_]* (it names HAProxy backend be_<name>)"
+            )
+    for name, upstream in upstreams.items():
+        if isinstance(upstream, dict) and upstream.get("role_set") not in (None, *role_sets):
+            problems.append(f"upstreams.{name}.role_set: unknown role set {upstream.get('role_set')!r}")
+    routes = data.get("routes")
+    if not isinstance(routes, list) or not routes:
+        problems.append("routes: at least one route is required (no match = deny)")
+        return problems
+    seen: set[object] = set()
+    for i, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        where = f"routes.{i}"
+        if route.get("name") in seen:
+            problems.append(f"{where}.name: duplicate route name {route.get('name')!r}")
+        seen.add(route.get("name"))
+        upstream_name = route.get("upstream")
+        upstream = upstreams.get(upstream_name) if isinstance(upstream_name, str) else None
+        if upstream_name is not None and upstream is None:
+            problems.append(f"{where}.upstream: unknown upstream {upstream_name!r}")
+        allow = route.get("allow")
+        if isinstance(allow, dict) and allow.get("roles") and isinstance(upstream, dict):
+            role_set = role_sets.get(upstream.get("role_set"))
+            if not isinstance(role_set, dict):
+                problems.append(
+                    f"{where}.allow.roles: upstream {upstream_name!r} has no role_set to take roles from"
+                )
+            else:
+                vocabulary = set(role_set.get("roles") or ())
+                missing = [r for r in allow["roles"] if r not in vocabulary]
+                if missing:
+                    problems.append(
+                        f"{where}.allow.roles: not in role set {upstream.get('role_set')!r}: {missing}"
+                    )
+    return problems
+
+
+def summarize(config: Config) -> str:
+    """A one-screen, secret-free summary of issuers, upstreams, role mappings and routes."""
+    lines = [f"dev_mode: {config.dev_mode}   listen: {config.server.host}:{config.server.port}", "issuers:"]
+    for iss in config.issuers:
+        keys = iss.jwks_uri or ("discovery" if iss.discovery else "?")
+        lines.append(
+            f"  {iss.name}: {iss.issuer}  aud={list(iss.audiences)} alg={list(iss.algorithms)} "
+            f"typ_at+jwt={iss.require_at_jwt_typ} leeway={iss.leeway_seconds:g}s keys={keys}"
+            + ("  client_secret=<set>" if iss.client_secret else "")
+        )
+    lines.append("role sets:")
+    for name, rs in config.role_sets.items():
+        mapping = ", ".join(f"{g}→{'/'.join(r)}" for g, r in rs.from_groups.items())
+        lines.append(f"  {name}: {' < '.join(rs.roles)}   {mapping}")
+    lines.append("upstreams:")
+    for name, up in config.upstreams.items():
+        lines.append(f"  {name}: profile={up.profile} role_set={up.role_set} user_from={up.user_from}")
+    lines.append("routes (first match wins, no match = deny):")
+    for r in config.routes:
+        rule = "public" if r.public else _describe_allow(r.allow)
+        lines.append(f"  {r.name}: {r.host}{r.path} ({r.match}) → {r.upstream}  [{rule}]")
+    return "\n".join(lines)
+
+
+def _describe_allow(allow: object) -> str:
+    parts = []
+    for attr in ("authenticated", "roles", "groups"):
+        value = getattr(allow, attr, None)
+        if value:
+            parts.append(attr if value is True else f"{attr}={list(value)}")
+    return " or ".join(parts)

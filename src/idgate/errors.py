@@ -1,0 +1,62 @@
+"""The one error tree of idgate.
+
+::
+
+    IdgateError
+    ├── ConfigError            bad configuration; ``problems`` lists every problem found, not just the first
+    ├── KeySetError            a JWKS could not be fetched or parsed (the cache keeps serving last good keys)
+    ├── RequestError           the request facts are malformed (400): ambiguous path, bad host, two Authorization
+    └── CredentialError        a request's credential is unusable; ``reason`` is a stable ASCII reason code
+        └── TokenError         a bearer token failed verification (RFC 6750 §3.1 ``invalid_token`` family)
+
+Reason codes are part of the public contract: they appear in audit logs, in ``X-Idgate-Reason``, in
+``WWW-Authenticate`` error descriptions and (later) in gRPC ``grpc-message``. They are short, ASCII, snake_case.
+"""
+
+from __future__ import annotations
+
+
+class IdgateError(Exception):
+    """Base class of every error idgate raises on purpose."""
+
+
+class ConfigError(IdgateError):
+    """The configuration is invalid. ``problems`` holds one human-readable line per problem (never a secret)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            f"{len(problems)} configuration problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class KeySetError(IdgateError):
+    """A JSON Web Key Set could not be fetched or parsed (RFC 7517 §5)."""
+
+
+class RequestError(IdgateError):
+    """The request itself is malformed or ambiguous; answered 400. ``reason`` is the reason code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class CredentialError(IdgateError):
+    """A credential in the request is unusable. ``reason`` is the reason code, ``detail`` a short explanation."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class TokenError(CredentialError):
+    """A bearer token failed verification.
+
+    Reason codes: ``invalid_token`` (malformed, bad signature, wrong type), ``expired``, ``not_yet_valid``,
+    ``invalid_audience``, ``invalid_issuer``, ``unknown_kid``, ``alg_not_allowed``, ``forbidden_header``
+    (``jku``/``x5u``/``jwk``/``x5c``), ``unsupported_crit``, ``invalid_typ``, ``invalid_claims``,
+    ``token_too_large``, ``keys_unavailable``.
+    """

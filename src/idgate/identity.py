@@ -1,0 +1,87 @@
+"""Identity values for the upstream, rendered so they can never split a header or forge a role.
+
+The decision answers fixed slots (``X-Idgate-User`` … ``X-Idgate-Issuer``); HAProxy copies each slot into the
+upstream's own header names (``X-WEBAUTH-USER`` for Grafana, ``X-Auth-User`` for a generic app).
+
+Rules (docs: ../shared notes "security" rule 11; Grafana ``[auth.proxy] headers_encoded``):
+- a value with a control character (CR, LF, NUL, …) is dropped and noted, never passed;
+- a group or role containing the list delimiter ``,`` or a control character is dropped and noted, so a group
+  named ``viewers,admin`` cannot add ``admin``;
+- non-ASCII is encoded per profile: ``percent`` (RFC 3986 percent-encoding of UTF-8; ``%`` itself encoded) for
+  generic/looker, ``quoted-printable`` (RFC 2045 §6.7 without soft line breaks) for Grafana's headers_encoded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from idgate.config import UpstreamConfig
+from idgate.principal import Principal
+
+SLOTS = ("user", "email", "name", "groups", "roles", "role", "subject", "issuer")
+HEADER_OF_SLOT = {slot: f"x-idgate-{slot}" for slot in SLOTS}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PLAIN_PERCENT = frozenset(
+    b"!#$&'()*+-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmnopqrstuvwxyz{|}~ ,"
+)
+_PLAIN_QP = frozenset(range(33, 127)) - {ord("=")}
+
+
+def percent_encode(value: str) -> str:
+    """UTF-8 percent-encoding of every byte outside printable ASCII, and of ``%`` and ``"``."""
+    return "".join(chr(b) if b in _PLAIN_PERCENT else f"%{b:02X}" for b in value.encode("utf-8"))
+
+
+def quoted_printable(value: str) -> str:
+    """Quoted-printable of UTF-8 without soft line breaks (what Go's quotedprintable reader decodes)."""
+    return "".join(chr(b) if b in _PLAIN_QP else f"={b:02X}" for b in value.encode("utf-8"))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Identity:
+    """Rendered slot values (header-safe ASCII) and the notes (reason codes) of anything dropped."""
+
+    values: dict[str, str]
+    notes: tuple[str, ...]
+
+    def headers(self) -> dict[str, str]:
+        """Slot values keyed by their ``x-idgate-*`` header name."""
+        return {HEADER_OF_SLOT[slot]: value for slot, value in self.values.items()}
+
+
+def render_identity(principal: Principal, upstream: UpstreamConfig, roles: tuple[str, ...]) -> Identity:
+    """Render ``principal`` for ``upstream``; ``roles`` are in ascending privilege order (last = highest)."""
+    encode = quoted_printable if upstream.profile == "grafana" else percent_encode
+    notes: list[str] = []
+
+    def single(slot: str, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if _CONTROL.search(value):
+            notes.append(f"{slot}_dropped_control_char")
+            return None
+        return encode(value)
+
+    def listed(slot: str, items: tuple[str, ...]) -> str:
+        kept = []
+        for item in items:
+            if "," in item or _CONTROL.search(item):
+                notes.append(f"{slot}_entry_dropped")
+                continue
+            kept.append(encode(item))
+        return ",".join(kept)
+
+    user_source = {"username": principal.username, "email": principal.email, "subject": principal.subject}
+    raw: dict[str, str | None] = {
+        "user": single("user", user_source[upstream.user_from] or principal.subject),
+        "email": single("email", principal.email),
+        "name": single("name", principal.name),
+        "groups": listed("groups", principal.groups),
+        "roles": listed("roles", roles),
+        "role": single("role", roles[-1]) if roles else None,
+        "subject": single("subject", principal.subject),
+        "issuer": single("issuer", principal.issuer),
+    }
+    values = {slot: value for slot, value in raw.items() if value is not None}
+    return Identity(values=values, notes=tuple(dict.fromkeys(notes)))

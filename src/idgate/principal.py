@@ -1,0 +1,97 @@
+"""The principal: who the caller is, built from verified claims through the issuer's claim paths.
+
+The principal's key is ``(issuer, subject)`` — never the email or username (Grafana CVE-2022-31107).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from idgate.config import ClaimPaths
+from idgate.errors import TokenError
+
+MAX_GROUPS = 256
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Principal:
+    """An authenticated caller.
+
+    ``groups`` holds only string entries of a list-valued groups claim, in token order, de-duplicated.
+    ``notes`` carries non-fatal reason codes met while reading claims (e.g. ``groups_not_a_list``).
+    """
+
+    issuer: str
+    subject: str
+    username: str | None
+    email: str | None
+    name: str | None
+    groups: tuple[str, ...]
+    expires_at: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The stable identity key (iss, sub)."""
+        return (self.issuer, self.subject)
+
+
+def claim_at(claims: Mapping[str, object], path: str) -> object:
+    """Return the value at a dotted ``path`` (``realm_access.roles``) or None when any step is missing.
+
+    A claim whose own name contains a dot is matched first as a whole (``https://example.com/groups``-style names
+    without dots are the norm; this keeps ``a.b`` literal names usable).
+    """
+    if path in claims:
+        return claims[path]
+    node: object = claims
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _string(claims: Mapping[str, object], path: str) -> str | None:
+    value = claim_at(claims, path)
+    return value if isinstance(value, str) and value else None
+
+
+def principal_from_claims(claims: Mapping[str, object], *, paths: ClaimPaths) -> Principal:
+    """Build a :class:`Principal` from verified claims.
+
+    Raises:
+        TokenError: ``invalid_claims`` when the subject is missing, not a string, or longer than 255 characters.
+    """
+    subject = claim_at(claims, paths.subject)
+    if not isinstance(subject, str) or not subject or len(subject) > 255:
+        raise TokenError("invalid_claims", "subject claim missing or not a short string")
+    notes: list[str] = []
+    raw_groups = claim_at(claims, paths.groups)
+    groups: list[str] = []
+    if raw_groups is None:
+        pass
+    elif isinstance(raw_groups, list):
+        for g in raw_groups:
+            if isinstance(g, str) and g and g not in groups:
+                groups.append(g)
+            elif not isinstance(g, str):
+                notes.append("group_not_a_string")
+        if len(groups) > MAX_GROUPS:
+            groups = groups[:MAX_GROUPS]
+            notes.append("groups_truncated")
+    else:
+        # A string is not iterated into characters; it is refused (the principal gets no groups).
+        notes.append("groups_not_a_list")
+    exp = claims.get("exp")
+    return Principal(
+        issuer=str(claims.get("iss", "")),
+        subject=subject,
+        username=_string(claims, paths.username),
+        email=_string(claims, paths.email),
+        name=_string(claims, paths.name),
+        groups=tuple(groups),
+        expires_at=float(exp) if isinstance(exp, int | float) else 0.0,
+        notes=tuple(dict.fromkeys(notes)),
+    )

@@ -1,0 +1,149 @@
+"""Bearer JWT verification (RFC 9068 §4, RFC 8725, RFC 7515) on PyJWT, with keys from :mod:`idgate.jwks`.
+
+Order of checks, cheapest first, each failure a :class:`~idgate.errors.TokenError` with a reason code:
+
+1. size (``token_too_large``) and compact-JWS shape: three base64url segments, JSON object header and payload
+   (``invalid_token``; JWE and JSON serialisation are refused);
+2. the unverified ``iss`` selects a configured issuer by exact string equality (``invalid_issuer``);
+3. header: ``alg`` in the issuer's pinned list — never from the token or discovery (``alg_not_allowed``);
+   ``jku``/``x5u``/``jwk``/``x5c`` present (``forbidden_header``: never honoured, so refused); any ``crit``
+   (``unsupported_crit``: we implement no extension, RFC 7515 §4.1.11); ``typ`` ``at+jwt`` when the issuer
+   requires it (``invalid_typ``);
+4. the key for ``kid`` (``unknown_kid``, ``keys_unavailable``), and ``alg`` usable with that key's type;
+5. PyJWT: signature (``invalid_signature``), exact ``iss``, ``aud`` containing a configured audience
+   (``invalid_audience``), ``exp`` (``expired``), ``nbf``/``iat`` (``not_yet_valid``) with the leeway;
+6. not an ID token or logout token (``nonce``, ``at_hash``, ``c_hash``, ``events``; Keycloak ``typ`` ID/Logout):
+   ``invalid_typ`` (RFC 8725 §3.11).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from idgate.config import IssuerConfig
+from idgate.errors import TokenError
+from idgate.jwks import JwksCache
+from idgate.principal import Principal, principal_from_claims
+
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
+_AT_JWT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+_ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash", "events")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrustedIssuer:
+    """An issuer's settings paired with its key cache."""
+
+    config: IssuerConfig
+    keys: JwksCache
+
+
+def _b64json(segment: str, what: str) -> dict[str, Any]:
+    if not segment or not _B64URL.match(segment):
+        raise TokenError("invalid_token", f"{what} is not base64url")
+    try:
+        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError) as exc:
+        raise TokenError("invalid_token", f"{what} is not base64url JSON") from exc
+    if not isinstance(value, dict):
+        raise TokenError("invalid_token", f"{what} is not a JSON object")
+    return value
+
+
+def split_compact_jws(token: str, *, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Unverified header and payload of a compact JWS.
+
+    Raises:
+        TokenError: ``token_too_large`` or ``invalid_token``.
+    """
+    if len(token) > max_bytes:
+        raise TokenError("token_too_large", f"token exceeds {max_bytes} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("invalid_token", "not a compact JWS (JWE and JSON serialisation are refused)")
+    if not parts[2] or not _B64URL.match(parts[2]):
+        raise TokenError("invalid_token", "signature segment missing or not base64url")
+    return _b64json(parts[0], "header"), _b64json(parts[1], "payload")
+
+
+class Verifier:
+    """Verifies bearer JWTs against the configured issuers. Stateless apart from the key caches it holds."""
+
+    def __init__(self, *, issuers: Mapping[str, TrustedIssuer]) -> None:
+        """``issuers`` maps the exact ``iss`` string to its :class:`TrustedIssuer`."""
+        self._issuers = dict(issuers)
+        self._max_bytes = max((t.config.max_token_bytes for t in self._issuers.values()), default=16384)
+
+    async def verify(self, token: str) -> Principal:
+        """Verify ``token`` and return its principal.
+
+        Raises:
+            TokenError: with one of the reason codes listed in the module docstring.
+        """
+        header, payload = split_compact_jws(token, max_bytes=self._max_bytes)
+        iss = payload.get("iss")
+        trusted = self._issuers.get(iss) if isinstance(iss, str) else None
+        if trusted is None:
+            raise TokenError("invalid_issuer", "iss is not a configured issuer")
+        cfg = trusted.config
+        if len(token) > cfg.max_token_bytes:
+            raise TokenError("token_too_large", f"token exceeds {cfg.max_token_bytes} bytes")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in cfg.algorithms:
+            raise TokenError("alg_not_allowed", f"alg {str(alg)[:20]!r} is not pinned for this issuer")
+        if any(h in header for h in _FORBIDDEN_HEADERS):
+            raise TokenError("forbidden_header", "jku, x5u, jwk and x5c are never honoured")
+        if "crit" in header:
+            raise TokenError("unsupported_crit", "no JWS extension is supported")
+        typ = header.get("typ")
+        if cfg.require_at_jwt_typ and not (isinstance(typ, str) and typ.lower() in _AT_JWT_TYPES):
+            raise TokenError("invalid_typ", "typ must be at+jwt (RFC 9068 §2.1)")
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
+            raise TokenError("invalid_token", "kid is not a short string")
+        key = await trusted.keys.get_key(kid)
+        if alg not in key.algorithms:
+            raise TokenError("alg_not_allowed", f"alg {alg} does not fit the key's type")
+        claims = self._decode(token, key.key, alg, cfg)
+        if any(c in claims for c in _ID_TOKEN_CLAIMS) or claims.get("typ") in ("ID", "Logout"):
+            raise TokenError("invalid_typ", "an ID or logout token is not a bearer token (RFC 8725 §3.11)")
+        return principal_from_claims(claims, paths=cfg.claims)
+
+    @staticmethod
+    def _decode(token: str, key: object, alg: str, cfg: IssuerConfig) -> dict[str, Any]:
+        try:
+            return jwt.decode(
+                token,
+                key,  # type: ignore[arg-type]
+                algorithms=[alg],
+                audience=list(cfg.audiences),
+                issuer=cfg.issuer,
+                leeway=cfg.leeway_seconds,
+                options={"require": ["exp", "iss", "aud", "sub"], "verify_iat": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("expired", "exp is in the past") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenError("not_yet_valid", "nbf or iat is in the future") from None
+        except jwt.InvalidAudienceError:
+            raise TokenError("invalid_audience", "aud names none of the configured audiences") from None
+        except jwt.InvalidIssuerError:
+            raise TokenError("invalid_issuer", "iss mismatch") from None
+        except jwt.MissingRequiredClaimError as exc:
+            code = {"aud": "invalid_audience", "iss": "invalid_issuer", "exp": "invalid_claims"}.get(
+                exc.claim
+            )
+            raise TokenError(code or "invalid_claims", f"missing claim {exc.claim}") from None
+        except jwt.InvalidSignatureError:
+            raise TokenError("invalid_signature", "signature does not verify") from None
+        except (jwt.InvalidTokenError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
+            raise TokenError("invalid_token", type(exc).__name__) from None
