@@ -45,9 +45,9 @@ class Runtime:
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
-def _client_for(ca_file: str | None) -> httpx.AsyncClient:
+def _client_for(ca_file: str | None, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
-    return httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=False)
+    return httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=False, transport=transport)
 
 
 async def _warm(cache: JwksCache) -> None:
@@ -90,12 +90,15 @@ def decision_response(decision: Decision) -> Response:
     return PlainTextResponse(f"{decision.status} {','.join(decision.reasons)}\n", decision.status, headers)
 
 
-def create_app(config: Config) -> Starlette:
-    """Build the ASGI app for ``config``. Key caches and HTTP clients live in the lifespan."""
+def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """Build the ASGI app for ``config``. Key caches and HTTP clients live in the lifespan.
+
+    ``transport`` replaces the network for outbound calls to issuers (tests inject ``httpx.MockTransport``).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        clients = {ca: _client_for(ca) for ca in {i.ca_file for i in config.issuers}}
+        clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
         caches = tuple(
             JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers
         )

@@ -114,23 +114,23 @@ class IssuerConfig(_Model):
             raise ValueError("at least one non-empty audience is required (RFC 9068 §4: aud must name us)")
         return value
 
+    @field_validator("issuer", "jwks_uri")
+    @classmethod
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(f"{value!r} is not an absolute http(s) URL without query or fragment")
+        if value.startswith("http://") and not (info.context or {}).get("dev_mode"):
+            raise ValueError(f"{value!r} is not https (allowed only with dev_mode: true)")
+        return value
+
     @model_validator(mode="after")
-    def _urls(self, info: ValidationInfo) -> IssuerConfig:
-        dev_mode = bool((info.context or {}).get("dev_mode"))
-        problems = []
-        for label, url in (("issuer", self.issuer), ("jwks_uri", self.jwks_uri)):
-            if url is None:
-                continue
-            if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", url):
-                problems.append(f"{label} {url!r} is not an absolute http(s) URL without query or fragment")
-            elif url.startswith("http://") and not dev_mode:
-                problems.append(f"{label} {url!r} is not https (allowed only with dev_mode: true)")
+    def _consistent(self) -> IssuerConfig:
         if not self.discovery and self.jwks_uri is None:
-            problems.append("set jwks_uri when discovery is false")
+            raise ValueError("set jwks_uri when discovery is false")
         if self.jwks.min_ttl_seconds > self.jwks.max_ttl_seconds:
-            problems.append("jwks.min_ttl_seconds exceeds jwks.max_ttl_seconds")
-        if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("jwks.min_ttl_seconds exceeds jwks.max_ttl_seconds")
         return self
 
 

@@ -40,15 +40,19 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    return parse_config(raw, environ=os.environ if environ is None else environ)
+    return parse_config(raw, environ=os.environ if environ is None else environ, base_dir=Path(path).parent)
 
 
-def parse_config(raw: object, *, environ: Mapping[str, str]) -> Config:
-    """Validate an already-parsed document. Raises :class:`ConfigError` listing every problem."""
+def parse_config(raw: object, *, environ: Mapping[str, str], base_dir: Path | None = None) -> Config:
+    """Validate an already-parsed document; relative file paths resolve against ``base_dir``.
+
+    Raises:
+        ConfigError: listing every problem.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(["the config file must be a YAML mapping"])
     problems: list[str] = []
-    data = _resolve_secrets(raw, environ, problems)
+    data = _resolve_secrets(raw, environ, problems, base_dir or Path.cwd())
     problems += _cross_reference_problems(data)
     config: Config | None = None
     try:
@@ -68,7 +72,9 @@ def _format_error(err: Mapping[str, Any]) -> str:
     return f"{loc}: {msg}"
 
 
-def _resolve_secrets(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+def _resolve_secrets(
+    raw: dict[str, Any], environ: Mapping[str, str], problems: list[str], base_dir: Path
+) -> dict[str, Any]:
     data = dict(raw)
     issuers = data.get("issuers")
     if not isinstance(issuers, list):
@@ -79,6 +85,10 @@ def _resolve_secrets(raw: dict[str, Any], environ: Mapping[str, str], problems: 
             resolved.append(issuer)
             continue
         issuer = dict(issuer)
+        if isinstance(issuer.get("ca_file"), str):
+            issuer["ca_file"] = str(base_dir / issuer["ca_file"])
+            if not Path(issuer["ca_file"]).is_file():
+                problems.append(f"issuers.{i}.ca_file: {issuer['ca_file']} is not a readable file")
         for key in SECRET_KEYS:
             where = f"issuers.{i}.{key}"
             if key in issuer:
@@ -95,7 +105,7 @@ def _resolve_secrets(raw: dict[str, Any], environ: Mapping[str, str], problems: 
                     problems.append(f"{where}_env: environment variable {env_name!s} is not set")
             elif file_name is not None:
                 try:
-                    value = Path(str(file_name)).read_text(encoding="utf-8").strip()
+                    value = (base_dir / str(file_name)).read_text(encoding="utf-8").strip()
                 except OSError as exc:
                     problems.append(f"{where}_file: cannot read {file_name}: {exc.strerror or exc}")
             if value is not None:

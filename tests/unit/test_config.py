@@ -1,0 +1,184 @@
+"""Config validation: every problem reported at once, secrets resolved and never printed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from idgate.cli import main
+from idgate.config_load import load_config, parse_config, summarize
+from idgate.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+BASE: dict[str, Any] = {
+    "issuers": [
+        {
+            "name": "corp",
+            "issuer": "https://idp.example.com",
+            "audiences": ["https://api.example.com"],
+            "algorithms": ["RS256"],
+        }
+    ],
+    "role_sets": {"grafana": {"roles": ["Viewer", "Editor", "Admin"], "from_groups": {"staff": ["Viewer"]}}},
+    "upstreams": {"app": {}, "grafana": {"profile": "grafana", "role_set": "grafana"}},
+    "routes": [
+        {"name": "pub", "path": "/public", "upstream": "app", "public": True},
+        {"name": "graf", "path": "/grafana", "upstream": "grafana", "allow": {"roles": ["Viewer"]}},
+    ],
+}
+
+
+def problems_of(doc: dict[str, Any], environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, environ=environ or {})
+    return list(info.value.problems)
+
+
+def test_base_config_is_valid() -> None:
+    config = parse_config(BASE, environ={})
+    assert config.issuers[0].algorithms == ("RS256",)
+    assert [r.name for r in config.routes] == ["pub", "graf"]
+
+
+def test_shipped_example_and_demo_configs_are_valid() -> None:
+    config = load_config(REPO / "config" / "idgate.example.yaml")
+    assert {u for u in config.upstreams} == {"app", "grafana", "looker"}
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["issuers"][0].update(issuer="http://idp.example.com", algorithms=["none", "HS256"], audiences=[], colour="blue")
+    doc["routes"].append({"name": "bare", "path": "/bare", "upstream": "app"})
+    doc["routes"].append({"name": "ghost", "path": "/ghost", "upstream": "nowhere", "public": True})
+    doc["extra"] = 1
+    found = "\n".join(problems_of(doc))
+    for expected in (
+        "issuers.0.issuer: 'http://idp.example.com' is not https",
+        "'none', 'HS256' not allowed",
+        "issuers.0.audiences: at least one",
+        "issuers.0.colour: unknown key",
+        "route 'bare' has no rule",
+        "unknown upstream 'nowhere'",
+        "extra: unknown key",
+    ):
+        assert expected in found, expected
+
+
+def test_dev_mode_allows_http_issuer() -> None:
+    doc = copy.deepcopy(BASE) | {"dev_mode": True}
+    doc["issuers"][0]["issuer"] = "http://localhost:9000"
+    assert parse_config(doc, environ={}).issuers[0].issuer == "http://localhost:9000"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"algorithms": []}, "pin at least one algorithm"),
+        ({"algorithms": ["HS512"]}, "'HS512' not allowed"),
+        ({"issuer": "https://idp.example.com?x=1"}, "not an absolute http(s) URL"),
+        ({"discovery": False}, "set jwks_uri when discovery is false"),
+        ({"name": "Bad Name"}, "issuers.0.name"),
+        ({"claims": {"groups": "a..b"}}, "not a claim path"),
+    ],
+)
+def test_issuer_problems(change: dict[str, Any], expected: str) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["issuers"][0].update(change)
+    assert any(expected in p for p in problems_of(doc)), problems_of(doc)
+
+
+def test_route_roles_must_exist_in_the_upstreams_role_set() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["routes"][1]["allow"] = {"roles": ["SuperAdmin"]}
+    doc["routes"].append({"name": "r3", "path": "/x", "upstream": "app", "allow": {"roles": ["Viewer"]}})
+    found = problems_of(doc)
+    assert any("not in role set 'grafana'" in p for p in found)
+    assert any("upstream 'app' has no role_set" in p for p in found)
+
+
+def test_role_set_grants_only_known_roles_and_public_excludes_allow() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["role_sets"]["grafana"]["from_groups"]["x"] = ["Root"]
+    doc["routes"][0]["allow"] = {"authenticated": True}
+    found = problems_of(doc)
+    assert any("grants roles not in this role set: Root" in p for p in found)
+    assert any("public and allow are exclusive" in p for p in found)
+
+
+@pytest.mark.parametrize("path", ["admin", "/a?b", "/a#b", "/a/../b", "/%61", "/a\\b", "/*"])
+def test_route_paths_must_be_normalised(path: str) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["routes"][0]["path"] = path
+    assert any("routes.0.path" in p for p in problems_of(doc))
+
+
+def test_no_routes_and_no_issuers() -> None:
+    found = problems_of({"issuers": [], "upstreams": {}, "routes": []})
+    assert any("at least one issuer" in p for p in found)
+    assert any("at least one route" in p for p in found)
+
+
+def test_secret_from_env_and_file(tmp_path: Path) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["issuers"][0]["client_secret_env"] = "IDGATE_TEST_SECRET"
+    config = parse_config(doc, environ={"IDGATE_TEST_SECRET": "s3cr3t-value-long-enough"})
+    secret = config.issuers[0].client_secret
+    assert secret is not None and secret.get_secret_value() == "s3cr3t-value-long-enough"
+    assert "s3cr3t" not in summarize(config) and "s3cr3t" not in repr(config)
+
+    (tmp_path / "secret.txt").write_text("another-long-secret-value\n")
+    doc["issuers"][0] = {k: v for k, v in doc["issuers"][0].items() if k != "client_secret_env"}
+    doc["issuers"][0]["client_secret_file"] = "secret.txt"  # relative to the config's directory
+    config = parse_config(doc, environ={}, base_dir=tmp_path)
+    assert config.issuers[0].client_secret is not None
+    assert config.issuers[0].client_secret.get_secret_value() == "another-long-secret-value"
+
+
+@pytest.mark.parametrize(
+    ("secret_keys", "environ", "expected"),
+    [
+        ({"client_secret": "inline-secret-value-123"}, {}, "inline secrets are refused"),
+        ({"client_secret_env": "MISSING"}, {}, "MISSING is not set"),
+        ({"client_secret_env": "WEAK"}, {"WEAK": "changeme"}, "weak or placeholder secret"),
+        ({"client_secret_file": "/nonexistent/idgate-secret"}, {}, "cannot read"),
+        ({"client_secret_env": "A", "client_secret_file": "/x"}, {"A": "x" * 20}, "only one of"),
+    ],
+)
+def test_secret_problems_never_print_the_value(
+    secret_keys: dict[str, str], environ: dict[str, str], expected: str
+) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["issuers"][0].update(secret_keys)
+    found = "\n".join(problems_of(doc, environ))
+    assert expected in found
+    assert "inline-secret-value-123" not in found and "changeme" not in found
+
+
+def test_check_config_cli_lists_problems_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(REPO / "tests" / "data" / "bad-config.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "8 problem(s)" in err
+    assert "hunter2" not in err
+    assert main(["check-config", str(REPO / "config" / "idgate.example.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "routes (first match wins" in out and "grafana.example.com/" in out
+
+
+def test_serve_refuses_a_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--config", str(REPO / "tests" / "data" / "bad-config.yaml")]) == 1
+    assert "refusing to start" in capsys.readouterr().err
+
+
+def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")

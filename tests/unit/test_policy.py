@@ -1,0 +1,186 @@
+"""Route matching, path/host canonicalisation, role mapping, and identity rendering."""
+
+from __future__ import annotations
+
+import quopri
+import urllib.parse
+
+import pytest
+
+from idgate.config import ClaimPaths, UpstreamConfig
+from idgate.config_load import parse_config
+from idgate.errors import RequestError
+from idgate.identity import percent_encode, quoted_printable, render_identity
+from idgate.policy import Policy, canonical_host, canonical_path
+from idgate.principal import Principal, claim_at, principal_from_claims
+
+CONFIG = parse_config(
+    {
+        "issuers": [{"name": "i", "issuer": "https://idp.test", "audiences": ["a"]}],
+        "role_sets": {
+            "grafana": {
+                "roles": ["Viewer", "Editor", "Admin"],
+                "from_groups": {"staff": ["Viewer"], "eng": ["Editor", "Viewer"], "admins": ["Admin"]},
+            }
+        },
+        "upstreams": {"app": {}, "grafana": {"profile": "grafana", "role_set": "grafana", "user_from": "email"}},
+        "routes": [
+            {"name": "pub", "path": "/public", "upstream": "app", "public": True},
+            {"name": "exact", "path": "/only", "match": "exact", "upstream": "app", "public": True},
+            {
+                "name": "graf",
+                "host": "grafana.test",
+                "path": "/",
+                "upstream": "grafana",
+                "allow": {"roles": ["Editor"]},
+            },
+            {"name": "admin", "path": "/admin", "upstream": "app", "allow": {"groups": ["admins"]}},
+            {"name": "rest", "path": "/app/", "upstream": "app", "allow": {"authenticated": True}},
+        ],
+    },
+    environ={},
+)
+POLICY = Policy(config=CONFIG)
+
+
+def principal(groups: tuple[str, ...] = (), **kw: str | None) -> Principal:
+    fields: dict[str, str | None] = {"username": "alice", "email": "alice@example.test", "name": "Alice"} | kw
+    return Principal(
+        issuer="https://idp.test",
+        subject="sub-1",
+        groups=groups,
+        expires_at=0.0,
+        username=fields["username"],
+        email=fields["email"],
+        name=fields["name"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "route"),
+    [
+        ("any.test", "/public", "pub"),
+        ("any.test", "/public/x/y", "pub"),
+        ("any.test", "/publicity", None),
+        ("any.test", "/only", "exact"),
+        ("any.test", "/only/x", None),
+        ("grafana.test", "/admin", "graf"),  # host-specific route comes first
+        ("any.test", "/admin", "admin"),
+        ("any.test", "/admin/users", "admin"),
+        ("any.test", "/administrator", None),
+        ("any.test", "/app", "rest"),
+        ("any.test", "/app/x", "rest"),
+        ("any.test", "/ADMIN", None),  # case-sensitive: no route, so a deny
+        ("any.test", "/", None),
+    ],
+)
+def test_first_match_wins_and_no_match_is_none(host: str, path: str, route: str | None) -> None:
+    matched = POLICY.match(host, path)
+    assert (matched.name if matched else None) == route
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [("/a//b", "/a/b"), ("/%61dmin", "/admin"), ("/a%7Eb", "/a~b"), ("/a%20b", "/a%20b"), ("//admin", "/admin")],
+)
+def test_canonical_path(raw: str, canonical: str) -> None:
+    assert canonical_path(raw) == canonical
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2E/admin",
+        "/public/./x",
+        "/admin;x=1",
+        "/a%2fb",
+        "/a%5Cb",
+        "/a\\b",
+        "/a\r\nb",
+        "/a%00",
+        "admin",
+        "",
+        "/a%3Bb",
+        "/" + "a" * 9000,
+    ],
+)
+def test_ambiguous_paths_are_refused(raw: str) -> None:
+    with pytest.raises(RequestError) as info:
+        canonical_path(raw)
+    assert info.value.reason == "invalid_path"
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("Example.TEST:8443", "example.test"),
+        ("example.test.", "example.test"),
+        ("[::1]:443", "[::1]"),
+        ("127.0.0.1:8443", "127.0.0.1"),
+    ],
+)
+def test_canonical_host(raw: str, canonical: str) -> None:
+    assert canonical_host(raw) == canonical
+
+
+@pytest.mark.parametrize("raw", ["evil.test/x", "a b", "", "x:port", "[::1", "-bad.test", "a_b.test"])
+def test_bad_hosts_are_refused(raw: str) -> None:
+    with pytest.raises(RequestError):
+        canonical_host(raw)
+
+
+def test_roles_from_groups_are_ordered_and_checked() -> None:
+    graf = POLICY.match("grafana.test", "/")
+    assert graf is not None
+    assert POLICY.roles_for(POLICY.upstream(graf), ("admins", "staff", "unknown")) == ("Viewer", "Admin")
+    allowed = POLICY.check(graf, principal(("eng",)))
+    assert allowed.allowed and allowed.reasons == ("role_granted",) and allowed.roles == ("Viewer", "Editor")
+    denied = POLICY.check(graf, principal(("staff",)))
+    assert not denied.allowed and denied.reasons == ("missing_role_or_group",)
+    admin = POLICY.match("x.test", "/admin")
+    assert admin is not None
+    assert POLICY.check(admin, principal(("admins",))).reasons == ("group_granted",)
+    assert not POLICY.check(admin, principal(("staff",))).allowed
+
+
+def test_claims_nested_paths_and_hostile_groups() -> None:
+    claims = {"sub": "s", "iss": "https://idp.test", "exp": 10, "realm_access": {"roles": ["a", 3, "b", "a"]}}
+    assert claim_at(claims, "realm_access.roles") == ["a", 3, "b", "a"]
+    p = principal_from_claims(claims, paths=ClaimPaths(groups="realm_access.roles"))
+    assert p.groups == ("a", "b") and "group_not_a_string" in p.notes and p.key == ("https://idp.test", "s")
+    as_string = principal_from_claims({"sub": "s", "groups": "admins"}, paths=ClaimPaths())
+    assert as_string.groups == () and as_string.notes == ("groups_not_a_list",)
+
+
+def test_identity_drops_header_splitting_and_role_forging_values() -> None:
+    app = UpstreamConfig()
+    hostile = principal(("viewers,admin", "ops\r\nX-Auth-Roles: admin", "staff"), name="Eve\r\nX-Auth-User: root")
+    identity = render_identity(hostile, app, ())
+    assert identity.values["groups"] == "staff"
+    assert "name" not in identity.values
+    assert set(identity.notes) == {"groups_entry_dropped", "name_dropped_control_char"}
+    for value in identity.values.values():
+        assert "\r" not in value and "\n" not in value
+
+
+def test_identity_profiles_and_encodings() -> None:
+    grafana = UpstreamConfig(profile="grafana", role_set="grafana", user_from="email")
+    p = principal(("eng",), name="Zoë = Ölund", email="zoe@example.test")
+    identity = render_identity(p, grafana, ("Viewer", "Editor"))
+    assert identity.values["user"] == "zoe@example.test"
+    assert identity.values["role"] == "Editor" and identity.values["roles"] == "Viewer,Editor"
+    assert quopri.decodestring(identity.values["name"].encode()).decode() == "Zoë = Ölund"
+    assert identity.headers()["x-idgate-role"] == "Editor"
+    generic = render_identity(p, UpstreamConfig(), ())
+    assert generic.values["user"] == "alice" and "role" not in generic.values
+    assert urllib.parse.unquote(generic.values["name"]) == "Zoë = Ölund"
+    assert generic.values["name"].isascii()
+
+
+def test_encoders_are_ascii_and_reversible() -> None:
+    for text in ["plain", "100% sure", "日本語", 'quote " mark', "a=b"]:
+        assert urllib.parse.unquote(percent_encode(text)) == text
+        assert quopri.decodestring(quoted_printable(text).encode()).decode() == text
+        assert percent_encode(text).isascii() and quoted_printable(text).isascii()
