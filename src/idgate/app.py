@@ -69,8 +69,8 @@ def facts_from_request(request: Request) -> RequestFacts | None:
         path=h["x-idgate-path"],
         source=h.get("x-idgate-source", ""),
         authorization=tuple(h.getlist("authorization")),
-        cookie=h.get("cookie"),
-        accept=h.get("accept"),
+        cookie=h.get("cookie") or None,  # HAProxy sends an empty value for "absent"
+        accept=h.get("accept") or None,
     )
 
 

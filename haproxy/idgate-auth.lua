@@ -1,0 +1,185 @@
+-- idgate-auth.lua: the auth_request step of idgate, as an HAProxy 2.8 Lua action.
+--
+-- For each request the action asks idgate's /auth endpoint (a plain HTTP GET through HAProxy's own
+-- `core.httpclient()`) whether the request may pass, and copies the answer into txn variables that
+-- haproxy.cfg then acts on (fail-closed: everything that is not an explicit allow is refused there).
+--
+-- Usage in haproxy.cfg:
+--     lua-load /path/to/idgate-auth.lua
+--     http-request lua.idgate_auth "http://127.0.0.1:9180/auth" "1000"
+--                  ^ action          ^ auth URL (IP literal)        ^ timeout in ms
+--
+-- Request to idgate (no body):
+--     X-Idgate-Method, X-Idgate-Host, X-Idgate-Path (HAProxy's normalised path, no query),
+--     X-Idgate-Query (may be empty), X-Idgate-Source (client address), X-Idgate-Proto (https|http),
+--     plus the client's Authorization (every copy), Cookie, Accept, Content-Type, X-Requested-With,
+--     Sec-Fetch-Mode and User-Agent when present.
+--
+-- Answer from idgate: 200 allow, 401 no/bad credentials, 403 forbidden, 400 malformed, 302 login redirect.
+-- Its X-Idgate-* headers land in txn.idgate_* variables (see ANSWER_VARS). Any other status, a duplicated
+-- or invalid answer header, a connection error or a timeout sets NO variable and logs one warning; the
+-- config turns "no txn.idgate_status" into 503. The action never raises (everything runs under pcall).
+--
+-- HAProxy 2.8 detail: header tables (request and httpclient response) map a lower-case name to a
+-- 0-indexed list of values. The helpers below accept 0- and 1-indexed lists, so a later HAProxy that
+-- switches to 1-indexed lists keeps working.
+
+-- Client request headers copied to idgate, by lower-case name -> name sent.
+local FORWARDED_HEADERS = {
+    { "authorization", "Authorization" },
+    { "cookie", "Cookie" },
+    { "accept", "Accept" },
+    { "content-type", "Content-Type" },
+    { "x-requested-with", "X-Requested-With" },
+    { "sec-fetch-mode", "Sec-Fetch-Mode" },
+    { "user-agent", "User-Agent" },
+}
+
+-- Forwarded headers httpclient would otherwise fill in with its own defaults.
+local EMPTY_UNLESS_SENT = { "Accept", "User-Agent" }
+
+-- Answer headers (lower-case) -> txn variable. Each may appear at most once.
+local ANSWER_VARS = {
+    { "x-idgate-decision", "txn.idgate_decision" },
+    { "x-idgate-reason", "txn.idgate_reason" },
+    { "x-idgate-upstream", "txn.idgate_upstream" },
+    { "x-idgate-user", "txn.idgate_user" },
+    { "x-idgate-email", "txn.idgate_email" },
+    { "x-idgate-name", "txn.idgate_name" },
+    { "x-idgate-groups", "txn.idgate_groups" },
+    { "x-idgate-roles", "txn.idgate_roles" },
+    { "x-idgate-role", "txn.idgate_role" },
+    { "x-idgate-subject", "txn.idgate_subject" },
+    { "x-idgate-issuer", "txn.idgate_issuer" },
+    { "www-authenticate", "txn.idgate_www_authenticate" },
+    { "location", "txn.idgate_location" },
+}
+
+-- Statuses idgate may answer; anything else is an error (nothing set -> 503).
+local KNOWN_STATUS = { [200] = true, [302] = true, [400] = true, [401] = true, [403] = true }
+
+local STATUS_HINT = {
+    [502] = " (bad or truncated answer)",
+    [503] = " (idgate unreachable: connection refused or failed)",
+    [504] = " (no answer within the timeout)",
+}
+
+-- Values of a header-table entry, in order, whether the list is 0- or 1-indexed; {} when absent.
+local function values_of(entry)
+    local out = {}
+    if type(entry) == "string" then
+        out[1] = entry
+        return out
+    end
+    if type(entry) ~= "table" then
+        return out
+    end
+    local i = 0
+    if entry[0] == nil then
+        i = 1
+    end
+    while entry[i] ~= nil do
+        out[#out + 1] = tostring(entry[i])
+        i = i + 1
+    end
+    return out
+end
+
+-- A header value is usable when it has no control characters (CR, LF, NUL, ...).
+local function clean(value)
+    return value:find("[%c]") == nil
+end
+
+-- Builds the httpclient header table {name = {v1, v2, ...}} for the idgate request.
+local function build_request_headers(txn)
+    local proto = "http"
+    if txn.f:ssl_fc() == 1 or txn.f:ssl_fc() == true then
+        proto = "https"
+    end
+    local hdrs = {
+        ["X-Idgate-Method"] = { txn.sf:method() or "" },
+        ["X-Idgate-Host"] = { txn.sf:req_hdr("host") or "" },
+        ["X-Idgate-Path"] = { txn.sf:path() or "" },
+        ["X-Idgate-Query"] = { txn.sf:query() or "" },
+        ["X-Idgate-Source"] = { txn.sf:src() or "" },
+        ["X-Idgate-Proto"] = { proto },
+    }
+    local client = txn.http:req_get_headers()
+    for _, pair in ipairs(FORWARDED_HEADERS) do
+        local vals = values_of(client[pair[1]])
+        if #vals > 0 then
+            hdrs[pair[2]] = vals
+        end
+    end
+    -- httpclient adds "Accept: */*" and "User-Agent: HAProxy" when the request has none; an empty
+    -- value suppresses that, so idgate never sees a value the client did not send (empty = absent).
+    for _, name in ipairs(EMPTY_UNLESS_SENT) do
+        if hdrs[name] == nil then
+            hdrs[name] = { "" }
+        end
+    end
+    return hdrs
+end
+
+-- Calls idgate and returns (variables table, nil) or (nil, short cause). Runs under pcall.
+local function ask_idgate(txn, url, timeout_ms)
+    local hc = core.httpclient()
+    local res = hc:get({ url = url, headers = build_request_headers(txn), timeout = timeout_ms })
+    if type(res) ~= "table" then
+        return nil, "no response"
+    end
+    local status = tonumber(res.status)
+    if status == nil or status == 0 then
+        return nil, "no answer (connection refused, reset or timed out)"
+    end
+    if not KNOWN_STATUS[status] then
+        -- HAProxy's httpclient synthesises 503 when it cannot connect and 504 on timeout
+        return nil, "unexpected status " .. tostring(status) .. (STATUS_HINT[status] or "")
+    end
+    local headers = res.headers or {}
+    local vars = { ["txn.idgate_status"] = tostring(math.floor(status)) }
+    for _, pair in ipairs(ANSWER_VARS) do
+        local vals = values_of(headers[pair[1]])
+        if #vals > 1 then
+            return nil, "duplicated answer header " .. pair[1]
+        end
+        local v = vals[1]
+        if v ~= nil and v ~= "" then
+            if not clean(v) then
+                return nil, "control character in answer header " .. pair[1]
+            end
+            vars[pair[2]] = v
+        end
+    end
+    local upstream = vars["txn.idgate_upstream"]
+    if upstream ~= nil and not upstream:match("^[a-z0-9_]+$") then
+        return nil, "invalid upstream name in answer"
+    end
+    local decision = vars["txn.idgate_decision"]
+    if decision ~= nil and decision ~= "allow" and decision ~= "deny" then
+        return nil, "invalid decision in answer"
+    end
+    return vars, nil
+end
+
+-- The action: args are the auth URL and the timeout in ms (strings from the config).
+local function idgate_auth(txn, url, timeout_arg)
+    local timeout_ms = math.tointeger(tonumber(timeout_arg)) or 1000
+    local ok, vars, cause = pcall(ask_idgate, txn, url, timeout_ms)
+    if not ok then
+        cause = "lua error: " .. tostring(vars)
+        vars = nil
+    end
+    if vars == nil then
+        pcall(function()
+            txn:Warning(string.format("idgate_auth: failing closed (%s %s from %s): %s",
+                txn.sf:method() or "-", txn.sf:path() or "-", txn.sf:src() or "-", tostring(cause)))
+        end)
+        return
+    end
+    for name, value in pairs(vars) do
+        txn:set_var(name, value)
+    end
+end
+
+core.register_action("idgate_auth", { "http-req" }, idgate_auth, 2)

@@ -1,0 +1,96 @@
+"""Run ``idgate serve`` as a child process (for the demo and end-to-end tests) and wait until it is ready.
+
+The process is the real console entry point, so tests exercise exactly what operators run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+class IdgateService:
+    """``python -m idgate serve --config CONFIG --port PORT`` with output in ``log_path``.
+
+    ``start()`` waits (up to ``ready_timeout`` seconds) for ``/readyz`` to answer 200, i.e. for every issuer's
+    keys to be fetched, and raises ``RuntimeError`` with the log tail if the process dies or never gets ready.
+    """
+
+    def __init__(
+        self, *, config: Path, port: int, log_path: Path, host: str = "127.0.0.1", ready_timeout: float = 20.0
+    ) -> None:
+        self.config = config
+        self.port = port
+        self.host = host
+        self.log_path = log_path
+        self.ready_timeout = ready_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the auth service, e.g. ``http://127.0.0.1:9180``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the child process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_text(self) -> str:
+        """Everything the service logged so far (JSON lines)."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> None:
+        """Start the process and wait for readiness."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "idgate.cli", "serve", "--config", str(self.config),
+                 "--host", self.host, "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True,
+            )
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"idgate exited with {self._proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"idgate not ready after {self.ready_timeout}s:\n{self.log_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests of fail-closed behaviour)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=5)
+
+    def __enter__(self) -> IdgateService:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

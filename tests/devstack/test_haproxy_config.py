@@ -1,0 +1,553 @@
+"""The shipped HAProxy config and Lua action against a scripted fake idgate, over real TLS.
+
+Real processes on loopback: HAProxy 2.8 (``haproxy/haproxy.cfg`` + ``haproxy/idgate-auth.lua``), three echo
+upstreams (``app``, ``grafana``, ``looker``) and, in a thread of this process, a fake ``/auth`` service whose
+answer is chosen by the first segment of the ``X-Idgate-Path`` HAProxy sends (see ``ANSWERS``). Each test
+checks what the client got, what the fake auth received and what the upstream saw (through the echo's
+control path, not through HAProxy).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from idgate.devstack.certs import DevCerts, generate_dev_certs
+from idgate.devstack.echo import EchoRecord, EchoUpstream
+from idgate.devstack.haproxy import Haproxy, HaproxySettings, check_config, free_tcp_port, haproxy_binary
+
+AUTH_TIMEOUT_MS = 600
+SLOW_ANSWER_S = 2.0
+
+FULL_IDENTITY = {
+    "X-Idgate-User": "alice",
+    "X-Idgate-Email": "alice@example.com",
+    "X-Idgate-Name": "Alice Liddell",
+    "X-Idgate-Groups": "staff,analysts",
+    "X-Idgate-Roles": "viewer,editor",
+    "X-Idgate-Role": "Editor",
+    "X-Idgate-Subject": "sub-0001",
+    "X-Idgate-Issuer": "https://idp.example",
+}
+# what be_app must send for FULL_IDENTITY, and nothing else identity-like
+APP_IDENTITY = {
+    "x-auth-user": "alice",
+    "x-auth-email": "alice@example.com",
+    "x-auth-name": "Alice Liddell",
+    "x-auth-groups": "staff,analysts",
+    "x-auth-roles": "viewer,editor",
+    "x-auth-subject": "sub-0001",
+    "x-auth-issuer": "https://idp.example",
+}
+ALLOW = {"X-Idgate-Decision": "allow", "X-Idgate-Reason": "ok"}
+CHALLENGE = 'Bearer realm="idgate", error="invalid_token"'
+LOGIN_URL = "https://idp.example/authorize?client_id=idgate&state=abc"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One scripted answer of the fake auth service: status and header fields (repeats allowed)."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    delay_s: float = 0.0
+
+
+def _allow(upstream: str | None, identity: dict[str, str]) -> Answer:
+    hdrs = [*ALLOW.items(), *identity.items()]
+    if upstream is not None:
+        hdrs.append(("X-Idgate-Upstream", upstream))
+    return Answer(200, hdrs)
+
+
+# first segment of X-Idgate-Path -> answer
+ANSWERS: dict[str, Answer] = {
+    "allow": _allow("app", FULL_IDENTITY),
+    "allow-nouser": _allow("app", {}),
+    "grafana": _allow("grafana", FULL_IDENTITY),
+    "looker": _allow("looker", FULL_IDENTITY),
+    "unauthenticated": Answer(
+        401, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "token_expired"), ("WWW-Authenticate", CHALLENGE)]
+    ),
+    "forbidden": Answer(403, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "policy_denied")]),
+    "malformed": Answer(400, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "duplicate_authorization")]),
+    "login": Answer(302, [("X-Idgate-Decision", "deny"), ("Location", LOGIN_URL)]),
+    "slow": Answer(200, [*ALLOW.items(), ("X-Idgate-Upstream", "app")], delay_s=SLOW_ANSWER_S),
+    "noupstream": _allow(None, FULL_IDENTITY),
+    "nosuch": _allow("nosuch", FULL_IDENTITY),
+    # answers that must all end in 503 (deny unless an explicit, well-formed allow)
+    "dup-user": Answer(
+        200, [*ALLOW.items(), ("X-Idgate-Upstream", "app"), ("X-Idgate-User", "a"), ("X-Idgate-User", "b")]
+    ),
+    "status500": Answer(500, [*ALLOW.items(), ("X-Idgate-Upstream", "app")]),
+    "status204": Answer(204, [*ALLOW.items(), ("X-Idgate-Upstream", "app")]),
+    "deny200": Answer(200, [("X-Idgate-Decision", "deny"), ("X-Idgate-Upstream", "app"), ("X-Idgate-User", "a")]),
+    "nodecision200": Answer(200, [("X-Idgate-Upstream", "app"), ("X-Idgate-User", "alice")]),
+    "bad-upstream": _allow("../app", FULL_IDENTITY),
+    "302-without-location": Answer(302, [("X-Idgate-Decision", "deny")]),
+}
+DEFAULT_ANSWER = Answer(403, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "no_route")])
+
+# every header name an upstream could take as identity (the config's strip list, plus what it sets)
+IDENTITY_NAME = re.compile(r"^x[-_.](auth|webauth|idgate)([-_.]|$)|^x[-_.]forwarded[-_.]user", re.IGNORECASE)
+SPOOFED = [
+    ("X-Auth-User", "mallory"),
+    ("x-webauth-user", "mallory"),
+    ("X_Auth_User", "mallory"),
+    ("x.auth.user", "mallory"),
+    ("X-Forwarded-User", "mallory"),
+    ("X-WEBAUTH-ROLE", "Admin"),
+    ("X-Auth-Groups", "admins"),
+    ("X-Idgate-User", "mallory"),
+    ("X-Idgate-Path", "/allow"),
+    ("X-Idgate-Upstream", "grafana"),
+    ("X-Forwarded-For", "203.0.113.66"),
+    ("X-Original-URI", "/allow"),
+    ("X-Real-IP", "203.0.113.66"),
+    ("Forwarded", "for=203.0.113.66"),
+]
+
+
+class FakeAuth:
+    """Threaded HTTP/1.1 ``/auth`` stub on 127.0.0.1; records ``(name, value)`` header lists it received."""
+
+    def __init__(self) -> None:
+        self.received: list[list[tuple[str, str]]] = []
+        self.stopping = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                headers = list(self.headers.items())
+                fake.received.append(headers)
+                path = self.headers.get("X-Idgate-Path", "")
+                answer = ANSWERS.get(path.lstrip("/").split("/")[0], DEFAULT_ANSWER)
+                if answer.delay_s and fake.stopping.wait(answer.delay_s):
+                    return
+                self.send_response(answer.status)
+                for name, value in answer.headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # HAProxy closes on timeout; the late write then fails by design
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port: int = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/auth"
+
+    def __enter__(self) -> FakeAuth:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def _values(headers: list[tuple[str, str]] | list[list[str]], name: str) -> list[str]:
+    return [v for n, v in headers if n.lower() == name.lower()]
+
+
+def _identity(record: EchoRecord) -> dict[str, str]:
+    """Identity-ish headers the upstream saw, lower-cased name -> value (fails on duplicates)."""
+    found = [(n.lower(), v) for n, v in record["headers"] if IDENTITY_NAME.search(n)]
+    assert len({n for n, _ in found}) == len(found), found
+    return dict(found)
+
+
+@dataclass
+class Stack:
+    settings: HaproxySettings
+    haproxy: Haproxy
+    fake: FakeAuth
+    echoes: dict[str, EchoUpstream]
+    ctx: ssl.SSLContext
+
+    def client(self, *, http2: bool = False) -> httpx.Client:
+        return httpx.Client(base_url=self.settings.https_url, verify=self.ctx, http2=http2, timeout=10.0)
+
+    def hits(self, name: str = "app") -> list[EchoRecord]:
+        return self.echoes[name].requests()
+
+
+def _settings(certs: DevCerts, tmp: Path, auth_url: str, echoes: dict[str, EchoUpstream]) -> HaproxySettings:
+    return HaproxySettings(
+        tls_pem=certs.pem,
+        https_bind=f"127.0.0.1:{free_tcp_port()}",
+        http_bind=f"127.0.0.1:{free_tcp_port()}",
+        stats_bind=f"127.0.0.1:{free_tcp_port()}",
+        auth_url=auth_url,
+        auth_timeout_ms=AUTH_TIMEOUT_MS,
+        upstream_app=echoes["app"].address,
+        upstream_grafana=echoes["grafana"].address,
+        upstream_looker=echoes["looker"].address,
+        stats_socket=tmp / "haproxy.sock",
+    )
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    try:
+        haproxy_binary()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    return generate_dev_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def echoes() -> Iterator[dict[str, EchoUpstream]]:
+    ups = {name: EchoUpstream(name) for name in ("app", "grafana", "looker")}
+    try:
+        for up in ups.values():
+            up.start()
+        yield ups
+    finally:
+        for up in ups.values():
+            up.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    certs: DevCerts, echoes: dict[str, EchoUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("haproxy")
+    with FakeAuth() as fake:
+        settings = _settings(certs, tmp, fake.url, echoes)
+        with Haproxy(settings, log_path=tmp / "haproxy.log") as hap:
+            yield Stack(settings, hap, fake, echoes, ssl.create_default_context(cafile=str(certs.ca)))
+
+
+@pytest.fixture(autouse=True)
+def _clean(request: pytest.FixtureRequest) -> None:
+    if "stack" in request.fixturenames:
+        st: Stack = request.getfixturevalue("stack")
+        for up in st.echoes.values():
+            up.reset()
+        st.fake.received.clear()
+
+
+def _raw_get(st: Stack, target: str, extra: str = "") -> int:
+    """Send ``GET target HTTP/1.1`` verbatim over TLS (no client-side path cleanup); return the status."""
+    host, port = st.settings.https_url.removeprefix("https://").rsplit(":", 1)
+    req = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Connection: close\r\n\r\n".encode()
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as sock,
+        st.ctx.wrap_socket(sock, server_hostname=host) as tls,
+    ):
+        tls.sendall(req)
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def _wait_for_log(hap: Haproxy, pattern: str, timeout: float = 3.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = hap.log_text()
+        if re.search(pattern, text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
+# --- config check ---------------------------------------------------------------------------------------
+
+
+def test_haproxy_c_accepts_shipped_config(certs: DevCerts, tmp_path: Path) -> None:
+    settings = HaproxySettings(tls_pem=certs.pem, stats_socket=tmp_path / "s.sock")
+    check_config(settings)
+
+
+def test_haproxy_c_failure_carries_haproxy_output(certs: DevCerts, tmp_path: Path) -> None:
+    settings = HaproxySettings(tls_pem=tmp_path / "missing.pem", stats_socket=tmp_path / "s.sock")
+    with pytest.raises(RuntimeError, match=r"missing\.pem"):
+        check_config(settings)
+
+
+# --- allowed requests and identity headers --------------------------------------------------------------
+
+
+def test_allowed_request_reaches_app_with_exact_identity_headers(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.get("/allow/page", params={"x": "1"}, headers=SPOOFED)
+    assert r.status_code == 200
+    assert r.json()["upstream"] == "app"
+    (rec,) = stack.hits("app")
+    assert (rec["method"], rec["path"], rec["query"]) == ("GET", "/allow/page", "x=1")
+    assert _identity(rec) == APP_IDENTITY
+    assert _values(rec["headers"], "x-forwarded-for") == ["127.0.0.1"]
+    assert _values(rec["headers"], "x-forwarded-proto") == ["https"]
+    for name in ("forwarded", "x-real-ip", "x-original-uri"):
+        assert _values(rec["headers"], name) == []
+    assert stack.hits("grafana") == []
+    assert stack.hits("looker") == []
+
+
+def test_spoofed_identity_headers_never_reach_upstream_or_idgate(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.get("/allow-nouser/x", headers=SPOOFED)
+    assert r.status_code == 200
+    (rec,) = stack.hits("app")
+    assert _identity(rec) == {}
+    names = {n.lower() for n, _ in rec["headers"]}
+    assert not names & {"x_auth_user", "x.auth.user", "x-forwarded-user", "forwarded", "x-real-ip"}
+    # the fake idgate got HAProxy's X-Idgate-* only, never the client's copies
+    (seen,) = stack.fake.received
+    assert _values(seen, "X-Idgate-Path") == ["/allow-nouser/x"]
+    assert _values(seen, "X-Idgate-User") == []
+    assert _values(seen, "X-Idgate-Upstream") == []
+    assert _values(seen, "X-Auth-User") == []
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        (
+            "grafana",
+            {
+                "x-webauth-user": "alice",
+                "x-webauth-email": "alice@example.com",
+                "x-webauth-name": "Alice Liddell",
+                "x-webauth-role": "Editor",
+                "x-webauth-groups": "staff,analysts",
+            },
+        ),
+        (
+            "looker",
+            {
+                "x-auth-user": "alice",
+                "x-auth-email": "alice@example.com",
+                "x-auth-name": "Alice Liddell",
+                "x-auth-groups": "staff,analysts",
+                "x-auth-roles": "viewer,editor",
+            },
+        ),
+    ],
+)
+def test_per_backend_identity_headers(stack: Stack, route: str, expected: dict[str, str]) -> None:
+    with stack.client() as c:
+        r = c.get(f"/{route}/dash", headers=SPOOFED)
+    assert r.status_code == 200
+    assert r.json()["upstream"] == route
+    (rec,) = stack.hits(route)
+    assert _identity(rec) == expected
+    assert stack.hits("app") == []
+
+
+def test_allowed_post_with_body_reaches_upstream(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.post("/allow/form", content=b"x" * 70_000, headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200
+    (rec,) = stack.hits("app")
+    assert (rec["method"], rec["path"]) == ("POST", "/allow/form")
+    assert _values(rec["headers"], "content-length") == ["70000"]
+    (seen,) = stack.fake.received
+    assert _values(seen, "X-Idgate-Method") == ["POST"]
+    assert _values(seen, "Content-Type") == ["application/octet-stream"]
+
+
+def test_http2_via_alpn(stack: Stack) -> None:
+    with stack.client(http2=True) as c:
+        r = c.get("/allow/h2", headers=SPOOFED)
+    assert r.http_version == "HTTP/2"
+    assert r.status_code == 200
+    (rec,) = stack.hits("app")
+    assert _identity(rec) == APP_IDENTITY
+
+
+# --- what idgate is asked -------------------------------------------------------------------------------
+
+
+def test_auth_request_carries_request_facts_and_client_credentials(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.request(
+            "DELETE",
+            "/forbidden/item?id=7&b=%20",
+            headers=[
+                ("Authorization", "Bearer one"),
+                ("Authorization", "Bearer two"),
+                ("Cookie", "__Host-idgate=abc"),
+                ("X-Requested-With", "XMLHttpRequest"),
+                ("Sec-Fetch-Mode", "cors"),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json"),
+                ("User-Agent", "pytest-agent"),
+            ],
+        )
+    assert r.status_code == 403
+    (seen,) = stack.fake.received
+    port = stack.settings.https_url.rsplit(":", 1)[1]
+    expected = {
+        "X-Idgate-Method": ["DELETE"],
+        "X-Idgate-Host": [f"127.0.0.1:{port}"],
+        "X-Idgate-Path": ["/forbidden/item"],
+        "X-Idgate-Query": ["id=7&b=%20"],
+        "X-Idgate-Source": ["127.0.0.1"],
+        "X-Idgate-Proto": ["https"],
+        "Authorization": ["Bearer one", "Bearer two"],
+        "Cookie": ["__Host-idgate=abc"],
+        "X-Requested-With": ["XMLHttpRequest"],
+        "Sec-Fetch-Mode": ["cors"],
+        "Content-Type": ["application/json"],
+        "Accept": ["application/json"],
+        "User-Agent": ["pytest-agent"],
+    }
+    assert {name: _values(seen, name) for name in expected} == expected
+    assert stack.hits("app") == []
+
+
+def test_auth_request_does_not_invent_accept_or_user_agent(stack: Stack) -> None:
+    assert _raw_get(stack, "/forbidden/bare") == 403
+    (seen,) = stack.fake.received
+    assert _values(seen, "Accept") == [""]  # httpclient would add "*/*"; empty means absent
+    assert _values(seen, "User-Agent") == [""]  # ... and "HAProxy"
+    assert _values(seen, "X-Idgate-Query") == [""]
+    assert _values(seen, "Authorization") == []
+
+
+@pytest.mark.parametrize(
+    "target", ["/public/../admin", "//admin", "/public/%2e%2e/admin", "/public/./../admin", "/%61dmin", "/../admin"]
+)
+def test_idgate_judges_the_normalised_path(stack: Stack, target: str) -> None:
+    assert _raw_get(stack, target + "?q=/public") == 403
+    (seen,) = stack.fake.received
+    assert _values(seen, "X-Idgate-Path") == ["/admin"]
+    assert _values(seen, "X-Idgate-Query") == ["q=/public"]
+
+
+def test_malformed_percent_encoding_is_refused_before_idgate(stack: Stack) -> None:
+    assert _raw_get(stack, "/allow/%zz") == 400
+    assert stack.fake.received == []
+    assert stack.hits("app") == []
+
+
+# --- idgate's refusals are relayed, everything else fails closed ----------------------------------------
+
+
+def test_401_keeps_www_authenticate_and_hsts(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.get("/unauthenticated/x")
+    assert r.status_code == 401
+    assert r.headers.get_list("www-authenticate") == [CHALLENGE]
+    assert r.headers["strict-transport-security"] == "max-age=31536000"
+    assert stack.hits("app") == []
+    log = _wait_for_log(stack.haproxy, r"/unauthenticated/x.*reason=token_expired")
+    assert re.search(r"/unauthenticated/x.*idgate=401 decision=deny reason=token_expired", log)
+
+
+@pytest.mark.parametrize(("route", "status"), [("forbidden", 403), ("malformed", 400)])
+def test_403_and_400_are_relayed(stack: Stack, route: str, status: int) -> None:
+    with stack.client() as c:
+        r = c.get(f"/{route}/x")
+    assert r.status_code == status
+    assert "www-authenticate" not in r.headers
+    assert stack.hits("app") == []
+
+
+def test_302_redirects_to_idgate_location(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.get("/login/x")
+    assert r.status_code == 302
+    assert r.headers["location"] == LOGIN_URL
+    assert stack.hits("app") == []
+
+
+@pytest.mark.parametrize(
+    "route", ["dup-user", "status500", "status204", "deny200", "nodecision200", "bad-upstream", "302-without-location"]
+)
+def test_anything_but_an_explicit_allow_is_503(stack: Stack, route: str) -> None:
+    with stack.client() as c:
+        r = c.get(f"/{route}/x", headers=SPOOFED)
+    assert r.status_code == 503
+    assert all(up.requests() == [] for up in stack.echoes.values())
+
+
+def test_allowed_without_known_upstream_is_404(stack: Stack) -> None:
+    with stack.client() as c:
+        assert c.get("/noupstream/x").status_code == 404
+        assert c.get("/nosuch/x").status_code == 404
+    assert all(up.requests() == [] for up in stack.echoes.values())
+
+
+def test_slow_idgate_gives_503_within_the_timeout(stack: Stack) -> None:
+    with stack.client() as c:
+        c.get("/forbidden/warmup")  # TLS handshake and the auth connection out of the measurement
+        t0 = time.perf_counter()
+        r = c.get("/slow/x")
+        elapsed = time.perf_counter() - t0
+    assert r.status_code == 503
+    assert AUTH_TIMEOUT_MS / 1000 - 0.05 <= elapsed < AUTH_TIMEOUT_MS / 1000 + 0.3, elapsed
+    assert stack.hits("app") == []
+    log = _wait_for_log(stack.haproxy, r"failing closed \(GET /slow/x")
+    assert re.search(r"idgate_auth: failing closed \(GET /slow/x from 127\.0\.0\.1\)", log)
+
+
+def test_dead_idgate_gives_503_fast(
+    certs: DevCerts, echoes: dict[str, EchoUpstream], tmp_path: Path, stack: Stack
+) -> None:
+    dead_url = f"http://127.0.0.1:{free_tcp_port()}/auth"  # nothing listens there
+    settings = _settings(certs, tmp_path, dead_url, echoes)
+    with Haproxy(settings, log_path=tmp_path / "haproxy.log") as hap:
+        ctx = ssl.create_default_context(cafile=str(certs.ca))
+        with httpx.Client(base_url=settings.https_url, verify=ctx, timeout=10.0) as c:
+            c.get("/allow/warmup")
+            t0 = time.perf_counter()
+            r = c.get("/allow/x", headers=SPOOFED)
+            elapsed = time.perf_counter() - t0
+        assert r.status_code == 503
+        assert elapsed < 1.0, elapsed
+        assert r.headers["strict-transport-security"] == "max-age=31536000"
+        log = _wait_for_log(hap, r"failing closed \(GET /allow/x")
+        assert "idgate_auth: failing closed (GET /allow/x from 127.0.0.1)" in log
+    assert all(up.requests() == [] for up in echoes.values())
+
+
+# --- transport ------------------------------------------------------------------------------------------
+
+
+def test_http_redirects_to_https_keeping_path_and_query(stack: Stack) -> None:
+    with httpx.Client(timeout=5.0) as c:
+        r = c.get(stack.settings.http_url + "/some/path?q=1&r=%2F")
+    assert r.status_code in (301, 308)
+    port = stack.settings.redirect_port
+    assert r.headers["location"] == f"https://127.0.0.1:{port}/some/path?q=1&r=%2F"
+    assert stack.fake.received == []
+
+
+def test_hsts_on_allowed_responses(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.get("/allow/x")
+    assert r.status_code == 200
+    assert r.headers["strict-transport-security"] == "max-age=31536000"
+
+
+def test_stats_and_metrics(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.settings.stats_url, timeout=5.0) as c:
+        assert "haproxy_process_nbthread" in c.get("/metrics").text
+        assert c.get("/stats").status_code == 200
