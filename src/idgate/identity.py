@@ -34,8 +34,16 @@ def percent_encode(value: str) -> str:
 
 
 def quoted_printable(value: str) -> str:
-    """Quoted-printable of UTF-8 without soft line breaks (what Go's quotedprintable reader decodes)."""
-    return "".join(chr(b) if b in _PLAIN_QP else f"={b:02X}" for b in value.encode("utf-8"))
+    """Quoted-printable of UTF-8 without soft line breaks (what Go's quotedprintable reader decodes).
+
+    Spaces stay literal except a trailing one (RFC 2045 §6.7 rule 3), so plain ASCII names without ``=`` read
+    the same whether or not Grafana's ``headers_encoded`` is on.
+    """
+    data = value.encode("utf-8")
+    last = len(data) - 1
+    return "".join(
+        chr(b) if b in _PLAIN_QP or (b == 0x20 and i != last) else f"={b:02X}" for i, b in enumerate(data)
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -180,7 +180,12 @@ def test_identity_profiles_and_encodings() -> None:
 
 
 def test_encoders_are_ascii_and_reversible() -> None:
-    for text in ["plain", "100% sure", "日本語", 'quote " mark', "a=b"]:
+    for text in ["plain", "100% sure", "日本語", 'quote " mark', "a=b", "trailing ", "Alice Admin"]:
         assert urllib.parse.unquote(percent_encode(text)) == text
         assert quopri.decodestring(quoted_printable(text).encode()).decode() == text
         assert percent_encode(text).isascii() and quoted_printable(text).isascii()
+
+
+def test_quoted_printable_keeps_plain_ascii_readable() -> None:
+    assert quoted_printable("Alice Admin") == "Alice Admin"
+    assert quoted_printable("a=b ") == "a=3Db=20"
