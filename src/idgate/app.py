@@ -99,9 +99,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
-        caches = tuple(
-            JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers
-        )
+        caches = tuple(JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers)
         verifier = Verifier(issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches})
         audit = AuditLog(log_allows=config.audit.log_allows)
         app.state.runtime = Runtime(

@@ -46,6 +46,4 @@ class AuditLog:
             "source": facts.source[:_MAX],
             "latency_ms": round(latency_seconds * 1000, 3),
         }
-        self._log.log(
-            logging.INFO if decision.allow else logging.WARNING, json.dumps(record, ensure_ascii=True)
-        )
+        self._log.log(logging.INFO if decision.allow else logging.WARNING, json.dumps(record, ensure_ascii=True))

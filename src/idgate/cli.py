@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("config")
     demo = sub.add_parser("demo", help="run HAProxy + idgate + test IdP + sample upstreams on loopback")
-    demo.add_argument("--https-port", type=int, default=8443)
+    demo.add_argument("--https-port", type=int, default=8443, help="HAProxy's HTTPS port (default 8443)")
+    demo.add_argument("--check", action="store_true", help="send a few requests through the stack, then exit")
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config)
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.config, host=args.host, port=args.port, log_level=args.log_level)
     from idgate.demo import run_demo
 
-    return int(run_demo(https_port=args.https_port))
+    return run_demo(https_port=args.https_port, check=args.check)
 
 
 if __name__ == "__main__":

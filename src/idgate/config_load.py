@@ -110,9 +110,7 @@ def _resolve_secrets(
                     problems.append(f"{where}_file: cannot read {file_name}: {exc.strerror or exc}")
             if value is not None:
                 if len(value) < MIN_SECRET_CHARS or value.lower() in PLACEHOLDER_SECRETS:
-                    problems.append(
-                        f"{where}: weak or placeholder secret (need {MIN_SECRET_CHARS}+ characters)"
-                    )
+                    problems.append(f"{where}: weak or placeholder secret (need {MIN_SECRET_CHARS}+ characters)")
                 else:
                     issuer[key] = value
         resolved.append(issuer)
@@ -131,9 +129,7 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
     problems += [f"issuers: duplicate name {n!r}" for n in sorted({n for n in names if names.count(n) > 1})]
     for name in upstreams:
         if not (isinstance(name, str) and NAME_RE.match(name)):
-            problems.append(
-                f"upstreams.{name}: name must match [a-z][a-z0-9_]* (it names HAProxy backend be_<name>)"
-            )
+            problems.append(f"upstreams.{name}: name must match [a-z][a-z0-9_]* (it names HAProxy backend be_<name>)")
     for name, upstream in upstreams.items():
         if isinstance(upstream, dict) and upstream.get("role_set") not in (None, *role_sets):
             problems.append(f"upstreams.{name}.role_set: unknown role set {upstream.get('role_set')!r}")
@@ -157,16 +153,12 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
         if isinstance(allow, dict) and allow.get("roles") and isinstance(upstream, dict):
             role_set = role_sets.get(upstream.get("role_set"))
             if not isinstance(role_set, dict):
-                problems.append(
-                    f"{where}.allow.roles: upstream {upstream_name!r} has no role_set to take roles from"
-                )
+                problems.append(f"{where}.allow.roles: upstream {upstream_name!r} has no role_set to take roles from")
             else:
                 vocabulary = set(role_set.get("roles") or ())
                 missing = [r for r in allow["roles"] if r not in vocabulary]
                 if missing:
-                    problems.append(
-                        f"{where}.allow.roles: not in role set {upstream.get('role_set')!r}: {missing}"
-                    )
+                    problems.append(f"{where}.allow.roles: not in role set {upstream.get('role_set')!r}: {missing}")
     return problems
 
 

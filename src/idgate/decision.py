@@ -10,6 +10,7 @@ Every decision is logged as one JSON line by :mod:`idgate.audit`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from idgate.policy import Policy, canonical_host, canonical_path
 from idgate.principal import Principal
 from idgate.verifier import Verifier
 
+log = logging.getLogger("idgate.decision")
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")  # RFC 6750 §2.1 b64token
 
 
@@ -87,6 +89,9 @@ class DecisionEngine:
             decision = await asyncio.wait_for(self._decide(facts), self._timeout)
         except TimeoutError:
             decision = Decision(status=503, reasons=("decision_timeout",))
+        except Exception:  # a bug must never become an allow or a bare 500: fail closed, loudly
+            log.exception("decision failed")
+            decision = Decision(status=503, reasons=("internal_error",))
         self._audit.decision(facts, decision, latency_seconds=time.perf_counter() - started)
         return decision
 
@@ -100,9 +105,7 @@ class DecisionEngine:
             return Decision(status=403, reasons=("no_route",))
 
         def answer(status: int, *reasons: str, **extra: Any) -> Decision:
-            return Decision(
-                status=status, reasons=reasons, route=route.name, upstream=route.upstream, **extra
-            )
+            return Decision(status=status, reasons=reasons, route=route.name, upstream=route.upstream, **extra)
 
         if route.public:
             return answer(200, "public_route")

@@ -25,9 +25,7 @@ class ConfigError(IdgateError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = tuple(problems)
-        super().__init__(
-            f"{len(problems)} configuration problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
-        )
+        super().__init__(f"{len(problems)} configuration problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class KeySetError(IdgateError):

@@ -41,9 +41,7 @@ def quoted_printable(value: str) -> str:
     """
     data = value.encode("utf-8")
     last = len(data) - 1
-    return "".join(
-        chr(b) if b in _PLAIN_QP or (b == 0x20 and i != last) else f"={b:02X}" for i, b in enumerate(data)
-    )
+    return "".join(chr(b) if b in _PLAIN_QP or (b == 0x20 and i != last) else f"={b:02X}" for i, b in enumerate(data))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

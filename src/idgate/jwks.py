@@ -102,15 +102,16 @@ def parse_jwks(document: object, *, pinned: frozenset[str]) -> tuple[dict[str | 
 def _parse_key(jwk: object, pinned: frozenset[str]) -> VerificationKey | None:
     if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig" or "d" in jwk:
         return None
-    kid = jwk.get("kid")
-    if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
+    kid, kty, crv, alg = (jwk.get(k) for k in ("kid", "kty", "crv", "alg"))
+    if not all(v is None or isinstance(v, str) for v in (kid, kty, crv, alg)):
+        return None  # an array or object where a string belongs: malformed
+    if kid is not None and len(kid) > 256:
         return None
-    kty, crv = jwk.get("kty"), jwk.get("crv")
     algs = _ALGS_BY_KEY.get((kty, None if kty == "RSA" else crv))  # type: ignore[arg-type]
     if algs is None:
         return None  # "oct" (symmetric) and unknown key types are never verification keys here
-    if "alg" in jwk:
-        algs = algs & {jwk["alg"]}
+    if alg is not None:
+        algs = algs & {alg}
     algs = algs & pinned
     if not algs:
         return None
@@ -160,6 +161,7 @@ class JwksCache:
             keyset = await self._refetch() if may_fetch else None
             if keyset is None:
                 raise TokenError("keys_unavailable", f"no JWKS fetched yet for {self.config.issuer}")
+            may_fetch = False  # that fetch was this cooldown's one
         elif now >= keyset.expires_at and may_fetch:
             self._start_refetch()  # stale-while-revalidate: this request uses the keys we have
         key = self._lookup(keyset, kid)
@@ -198,7 +200,7 @@ class JwksCache:
         self.stats.fetches += 1
         try:
             keyset = await self._fetch()
-        except (KeySetError, httpx.HTTPError, ValueError) as exc:
+        except (KeySetError, httpx.HTTPError, ValueError, TypeError) as exc:
             self.stats.failures += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
             log.warning(
@@ -221,9 +223,7 @@ class JwksCache:
         response, document = await self._get_json(uri)
         keys, skipped = parse_jwks(document, pinned=frozenset(self.config.algorithms))
         if skipped:
-            log.warning(
-                json.dumps({"event": "jwks_keys_skipped", "issuer": self.config.issuer, "count": skipped})
-            )
+            log.warning(json.dumps({"event": "jwks_keys_skipped", "issuer": self.config.issuer, "count": skipped}))
         ttl = ttl_from_cache_control(
             response.headers.get("cache-control"),
             min_ttl=self.config.jwks.min_ttl_seconds,
@@ -235,9 +235,7 @@ class JwksCache:
         url = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
         _, document = await self._get_json(url)
         if not isinstance(document, dict) or document.get("issuer") != self.config.issuer:
-            raise KeySetError(
-                f"discovery document at {url} does not name issuer {self.config.issuer!r} exactly"
-            )
+            raise KeySetError(f"discovery document at {url} does not name issuer {self.config.issuer!r} exactly")
         uri = document.get("jwks_uri")
         if not isinstance(uri, str) or not (
             uri.startswith("https://") or (self.dev_mode and uri.startswith("http://"))
@@ -259,5 +257,5 @@ class JwksCache:
                     raise KeySetError(f"GET {url}: body exceeds {cap} bytes")
         try:
             return response, json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise KeySetError(f"GET {url}: not JSON ({exc})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise KeySetError(f"GET {url}: not JSON ({type(exc).__name__})") from None

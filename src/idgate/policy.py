@@ -19,9 +19,7 @@ from idgate.errors import RequestError
 from idgate.principal import Principal
 
 _UNRESERVED_PCT = re.compile(r"%(2[dD]|2[eE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
-_HOST_RE = re.compile(
-    r"^(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)*$"
-)
+_HOST_RE = re.compile(r"^(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)*$")
 _BAD_PATH = re.compile(r"[\x00-\x20\x7f\\;]|%(?:2[fF]|5[cC]|3[bB]|00)")
 _SLASHES = re.compile(r"/{2,}")
 
@@ -82,11 +80,7 @@ class Policy:
             if route.match == "exact":
                 if path == route.path:
                     return route
-            elif (
-                route.path == "/"
-                or path == route.path.rstrip("/")
-                or path.startswith(route.path.rstrip("/") + "/")
-            ):
+            elif route.path == "/" or path == route.path.rstrip("/") or path.startswith(route.path.rstrip("/") + "/"):
                 return route
         return None
 

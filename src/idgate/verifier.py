@@ -33,7 +33,7 @@ from idgate.errors import TokenError
 from idgate.jwks import JwksCache
 from idgate.principal import Principal, principal_from_claims
 
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")  # used with fullmatch: "$" would accept a trailing newline
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
 _AT_JWT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash", "events")
@@ -48,19 +48,19 @@ class TrustedIssuer:
 
 
 def _b64json(segment: str, what: str) -> dict[str, Any]:
-    if not segment or not _B64URL.match(segment):
+    if not segment or not _B64URL.fullmatch(segment):
         raise TokenError("invalid_token", f"{what} is not base64url")
     try:
         value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError) as exc:
-        raise TokenError("invalid_token", f"{what} is not base64url JSON") from exc
+    except (binascii.Error, ValueError, RecursionError):
+        raise TokenError("invalid_token", f"{what} is not base64url JSON") from None
     if not isinstance(value, dict):
         raise TokenError("invalid_token", f"{what} is not a JSON object")
     return value
 
 
-def split_compact_jws(token: str, *, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Unverified header and payload of a compact JWS.
+def split_compact_jws(token: str, *, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Unverified header, payload and (unchecked) signature segment of a compact JWS.
 
     Raises:
         TokenError: ``token_too_large`` or ``invalid_token``.
@@ -70,9 +70,7 @@ def split_compact_jws(token: str, *, max_bytes: int) -> tuple[dict[str, Any], di
     parts = token.split(".")
     if len(parts) != 3:
         raise TokenError("invalid_token", "not a compact JWS (JWE and JSON serialisation are refused)")
-    if not parts[2] or not _B64URL.match(parts[2]):
-        raise TokenError("invalid_token", "signature segment missing or not base64url")
-    return _b64json(parts[0], "header"), _b64json(parts[1], "payload")
+    return _b64json(parts[0], "header"), _b64json(parts[1], "payload"), parts[2]
 
 
 class Verifier:
@@ -89,7 +87,7 @@ class Verifier:
         Raises:
             TokenError: with one of the reason codes listed in the module docstring.
         """
-        header, payload = split_compact_jws(token, max_bytes=self._max_bytes)
+        header, payload, signature = split_compact_jws(token, max_bytes=self._max_bytes)
         iss = payload.get("iss")
         trusted = self._issuers.get(iss) if isinstance(iss, str) else None
         if trusted is None:
@@ -100,6 +98,8 @@ class Verifier:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in cfg.algorithms:
             raise TokenError("alg_not_allowed", f"alg {str(alg)[:20]!r} is not pinned for this issuer")
+        if not signature or not _B64URL.fullmatch(signature):
+            raise TokenError("invalid_token", "signature segment missing or not base64url")
         if any(h in header for h in _FORBIDDEN_HEADERS):
             raise TokenError("forbidden_header", "jku, x5u, jwk and x5c are never honoured")
         if "crit" in header:
@@ -139,9 +139,7 @@ class Verifier:
         except jwt.InvalidIssuerError:
             raise TokenError("invalid_issuer", "iss mismatch") from None
         except jwt.MissingRequiredClaimError as exc:
-            code = {"aud": "invalid_audience", "iss": "invalid_issuer", "exp": "invalid_claims"}.get(
-                exc.claim
-            )
+            code = {"aud": "invalid_audience", "iss": "invalid_issuer", "exp": "invalid_claims"}.get(exc.claim)
             raise TokenError(code or "invalid_claims", f"missing claim {exc.claim}") from None
         except jwt.InvalidSignatureError:
             raise TokenError("invalid_signature", "signature does not verify") from None

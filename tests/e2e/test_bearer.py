@@ -114,7 +114,7 @@ def _bad_tokens(stack: Stack) -> dict[str, tuple[str, str]]:
         "wrong_aud": (stack.idp.sign(at, claims(stack, aud="https://other.test")), "invalid_audience"),
         "wrong_iss": (stack.idp.sign(at, claims(stack, iss="https://evil.test")), "invalid_issuer"),
         "iss_trailing_slash": (stack.idp.sign(at, claims(stack, iss=stack.idp.issuer + "/")), "invalid_issuer"),
-        "alg_none": (f"{none_header}.{hs_body}.", "invalid_token"),
+        "alg_none": (f"{none_header}.{hs_body}.", "alg_not_allowed"),
         "alg_none_sig": (f"{none_header}.{hs_body}.c2ln", "alg_not_allowed"),
         "hs256_with_public_key": (f"{hs_header}.{hs_body}.{hs_sig}", "alg_not_allowed"),
         "unknown_kid": (stack.idp.sign(at | {"kid": "no-such-key"}, claims(stack)), "unknown_kid"),

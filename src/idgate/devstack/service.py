@@ -52,9 +52,22 @@ class IdgateService:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "idgate.cli", "serve", "--config", str(self.config),
-                 "--host", self.host, "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "idgate.cli",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=os.environ.copy(),
+                start_new_session=True,
             )
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:

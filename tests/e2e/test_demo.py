@@ -1,0 +1,23 @@
+"""The README's first command: `idgate demo` serves requests authenticated by real IdP tokens through HAProxy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_check_serves_authenticated_requests_and_stops_cleanly() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "idgate.cli", "demo", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("  ok  ") == 6 and "BAD" not in run.stdout
+    assert "'x-webauth-role': 'Admin'" in run.stdout and "'x-webauth-role': 'Viewer'" in run.stdout
