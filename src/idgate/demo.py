@@ -127,7 +127,7 @@ idgate demo is up — Ctrl-C stops everything.
   test IdP            {issuer}  (users alice, bob, carol, mallory; any password)
   stats / metrics     {settings.stats_url}/stats   {settings.stats_url}/metrics
   upstreams (echo)    {", ".join(f"{name} :{port}" for name, port in UPSTREAM_PORTS.items())}
-  routes              /public (open), /grafana (Viewer+), /looker (looker-analysts), /admin (grafana-admins), / (any user)
+  routes              /public open; /grafana Viewer+; /looker looker-analysts; /admin grafana-admins; / any user
 
 Ready-to-paste (run from {repo}; tokens from a real login at the IdP, valid 1 h):
   export ALICE='{tokens["alice"]}'
