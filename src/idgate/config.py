@@ -171,6 +171,76 @@ class UpstreamConfig(_Model):
     role_set: str | None = None
     # Which principal attribute becomes the user value: Grafana's header_property is username or email.
     user_from: Literal["username", "email", "subject"] = "username"
+    # When set, idgate mints a short-lived signed JWT with this audience for the upstream (needs `assertion`).
+    assertion_audience: str | None = None
+
+
+class SessionConfig(_Model):
+    """Browser sessions: an AEAD-encrypted cookie (``__Host-`` prefix, Secure, HttpOnly, SameSite=Lax, Path=/)."""
+
+    cookie_name: str = "__Host-idgate"
+    keys: SecretStr | None = None  # only from keys_env / keys_file: base64 32-byte keys, first one encrypts
+    idle_timeout_seconds: float = Field(default=8 * 3600, gt=0)
+    absolute_timeout_seconds: float = Field(default=24 * 3600, gt=0)
+    refresh_before_seconds: float = Field(default=60, ge=0)
+    refresh_grace_seconds: float = Field(default=300, ge=0)
+    max_chunks: int = Field(default=4, ge=1, le=8)
+
+    @field_validator("cookie_name")
+    @classmethod
+    def _cookie_name(cls, value: str) -> str:
+        if not re.match(r"^__Host-[A-Za-z0-9_\-]{1,40}$", value):
+            raise ValueError("cookie_name must start with __Host- and use only letters, digits, _ and -")
+        return value
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> SessionConfig:
+        if self.keys is None:
+            raise ValueError("set keys_env or keys_file (base64 32-byte AEAD keys; the first one encrypts)")
+        if self.idle_timeout_seconds > self.absolute_timeout_seconds:
+            raise ValueError("idle_timeout_seconds exceeds absolute_timeout_seconds")
+        return self
+
+
+class LoginConfig(_Model):
+    """Browser login (OIDC authorization code + PKCE S256) on the reserved prefix ``/.idgate/``."""
+
+    issuer: str  # name of an issuers[] entry that has client_id and a client secret
+    redirect_uris: tuple[str, ...]  # exact, one per site: https://<host>/.idgate/callback
+    post_logout_redirect_uri: str | None = None
+    allowed_return_origins: tuple[str, ...] = ()  # besides the site being logged into
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "groups", "offline_access")
+    resource: str | None = None  # RFC 8707 resource indicator (audience of the access token)
+    login_timeout_seconds: float = Field(default=600, gt=0, le=3600)
+
+    @field_validator("redirect_uris")
+    @classmethod
+    def _redirect_uris(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one redirect URI is required")
+        dev_mode = bool((info.context or {}).get("dev_mode"))
+        for uri in value:
+            if not re.match(r"^https://[^/?#\s@]+/\.idgate/callback$", uri) and not (
+                dev_mode and re.match(r"^http://[^/?#\s@]+/\.idgate/callback$", uri)
+            ):
+                raise ValueError(f"{uri!r} must be https://<host[:port]>/.idgate/callback exactly")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "openid" not in value:
+            raise ValueError("scopes must include openid")
+        return value
+
+
+class AssertionConfig(_Model):
+    """Signed identity assertions (short-lived JWTs) for upstreams such as Grafana's [auth.jwt]."""
+
+    issuer: str  # the iss of minted assertions, e.g. https://idgate.example.com
+    lifetime_seconds: int = Field(default=120, ge=30, le=300)
+    algorithm: Literal["ES256", "RS256"] = "ES256"
+    keys_file: str | None = None  # PEM private key(s); without it a key is generated at start
 
 
 class AllowRule(_Model):
@@ -234,3 +304,6 @@ class Config(_Model):
     upstreams: dict[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     audit: AuditConfig = AuditConfig()
+    sessions: SessionConfig | None = None
+    login: LoginConfig | None = None
+    assertion: AssertionConfig | None = None

@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from idgate.config import NAME_RE, Config
 from idgate.errors import ConfigError
 
-SECRET_KEYS = ("client_secret",)
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "example", "xxx", "todo"})
 MIN_SECRET_CHARS = 16
 
@@ -75,47 +74,66 @@ def _format_error(err: Mapping[str, Any]) -> str:
 def _resolve_secrets(
     raw: dict[str, Any], environ: Mapping[str, str], problems: list[str], base_dir: Path
 ) -> dict[str, Any]:
+    """Replace ``X_env`` / ``X_file`` with the secret value ``X``; resolve relative file paths."""
     data = dict(raw)
     issuers = data.get("issuers")
-    if not isinstance(issuers, list):
-        return data
-    resolved = []
-    for i, issuer in enumerate(issuers):
-        if not isinstance(issuer, dict):
+    if isinstance(issuers, list):
+        resolved: list[Any] = []
+        for i, issuer in enumerate(issuers):
+            if isinstance(issuer, dict):
+                issuer = dict(issuer)
+                if isinstance(issuer.get("ca_file"), str):
+                    issuer["ca_file"] = str(base_dir / issuer["ca_file"])
+                    if not Path(issuer["ca_file"]).is_file():
+                        problems.append(f"issuers.{i}.ca_file: {issuer['ca_file']} is not a readable file")
+                _resolve_secret(issuer, "client_secret", f"issuers.{i}", environ, problems, base_dir)
             resolved.append(issuer)
-            continue
-        issuer = dict(issuer)
-        if isinstance(issuer.get("ca_file"), str):
-            issuer["ca_file"] = str(base_dir / issuer["ca_file"])
-            if not Path(issuer["ca_file"]).is_file():
-                problems.append(f"issuers.{i}.ca_file: {issuer['ca_file']} is not a readable file")
-        for key in SECRET_KEYS:
-            where = f"issuers.{i}.{key}"
-            if key in issuer:
-                problems.append(f"{where}: inline secrets are refused; use {key}_env or {key}_file")
-                del issuer[key]
-            env_name, file_name = issuer.pop(f"{key}_env", None), issuer.pop(f"{key}_file", None)
-            if env_name is not None and file_name is not None:
-                problems.append(f"{where}: set only one of {key}_env and {key}_file")
-                continue
-            value: str | None = None
-            if env_name is not None:
-                value = environ.get(str(env_name))
-                if value is None:
-                    problems.append(f"{where}_env: environment variable {env_name!s} is not set")
-            elif file_name is not None:
-                try:
-                    value = (base_dir / str(file_name)).read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    problems.append(f"{where}_file: cannot read {file_name}: {exc.strerror or exc}")
-            if value is not None:
-                if len(value) < MIN_SECRET_CHARS or value.lower() in PLACEHOLDER_SECRETS:
-                    problems.append(f"{where}: weak or placeholder secret (need {MIN_SECRET_CHARS}+ characters)")
-                else:
-                    issuer[key] = value
-        resolved.append(issuer)
-    data["issuers"] = resolved
+        data["issuers"] = resolved
+    if isinstance(data.get("sessions"), dict):
+        data["sessions"] = dict(data["sessions"])
+        _resolve_secret(data["sessions"], "keys", "sessions", environ, problems, base_dir, min_chars=43)
+    if isinstance(data.get("assertion"), dict) and isinstance(data["assertion"].get("keys_file"), str):
+        data["assertion"] = dict(data["assertion"])
+        data["assertion"]["keys_file"] = str(base_dir / data["assertion"]["keys_file"])
+        if not Path(data["assertion"]["keys_file"]).is_file():
+            problems.append(f"assertion.keys_file: {data['assertion']['keys_file']} is not a readable file")
     return data
+
+
+def _resolve_secret(
+    section: dict[str, Any],
+    key: str,
+    where: str,
+    environ: Mapping[str, str],
+    problems: list[str],
+    base_dir: Path,
+    *,
+    min_chars: int = MIN_SECRET_CHARS,
+) -> None:
+    """Resolve ``section[key + "_env"|"_file"]`` into ``section[key]`` in place; never echo the value."""
+    where = f"{where}.{key}"
+    if key in section:
+        problems.append(f"{where}: inline secrets are refused; use {key}_env or {key}_file")
+        del section[key]
+    env_name, file_name = section.pop(f"{key}_env", None), section.pop(f"{key}_file", None)
+    if env_name is not None and file_name is not None:
+        problems.append(f"{where}: set only one of {key}_env and {key}_file")
+        return
+    value: str | None = None
+    if env_name is not None:
+        value = environ.get(str(env_name))
+        if value is None:
+            problems.append(f"{where}_env: environment variable {env_name!s} is not set")
+    elif file_name is not None:
+        try:
+            value = (base_dir / str(file_name)).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"{where}_file: cannot read {file_name}: {exc.strerror or exc}")
+    if value is not None:
+        if len(value) < min_chars or value.lower() in PLACEHOLDER_SECRETS:
+            problems.append(f"{where}: weak or placeholder secret (need {min_chars}+ characters)")
+        else:
+            section[key] = value
 
 
 def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
@@ -133,6 +151,7 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
     for name, upstream in upstreams.items():
         if isinstance(upstream, dict) and upstream.get("role_set") not in (None, *role_sets):
             problems.append(f"upstreams.{name}.role_set: unknown role set {upstream.get('role_set')!r}")
+    problems += _login_problems(data, upstreams)
     routes = data.get("routes")
     if not isinstance(routes, list) or not routes:
         problems.append("routes: at least one route is required (no match = deny)")
@@ -162,6 +181,25 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[str]:
+    problems: list[str] = []
+    login = data.get("login")
+    if isinstance(login, dict):
+        if not isinstance(data.get("sessions"), dict):
+            problems.append("login: browser login needs a sessions section (cookie keys)")
+        issuers = {i.get("name"): i for i in data.get("issuers") or [] if isinstance(i, dict)}
+        issuer = issuers.get(login.get("issuer"))
+        if issuer is None:
+            problems.append(f"login.issuer: no issuer named {login.get('issuer')!r}")
+        elif not issuer.get("client_id") or "client_secret" not in issuer:
+            problems.append(f"login.issuer: issuer {login.get('issuer')!r} needs client_id and a client secret")
+    if not isinstance(data.get("assertion"), dict):
+        for name, upstream in upstreams.items():
+            if isinstance(upstream, dict) and upstream.get("assertion_audience"):
+                problems.append(f"upstreams.{name}.assertion_audience: needs an assertion section")
+    return problems
+
+
 def summarize(config: Config) -> str:
     """A one-screen, secret-free summary of issuers, upstreams, role mappings and routes."""
     lines = [f"dev_mode: {config.dev_mode}   listen: {config.server.host}:{config.server.port}", "issuers:"]
@@ -179,6 +217,19 @@ def summarize(config: Config) -> str:
     lines.append("upstreams:")
     for name, up in config.upstreams.items():
         lines.append(f"  {name}: profile={up.profile} role_set={up.role_set} user_from={up.user_from}")
+    if config.login:
+        lines.append(f"login: via issuer {config.login.issuer}, redirect URIs {list(config.login.redirect_uris)}")
+    if config.sessions:
+        s = config.sessions
+        lines.append(
+            f"sessions: cookie {s.cookie_name} keys=<set> idle={s.idle_timeout_seconds:g}s "
+            f"absolute={s.absolute_timeout_seconds:g}s refresh_before={s.refresh_before_seconds:g}s"
+        )
+    if config.assertion:
+        lines.append(
+            f"assertion: iss={config.assertion.issuer} {config.assertion.algorithm} "
+            f"lifetime={config.assertion.lifetime_seconds}s"
+        )
     lines.append("routes (first match wins, no match = deny):")
     for r in config.routes:
         rule = "public" if r.public else _describe_allow(r.allow)

@@ -22,9 +22,9 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 
@@ -36,6 +36,7 @@ from idgate.principal import Principal, principal_from_claims
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")  # used with fullmatch: "$" would accept a trailing newline
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
 _AT_JWT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+_ACCESS_REQUIRED = ("exp", "iss", "aud", "sub")
 _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash", "events")
 
 
@@ -73,6 +74,64 @@ def split_compact_jws(token: str, *, max_bytes: int) -> tuple[dict[str, Any], di
     return _b64json(parts[0], "header"), _b64json(parts[1], "payload"), parts[2]
 
 
+TokenKind = Literal["access", "id", "logout"]
+
+
+async def verify_jws(
+    token: str, trusted: TrustedIssuer, *, kind: TokenKind, audiences: Sequence[str], require: Sequence[str]
+) -> dict[str, Any]:
+    """Verify a compact JWS from ``trusted``'s issuer and return its claims (steps 1 and 3-5 of the module doc).
+
+    ``kind`` selects the ``typ`` rule: ``access`` — ``at+jwt`` when the issuer requires it; ``id`` — absent or
+    ``JWT`` (OIDC Core §2); ``logout`` — absent or ``logout+jwt`` (OIDC Back-Channel Logout §2.4).
+    ``audiences``: ``aud`` must contain one of them. ``require``: claims that must be present.
+
+    Raises:
+        TokenError: with a reason code.
+    """
+    header, _, signature = split_compact_jws(token, max_bytes=trusted.config.max_token_bytes)
+    return await _verify_parts(token, header, signature, trusted, kind=kind, audiences=audiences, require=require)
+
+
+async def _verify_parts(
+    token: str,
+    header: Mapping[str, Any],
+    signature: str,
+    trusted: TrustedIssuer,
+    *,
+    kind: TokenKind,
+    audiences: Sequence[str],
+    require: Sequence[str],
+) -> dict[str, Any]:
+    cfg = trusted.config
+    if len(token) > cfg.max_token_bytes:
+        raise TokenError("token_too_large", f"token exceeds {cfg.max_token_bytes} bytes")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in cfg.algorithms:
+        raise TokenError("alg_not_allowed", f"alg {str(alg)[:20]!r} is not pinned for this issuer")
+    if not signature or not _B64URL.fullmatch(signature):
+        raise TokenError("invalid_token", "signature segment missing or not base64url")
+    if any(h in header for h in _FORBIDDEN_HEADERS):
+        raise TokenError("forbidden_header", "jku, x5u, jwk and x5c are never honoured")
+    if "crit" in header:
+        raise TokenError("unsupported_crit", "no JWS extension is supported")
+    raw_typ = header.get("typ")
+    if raw_typ is not None and not isinstance(raw_typ, str):
+        raise TokenError("invalid_typ", "typ is not a string")
+    typ = raw_typ.lower() if raw_typ is not None else None
+    if kind == "access" and cfg.require_at_jwt_typ and typ not in _AT_JWT_TYPES:
+        raise TokenError("invalid_typ", "typ must be at+jwt (RFC 9068 §2.1)")
+    if (kind == "id" and typ not in (None, "jwt")) or (kind == "logout" and typ not in (None, "logout+jwt")):
+        raise TokenError("invalid_typ", f"typ {str(typ)[:20]!r} is not allowed for an {kind} token")
+    kid = header.get("kid")
+    if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
+        raise TokenError("invalid_token", "kid is not a short string")
+    key = await trusted.keys.get_key(kid)
+    if alg not in key.algorithms:
+        raise TokenError("alg_not_allowed", f"alg {alg} does not fit the key's type")
+    return _decode(token, key.key, alg, cfg, audiences=audiences, require=require)
+
+
 class Verifier:
     """Verifies bearer JWTs against the configured issuers. Stateless apart from the key caches it holds."""
 
@@ -81,8 +140,12 @@ class Verifier:
         self._issuers = dict(issuers)
         self._max_bytes = max((t.config.max_token_bytes for t in self._issuers.values()), default=16384)
 
+    def issuer(self, iss: str) -> TrustedIssuer | None:
+        """The trusted issuer whose ``issuer`` equals ``iss`` exactly."""
+        return self._issuers.get(iss)
+
     async def verify(self, token: str) -> Principal:
-        """Verify ``token`` and return its principal.
+        """Verify bearer ``token`` and return its principal.
 
         Raises:
             TokenError: with one of the reason codes listed in the module docstring.
@@ -93,55 +156,39 @@ class Verifier:
         if trusted is None:
             raise TokenError("invalid_issuer", "iss is not a configured issuer")
         cfg = trusted.config
-        if len(token) > cfg.max_token_bytes:
-            raise TokenError("token_too_large", f"token exceeds {cfg.max_token_bytes} bytes")
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in cfg.algorithms:
-            raise TokenError("alg_not_allowed", f"alg {str(alg)[:20]!r} is not pinned for this issuer")
-        if not signature or not _B64URL.fullmatch(signature):
-            raise TokenError("invalid_token", "signature segment missing or not base64url")
-        if any(h in header for h in _FORBIDDEN_HEADERS):
-            raise TokenError("forbidden_header", "jku, x5u, jwk and x5c are never honoured")
-        if "crit" in header:
-            raise TokenError("unsupported_crit", "no JWS extension is supported")
-        typ = header.get("typ")
-        if cfg.require_at_jwt_typ and not (isinstance(typ, str) and typ.lower() in _AT_JWT_TYPES):
-            raise TokenError("invalid_typ", "typ must be at+jwt (RFC 9068 §2.1)")
-        kid = header.get("kid")
-        if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
-            raise TokenError("invalid_token", "kid is not a short string")
-        key = await trusted.keys.get_key(kid)
-        if alg not in key.algorithms:
-            raise TokenError("alg_not_allowed", f"alg {alg} does not fit the key's type")
-        claims = self._decode(token, key.key, alg, cfg)
+        claims = await _verify_parts(
+            token, header, signature, trusted, kind="access", audiences=cfg.audiences, require=_ACCESS_REQUIRED
+        )
         if any(c in claims for c in _ID_TOKEN_CLAIMS) or claims.get("typ") in ("ID", "Logout"):
             raise TokenError("invalid_typ", "an ID or logout token is not a bearer token (RFC 8725 §3.11)")
         return principal_from_claims(claims, paths=cfg.claims)
 
-    @staticmethod
-    def _decode(token: str, key: object, alg: str, cfg: IssuerConfig) -> dict[str, Any]:
-        try:
-            return jwt.decode(
-                token,
-                key,  # type: ignore[arg-type]
-                algorithms=[alg],
-                audience=list(cfg.audiences),
-                issuer=cfg.issuer,
-                leeway=cfg.leeway_seconds,
-                options={"require": ["exp", "iss", "aud", "sub"], "verify_iat": True},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("expired", "exp is in the past") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenError("not_yet_valid", "nbf or iat is in the future") from None
-        except jwt.InvalidAudienceError:
-            raise TokenError("invalid_audience", "aud names none of the configured audiences") from None
-        except jwt.InvalidIssuerError:
-            raise TokenError("invalid_issuer", "iss mismatch") from None
-        except jwt.MissingRequiredClaimError as exc:
-            code = {"aud": "invalid_audience", "iss": "invalid_issuer", "exp": "invalid_claims"}.get(exc.claim)
-            raise TokenError(code or "invalid_claims", f"missing claim {exc.claim}") from None
-        except jwt.InvalidSignatureError:
-            raise TokenError("invalid_signature", "signature does not verify") from None
-        except (jwt.InvalidTokenError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
-            raise TokenError("invalid_token", type(exc).__name__) from None
+
+def _decode(
+    token: str, key: object, alg: str, cfg: IssuerConfig, *, audiences: Sequence[str], require: Sequence[str]
+) -> dict[str, Any]:
+    try:
+        return jwt.decode(
+            token,
+            key,  # type: ignore[arg-type]
+            algorithms=[alg],
+            audience=list(audiences),
+            issuer=cfg.issuer,
+            leeway=cfg.leeway_seconds,
+            options={"require": list(require), "verify_iat": True},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("expired", "exp is in the past") from None
+    except jwt.ImmatureSignatureError:
+        raise TokenError("not_yet_valid", "nbf or iat is in the future") from None
+    except jwt.InvalidAudienceError:
+        raise TokenError("invalid_audience", "aud names none of the configured audiences") from None
+    except jwt.InvalidIssuerError:
+        raise TokenError("invalid_issuer", "iss mismatch") from None
+    except jwt.MissingRequiredClaimError as exc:
+        code = {"aud": "invalid_audience", "iss": "invalid_issuer", "exp": "invalid_claims"}.get(exc.claim)
+        raise TokenError(code or "invalid_claims", f"missing claim {exc.claim}") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("invalid_signature", "signature does not verify") from None
+    except (jwt.InvalidTokenError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
+        raise TokenError("invalid_token", type(exc).__name__) from None
