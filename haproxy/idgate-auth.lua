@@ -53,7 +53,12 @@ local ANSWER_VARS = {
     { "x-idgate-issuer", "txn.idgate_issuer" },
     { "www-authenticate", "txn.idgate_www_authenticate" },
     { "location", "txn.idgate_location" },
+    { "x-idgate-assertion", "txn.idgate_assertion" },
 }
+
+-- Set-Cookie values idgate may answer (a refreshed, re-issued or cleared session: one per cookie chunk); each
+-- lands in txn.idgate_set_cookie_<i>, and haproxy.cfg adds them to the client's response. More is an error.
+local MAX_SET_COOKIES = 8
 
 -- Statuses idgate may answer; anything else is an error (nothing set -> 503).
 local KNOWN_STATUS = { [200] = true, [302] = true, [400] = true, [401] = true, [403] = true }
@@ -150,6 +155,16 @@ local function ask_idgate(txn, url, timeout_ms)
             end
             vars[pair[2]] = v
         end
+    end
+    local cookies = values_of(headers["set-cookie"])
+    if #cookies > MAX_SET_COOKIES then
+        return nil, "too many Set-Cookie headers in answer"
+    end
+    for i, v in ipairs(cookies) do
+        if not clean(v) then
+            return nil, "control character in answer header set-cookie"
+        end
+        vars["txn.idgate_set_cookie_" .. tostring(i - 1)] = v
     end
     local upstream = vars["txn.idgate_upstream"]
     if upstream ~= nil and not upstream:match("^[a-z0-9_]+$") then

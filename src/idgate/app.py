@@ -18,6 +18,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -25,10 +26,16 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from idgate.assertion import AssertionSigner
 from idgate.audit import AuditLog
 from idgate.config import Config
+from idgate.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.decision import Decision, DecisionEngine, RequestFacts
 from idgate.jwks import JwksCache
+from idgate.oidc import OidcClient
+from idgate.session import MemoryRevocationStore
+from idgate.sso import SessionManager
+from idgate.sso_routes import Sso, jwks_route, sso_routes
 from idgate.verifier import TrustedIssuer, Verifier
 
 log = logging.getLogger("idgate")
@@ -43,6 +50,64 @@ class Runtime:
     engine: DecisionEngine
     caches: tuple[JwksCache, ...]
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    sso: Sso | None = None
+    assertions: AssertionSigner | None = None
+
+
+def _assertion_signer(config: Config) -> AssertionSigner | None:
+    if config.assertion is None:
+        return None
+    pems: tuple[bytes, ...] = ()
+    if config.assertion.keys_file:
+        pems = tuple(_pem_blocks(Path(config.assertion.keys_file).read_bytes()))
+    return AssertionSigner(
+        issuer=config.assertion.issuer,
+        lifetime_seconds=config.assertion.lifetime_seconds,
+        reuse_margin_seconds=max(5, config.assertion.lifetime_seconds // 4),
+        algorithm=config.assertion.algorithm,
+        private_keys_pem=pems,
+    )
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    """Split a PEM bundle into its private-key blocks (the first one signs)."""
+    blocks, current = [], b""
+    for line in data.splitlines(keepends=True):
+        current += line
+        if line.startswith(b"-----END"):
+            blocks.append(current.strip() + b"\n")
+            current = b""
+    return blocks
+
+
+def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClient) -> Sso | None:
+    """The browser-login components, when ``login`` and ``sessions`` are configured."""
+    if config.login is None or config.sessions is None or config.sessions.keys is None:
+        return None
+    cache = next(c for c in caches if c.config.name == config.login.issuer)
+    ring = KeyRing.from_text(config.sessions.keys.get_secret_value())
+    trusted = TrustedIssuer(config=cache.config, keys=cache)
+    oidc = OidcClient(trusted=trusted, login=config.login, http=client, dev_mode=config.dev_mode)
+    name = config.sessions.cookie_name
+    store = MemoryRevocationStore()
+    cookies = SessionCookies(
+        ring=ring, settings=CookieJarSettings(name=name, max_chunks=config.sessions.max_chunks), purpose=b"session"
+    )
+    login_cookies = SessionCookies(
+        ring=ring, settings=CookieJarSettings(name=f"{name}-login", max_chunks=1), purpose=b"login-state"
+    )
+    manager = SessionManager(
+        config=config.sessions, cookies=cookies, oidc=oidc, store=store, claims=cache.config.claims
+    )
+    return Sso(
+        login=config.login,
+        oidc=oidc,
+        sessions=manager,
+        login_cookies=login_cookies,
+        ring=ring,
+        store=store,
+        absolute_timeout_seconds=config.sessions.absolute_timeout_seconds,
+    )
 
 
 def _client_for(ca_file: str | None, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
@@ -68,9 +133,13 @@ def facts_from_request(request: Request) -> RequestFacts | None:
         host=h["x-idgate-host"],
         path=h["x-idgate-path"],
         source=h.get("x-idgate-source", ""),
+        query=h.get("x-idgate-query", ""),
         authorization=tuple(h.getlist("authorization")),
         cookie=h.get("cookie") or None,  # HAProxy sends an empty value for "absent"
         accept=h.get("accept") or None,
+        requested_with=h.get("x-requested-with") or None,
+        fetch_mode=h.get("sec-fetch-mode") or None,
+        content_type=h.get("content-type") or None,
     )
 
 
@@ -87,7 +156,12 @@ def decision_response(decision: Decision) -> Response:
         headers.update(decision.headers)
     if decision.www_authenticate:
         headers["www-authenticate"] = decision.www_authenticate
-    return PlainTextResponse(f"{decision.status} {','.join(decision.reasons)}\n", decision.status, headers)
+    if decision.location:
+        headers["location"] = decision.location
+    response = PlainTextResponse(f"{decision.status} {','.join(decision.reasons)}\n", decision.status, headers)
+    for value in decision.set_cookies:
+        response.headers.append("set-cookie", value)
+    return response
 
 
 def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
@@ -102,11 +176,22 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         caches = tuple(JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers)
         verifier = Verifier(issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches})
         audit = AuditLog(log_allows=config.audit.log_allows)
+        login_issuer = next((i for i in config.issuers if config.login and i.name == config.login.issuer), None)
+        sso = _sso(config, caches, clients[login_issuer.ca_file]) if login_issuer else None
+        assertions = _assertion_signer(config)
         app.state.runtime = Runtime(
             config=config,
-            engine=DecisionEngine(config=config, verifier=verifier, audit=audit),
+            engine=DecisionEngine(
+                config=config,
+                verifier=verifier,
+                audit=audit,
+                sessions=sso.sessions if sso else None,
+                assertions=assertions,
+            ),
             caches=caches,
             trusted=tuple(ipaddress.ip_network(n, strict=False) for n in config.server.trusted_callers),
+            sso=sso,
+            assertions=assertions,
         )
         warmers = [asyncio.create_task(_warm(c), name=f"warm:{c.config.name}") for c in caches]
         try:
@@ -143,11 +228,17 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             return PlainTextResponse(f"waiting for keys: {', '.join(waiting)}\n", 503)
         return PlainTextResponse("ready\n")
 
+    def runtime_of(request: Request) -> Runtime:
+        runtime: Runtime = request.app.state.runtime
+        return runtime
+
     return Starlette(
         routes=[
             Route("/auth", auth, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            *sso_routes(lambda request: runtime_of(request).sso),
+            jwks_route(lambda request: runtime_of(request).assertions),
         ],
         lifespan=lifespan,
     )

@@ -184,7 +184,7 @@ class SessionConfig(_Model):
     absolute_timeout_seconds: float = Field(default=24 * 3600, gt=0)
     refresh_before_seconds: float = Field(default=60, ge=0)
     refresh_grace_seconds: float = Field(default=300, ge=0)
-    max_chunks: int = Field(default=4, ge=1, le=8)
+    max_chunks: int = Field(default=4, ge=1, le=4)  # 4 x 3800-byte chunks fit the 16 KiB Cookie budget
 
     @field_validator("cookie_name")
     @classmethod

@@ -13,19 +13,23 @@ import asyncio
 import logging
 import re
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from idgate.assertion import AssertionSigner
 from idgate.audit import AuditLog
 from idgate.config import Config
 from idgate.errors import CredentialError, RequestError
 from idgate.identity import render_identity
 from idgate.policy import Policy, canonical_host, canonical_path
 from idgate.principal import Principal
+from idgate.sso import SessionManager
 from idgate.verifier import Verifier
 
 log = logging.getLogger("idgate.decision")
+LOGIN_START = "/.idgate/start"
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")  # RFC 6750 §2.1 b64token
 
 
@@ -40,10 +44,24 @@ class RequestFacts:
     method: str
     host: str
     path: str
+    query: str = ""
     source: str = ""
     authorization: tuple[str, ...] = ()
     cookie: str | None = None
     accept: str | None = None
+    requested_with: str | None = None
+    fetch_mode: str | None = None
+    content_type: str | None = None
+
+    def is_navigation(self) -> bool:
+        """A browser page navigation (may be redirected to login); XHR, JSON, gRPC and API calls are not."""
+        return (
+            self.method in ("GET", "HEAD")
+            and "text/html" in (self.accept or "")
+            and self.requested_with is None
+            and self.fetch_mode in (None, "navigate")
+            and not (self.content_type or "").startswith("application/grpc")
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,6 +75,8 @@ class Decision:
     principal: Principal | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     www_authenticate: str | None = None
+    location: str | None = None
+    set_cookies: tuple[str, ...] = ()
 
     @property
     def allow(self) -> bool:
@@ -76,10 +96,20 @@ def _www_authenticate(error: str | None = None, description: str | None = None) 
 class DecisionEngine:
     """Holds the policy and verifier of one configuration and decides requests."""
 
-    def __init__(self, *, config: Config, verifier: Verifier, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        verifier: Verifier,
+        audit: AuditLog,
+        sessions: SessionManager | None = None,
+        assertions: AssertionSigner | None = None,
+    ) -> None:
         self._policy = Policy(config=config)
         self._verifier = verifier
         self._audit = audit
+        self._sessions = sessions
+        self._assertions = assertions
         self._timeout = config.server.decision_timeout_seconds
 
     async def decide(self, facts: RequestFacts) -> Decision:
@@ -104,29 +134,62 @@ class DecisionEngine:
         if route is None:
             return Decision(status=403, reasons=("no_route",))
 
+        cookies: tuple[str, ...] = ()
+
         def answer(status: int, *reasons: str, **extra: Any) -> Decision:
-            return Decision(status=status, reasons=reasons, route=route.name, upstream=route.upstream, **extra)
+            return Decision(
+                status=status, reasons=reasons, route=route.name, upstream=route.upstream, set_cookies=cookies, **extra
+            )
 
         if route.public:
             return answer(200, "public_route")
         if len(facts.authorization) > 1:
             return answer(400, "duplicate_authorization")
-        if not facts.authorization:
-            return answer(401, "missing_credentials", www_authenticate=_www_authenticate())
-        match = _BEARER.match(facts.authorization[0])
-        if match is None:
-            scheme_ok = facts.authorization[0][:7].lower() == "bearer "
-            reason = "malformed_authorization" if scheme_ok else "unsupported_scheme"
-            return answer(401, reason, www_authenticate=_www_authenticate("invalid_request", reason))
-        try:
-            principal = await self._verifier.verify(match.group(1))
-        except CredentialError as exc:
-            return answer(401, exc.reason, www_authenticate=_www_authenticate("invalid_token", exc.reason))
+        cache_key: str
+        if facts.authorization:
+            match = _BEARER.match(facts.authorization[0])
+            if match is None:
+                scheme_ok = facts.authorization[0][:7].lower() == "bearer "
+                reason = "malformed_authorization" if scheme_ok else "unsupported_scheme"
+                return answer(401, reason, www_authenticate=_www_authenticate("invalid_request", reason))
+            try:
+                principal = await self._verifier.verify(match.group(1))
+            except CredentialError as exc:
+                return answer(401, exc.reason, www_authenticate=_www_authenticate("invalid_token", exc.reason))
+            cache_key = f"bearer:{principal.issuer}|{principal.subject}"
+        else:
+            outcome = await self._sessions.resolve(facts.cookie) if self._sessions else None
+            if outcome is None or outcome.session is None:
+                cookies = outcome.set_cookies if outcome else ()
+                why = (outcome.reason,) if outcome and outcome.reason not in (None, "no_cookie") else ()
+                if self._sessions is not None and facts.is_navigation():
+                    target = facts.path + (f"?{facts.query}" if facts.query else "")
+                    location = LOGIN_START + "?rd=" + urllib.parse.quote(target, safe="")
+                    return answer(302, "login_required", *why, location=location)
+                return answer(401, "missing_credentials", *why, www_authenticate=_www_authenticate())
+            cookies = outcome.set_cookies
+            principal = outcome.session.principal()
+            cache_key = f"session:{outcome.session.sid}"
         grant = self._policy.check(route, principal)
         if not grant.allowed:
             return answer(403, *grant.reasons, *principal.notes, principal=principal)
-        identity = render_identity(principal, self._policy.upstream(route), grant.roles)
+        upstream = self._policy.upstream(route)
+        identity = render_identity(principal, upstream, grant.roles)
         if "user" not in identity.values:
             return answer(403, "unsafe_identity", *identity.notes, principal=principal)
+        headers = identity.headers()
+        if upstream.assertion_audience and self._assertions is not None:
+            headers["x-idgate-assertion"] = self._assertions.mint(
+                cache_key=cache_key,
+                audience=upstream.assertion_audience,
+                subject=principal.subject,
+                claims={
+                    "email": principal.email,
+                    "name": principal.name,
+                    "preferred_username": principal.username,
+                    "groups": list(principal.groups),
+                    "role": grant.roles[-1] if grant.roles else None,
+                },
+            )
         reasons = grant.reasons + principal.notes + identity.notes
-        return answer(200, *reasons, principal=principal, headers=identity.headers())
+        return answer(200, *reasons, principal=principal, headers=headers)

@@ -6,8 +6,10 @@
     ├── ConfigError            bad configuration; ``problems`` lists every problem found, not just the first
     ├── KeySetError            a JWKS could not be fetched or parsed (the cache keeps serving last good keys)
     ├── RequestError           the request facts are malformed (400): ambiguous path, bad host, two Authorization
-    └── CredentialError        a request's credential is unusable; ``reason`` is a stable ASCII reason code
-        └── TokenError         a bearer token failed verification (RFC 6750 §3.1 ``invalid_token`` family)
+    ├── CredentialError        a request's credential is unusable; ``reason`` is a stable ASCII reason code
+    │   └── TokenError         a bearer token failed verification (RFC 6750 §3.1 ``invalid_token`` family)
+    └── ProviderError          the OpenID Provider refused (``transient`` False, e.g. invalid_grant) or could not
+                               be reached / answered garbage (``transient`` True)
 
 Reason codes are part of the public contract: they appear in audit logs, in ``X-Idgate-Reason``, in
 ``WWW-Authenticate`` error descriptions and (later) in gRPC ``grpc-message``. They are short, ASCII, snake_case.
@@ -58,3 +60,13 @@ class TokenError(CredentialError):
     (``jku``/``x5u``/``jwk``/``x5c``), ``unsupported_crit``, ``invalid_typ``, ``invalid_claims``,
     ``token_too_large``, ``keys_unavailable``.
     """
+
+
+class ProviderError(IdgateError):
+    """The OpenID Provider refused a request or failed. ``reason``: e.g. ``invalid_grant``, ``idp_unavailable``."""
+
+    def __init__(self, reason: str, detail: str = "", *, transient: bool) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.transient = transient
+        super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_stack import AUDIENCE, AUTH_TIMEOUT_MS, Stack
+from stack import AUDIENCE, AUTH_TIMEOUT_MS, Stack
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -121,6 +122,7 @@ class HaproxySettings:
     stats_bind: str = "127.0.0.1:8404"
     https_port: int | None = None
     auth_url: str = "http://127.0.0.1:9180/auth"
+    service_addr: str | None = None  # idgate's host:port for /.idgate/; None: taken from auth_url
     auth_timeout_ms: int = 1000
     upstream_app: str = "127.0.0.1:9101"
     upstream_grafana: str = "127.0.0.1:3000"
@@ -167,6 +169,7 @@ class HaproxySettings:
             "IDGATE_HTTPS_PORT": str(self.redirect_port),
             "IDGATE_TLS_CERT": str(Path(self.tls_pem).resolve()),
             "IDGATE_AUTH_URL": self.auth_url,
+            "IDGATE_SERVICE_ADDR": self.service_addr or urllib.parse.urlsplit(self.auth_url).netloc,
             "IDGATE_AUTH_TIMEOUT_MS": str(self.auth_timeout_ms),
             "IDGATE_UPSTREAM_APP": self.upstream_app,
             "IDGATE_UPSTREAM_GRAFANA": self.upstream_grafana,

@@ -1,0 +1,153 @@
+"""Browser sessions: the value kept (encrypted) in the session cookie, and the revocation store.
+
+A session holds what the decision needs (iss, sub, username, email, name, groups), its timestamps (seconds since
+the epoch), the refresh token and the ID token (the ``id_token_hint`` of RP-initiated logout), and the IdP's
+session id ``sid`` (back-channel logout). It is serialised as compact JSON and sealed by :mod:`idgate.cookies`.
+
+Revocation (OIDC RP-Initiated Logout, Back-Channel Logout 1.0 §2.7): signing out remembers the session id until
+the session's absolute expiry, so a replayed cookie is refused; a back-channel logout token revokes by the IdP's
+``sid`` or by subject (every session of that subject created before the logout). ``jti`` values of logout tokens
+are remembered to refuse replays. :class:`RevocationStore` is the interface; :class:`MemoryRevocationStore`
+serves one process, and a shared store (Redis) can implement the same four methods.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+from idgate.principal import Principal
+
+_STR_FIELDS = ("sid", "issuer", "subject", "id_token")
+_OPT_STR_FIELDS = ("username", "email", "name", "refresh_token", "idp_sid")
+_TIME_FIELDS = ("created_at", "last_seen", "expires_at", "token_expires_at")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Session:
+    """One browser session. Times are seconds since the epoch."""
+
+    sid: str
+    issuer: str
+    subject: str
+    username: str | None
+    email: str | None
+    name: str | None
+    groups: tuple[str, ...]
+    created_at: float
+    last_seen: float
+    expires_at: float  # absolute expiry
+    token_expires_at: float  # when the IdP's tokens expire: refresh before this
+    refresh_token: str | None
+    id_token: str
+    idp_sid: str | None = None
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON."""
+        data = asdict(self)
+        data["groups"] = list(self.groups)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Session | None:
+        """Parse :meth:`to_bytes` output; None for anything else (never raises)."""
+        try:
+            data: Any = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
+            return None
+        if not all(isinstance(data[k], str) for k in _STR_FIELDS):
+            return None
+        if not all(data[k] is None or isinstance(data[k], str) for k in _OPT_STR_FIELDS):
+            return None
+        if not all(isinstance(data[k], int | float) and not isinstance(data[k], bool) for k in _TIME_FIELDS):
+            return None
+        groups = data["groups"]
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            return None
+        return cls(**{**data, "groups": tuple(groups)})
+
+    def principal(self) -> Principal:
+        """The principal this session stands for."""
+        return Principal(
+            issuer=self.issuer,
+            subject=self.subject,
+            username=self.username,
+            email=self.email,
+            name=self.name,
+            groups=self.groups,
+            expires_at=self.expires_at,
+        )
+
+    def touched(self, now: float) -> Session:
+        """The same session seen at ``now``."""
+        return replace(self, last_seen=now)
+
+
+class RevocationStore(Protocol):
+    """Remembers revocations until a deadline. Keys are opaque strings; times are epoch seconds."""
+
+    async def revoke(self, key: str, *, at: float, until: float) -> None:
+        """Record that ``key`` was revoked at ``at``; forget it after ``until``."""
+
+    async def revoked_at(self, key: str) -> float | None:
+        """When ``key`` was revoked, or None."""
+
+    async def remember_once(self, key: str, *, until: float) -> bool:
+        """True the first time ``key`` is seen (until ``until``), False on every replay."""
+
+
+@dataclass(kw_only=True)
+class MemoryRevocationStore:
+    """In-process :class:`RevocationStore`, bounded: the entries nearest their deadline are dropped first."""
+
+    max_entries: int = 100_000
+    clock: Callable[[], float] = time.time
+    _entries: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def _prune(self) -> None:
+        now = self.clock()
+        if len(self._entries) < self.max_entries:
+            return
+        for key in [k for k, (_, until) in self._entries.items() if until <= now]:
+            del self._entries[key]
+        while len(self._entries) >= self.max_entries:
+            del self._entries[min(self._entries, key=lambda k: self._entries[k][1])]
+
+    async def revoke(self, key: str, *, at: float, until: float) -> None:
+        self._prune()
+        previous = self._entries.get(key)
+        self._entries[key] = (max(at, previous[0]) if previous else at, max(until, previous[1] if previous else 0))
+
+    async def revoked_at(self, key: str) -> float | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= self.clock():
+            return None
+        return entry[0]
+
+    async def remember_once(self, key: str, *, until: float) -> bool:
+        if await self.revoked_at(key) is not None:
+            return False
+        await self.revoke(key, at=self.clock(), until=until)
+        return True
+
+
+def session_keys(session: Session) -> tuple[str, ...]:
+    """Revocation keys that end ``session``: its own id, the IdP session id, and its subject."""
+    keys = [f"sid:{session.sid}", f"sub:{session.issuer}|{session.subject}"]
+    if session.idp_sid:
+        keys.append(f"idp_sid:{session.issuer}|{session.idp_sid}")
+    return tuple(keys)
+
+
+async def is_revoked(store: RevocationStore, session: Session) -> bool:
+    """True when the session was signed out, or its IdP session or subject was logged out after it began."""
+    for key in session_keys(session):
+        at = await store.revoked_at(key)
+        if at is not None and (key.startswith("sid:") or at >= session.created_at):
+            return True
+    return False

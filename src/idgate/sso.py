@@ -1,0 +1,201 @@
+"""Browser SSO sessions at decision time: read the session cookie, expire, revoke, refresh, re-issue.
+
+:meth:`SessionManager.resolve` turns a ``Cookie`` header into a :class:`SessionOutcome`: the live session (or
+None and a reason code) plus the ``Set-Cookie`` values the response must carry (a refreshed or touched session,
+or the deletion of a bad one). A tampered, truncated, wrong-key, expired, idle, revoked or refresh-rejected cookie
+is simply "no session" — the caller answers a login redirect or 401, never an allow.
+
+Refresh (RFC 6749 §6, OIDC Core §12): when the IdP's tokens expire within ``refresh_before_seconds``, the refresh
+token is redeemed once per session (single-flight); a late request still carrying the pre-refresh cookie gets the
+refreshed session from a short-lived cache instead of replaying a rotated refresh token. ``invalid_grant`` ends
+the session at once; a transient IdP failure keeps it until the tokens' expiry plus ``refresh_grace_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from idgate.config import ClaimPaths, SessionConfig
+from idgate.cookies import SessionCookies
+from idgate.errors import CredentialError, ProviderError
+from idgate.oidc import OidcClient, TokenSet
+from idgate.principal import principal_from_claims
+from idgate.session import RevocationStore, Session, is_revoked, session_keys
+
+_RECENT_SECONDS = 60.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionOutcome:
+    """The session (or None with ``reason``) and the Set-Cookie header values to send back."""
+
+    session: Session | None
+    set_cookies: tuple[str, ...] = ()
+    reason: str | None = None
+    refreshed: bool = False
+
+
+class SessionManager:
+    """Owns the session cookie format, lifetimes, refresh and revocation for one configuration."""
+
+    def __init__(
+        self,
+        *,
+        config: SessionConfig,
+        cookies: SessionCookies,
+        oidc: OidcClient,
+        store: RevocationStore,
+        claims: ClaimPaths,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._cookies = cookies
+        self._oidc = oidc
+        self._store = store
+        self._claims = claims
+        self._clock = clock
+        self._touch_interval = min(60.0, config.idle_timeout_seconds / 10)
+        self._refreshing: dict[str, asyncio.Task[Session]] = {}
+        self._recent: dict[str, tuple[Session, float]] = {}
+
+    def issue(self, session: Session) -> tuple[str, ...]:
+        """Set-Cookie values carrying ``session`` until its absolute expiry."""
+        max_age = max(1, int(session.expires_at - self._clock()))
+        return tuple(self._cookies.encode(session.to_bytes(), max_age=max_age))
+
+    def clear(self) -> tuple[str, ...]:
+        """Set-Cookie values deleting every session cookie chunk."""
+        return tuple(self._cookies.clear())
+
+    async def read(self, cookie_header: str | None) -> Session | None:
+        """The session in the cookie if it decrypts and parses (no lifetime or revocation checks)."""
+        payload, _ = self._cookies.decode(cookie_header)
+        return Session.from_bytes(payload) if payload is not None else None
+
+    def new_session(self, *, tokens: TokenSet, id_claims: dict[str, Any]) -> Session:
+        """A fresh session (new random id: no fixation) from a completed login.
+
+        Raises:
+            CredentialError: ``invalid_claims`` when the ID token lacks a usable subject.
+        """
+        now = self._clock()
+        principal = principal_from_claims(id_claims, paths=self._claims)
+        expires_at = now + self._config.absolute_timeout_seconds
+        return Session(
+            sid=secrets.token_urlsafe(24),
+            issuer=principal.issuer,
+            subject=principal.subject,
+            username=principal.username,
+            email=principal.email,
+            name=principal.name,
+            groups=principal.groups,
+            created_at=now,
+            last_seen=now,
+            expires_at=expires_at,
+            token_expires_at=min(self._token_expiry(tokens, id_claims, now), expires_at),
+            refresh_token=tokens.refresh_token,
+            id_token=tokens.id_token or "",
+            idp_sid=id_claims.get("sid") if isinstance(id_claims.get("sid"), str) else None,
+        )
+
+    @staticmethod
+    def _token_expiry(tokens: TokenSet, id_claims: dict[str, Any], now: float) -> float:
+        if tokens.expires_in is not None:
+            return now + tokens.expires_in
+        exp = id_claims.get("exp")
+        return float(exp) if isinstance(exp, int | float) else now
+
+    async def sign_out(self, session: Session) -> None:
+        """Remember the session id as revoked until its absolute expiry."""
+        await self._store.revoke(f"sid:{session.sid}", at=self._clock(), until=session.expires_at)
+
+    async def resolve(self, cookie_header: str | None) -> SessionOutcome:
+        """The live session behind ``cookie_header``; never raises for bad input."""
+        payload, reason = self._cookies.decode(cookie_header)
+        if payload is None:
+            clear = () if reason == "no_cookie" else self.clear()
+            return SessionOutcome(session=None, reason=reason, set_cookies=clear)
+        session = Session.from_bytes(payload)
+        now = self._clock()
+        reason = None
+        if session is None:
+            reason = "invalid_cookie"
+        elif now >= session.expires_at:
+            reason = "session_expired"
+        elif now - session.last_seen > self._config.idle_timeout_seconds:
+            reason = "idle_timeout"
+        elif await is_revoked(self._store, session):
+            reason = "session_revoked"
+        if session is None or reason is not None:
+            return SessionOutcome(session=None, reason=reason, set_cookies=self.clear())
+        if now >= session.token_expires_at - self._config.refresh_before_seconds:
+            return await self._refresh(session, now)
+        if now - session.last_seen >= self._touch_interval:
+            touched = session.touched(now)
+            return SessionOutcome(session=touched, set_cookies=self.issue(touched))
+        return SessionOutcome(session=session)
+
+    async def _refresh(self, session: Session, now: float) -> SessionOutcome:
+        if session.refresh_token is None:
+            if now < session.token_expires_at:
+                return SessionOutcome(session=session)
+            return SessionOutcome(session=None, reason="token_expired", set_cookies=self.clear())
+        key = f"{session.sid}:{hashlib.sha256(session.refresh_token.encode()).hexdigest()}"
+        recent = self._recent.get(key)
+        if recent is not None and recent[1] > now:
+            return SessionOutcome(session=recent[0], set_cookies=self.issue(recent[0]), refreshed=True)
+        task = self._refreshing.get(key)
+        if task is None:
+            task = asyncio.create_task(self._do_refresh(session), name=f"refresh:{session.sid[:8]}")
+            self._refreshing[key] = task
+            task.add_done_callback(lambda _: self._refreshing.pop(key, None))
+        try:
+            refreshed = await asyncio.shield(task)
+        except ProviderError as exc:
+            if exc.transient and now < session.token_expires_at + self._config.refresh_grace_seconds:
+                return SessionOutcome(session=session, reason="refresh_deferred")
+            await self._end(session)
+            return SessionOutcome(session=None, reason="refresh_rejected", set_cookies=self.clear())
+        except CredentialError:
+            await self._end(session)
+            return SessionOutcome(session=None, reason="refresh_rejected", set_cookies=self.clear())
+        self._remember(key, refreshed, now)
+        return SessionOutcome(session=refreshed, set_cookies=self.issue(refreshed), refreshed=True)
+
+    async def _do_refresh(self, session: Session) -> Session:
+        assert session.refresh_token is not None
+        tokens = await self._oidc.refresh(session.refresh_token)
+        now = self._clock()
+        changes: dict[str, Any] = {
+            "last_seen": now,
+            "refresh_token": tokens.refresh_token or session.refresh_token,
+            "token_expires_at": min(now + (tokens.expires_in or 0), session.expires_at),
+        }
+        if tokens.id_token:
+            claims = await self._oidc.verify_id_token(tokens.id_token, nonce=None, access_token=tokens.access_token)
+            principal = principal_from_claims(claims, paths=self._claims)
+            if (principal.issuer, principal.subject) != (session.issuer, session.subject):
+                raise CredentialError("subject_changed", "refreshed ID token names another principal")
+            changes |= {
+                "groups": principal.groups,
+                "email": principal.email,
+                "name": principal.name,
+                "username": principal.username,
+                "id_token": tokens.id_token,
+                "token_expires_at": min(self._token_expiry(tokens, claims, now), session.expires_at),
+            }
+        return replace(session, **changes)
+
+    def _remember(self, key: str, session: Session, now: float) -> None:
+        for old in [k for k, (_, until) in self._recent.items() if until <= now]:
+            del self._recent[old]
+        self._recent[key] = (session, now + _RECENT_SECONDS)
+
+    async def _end(self, session: Session) -> None:
+        await self._store.revoke(session_keys(session)[0], at=self._clock(), until=session.expires_at)

@@ -1,0 +1,257 @@
+"""The reserved ``/.idgate/`` endpoints HAProxy routes to idgate without auth.
+
+    GET  /.idgate/start?rd=URL        begin a login: one-time state, nonce and PKCE verifier in a short-lived
+                                      ``__Host-`` login-state cookie, then 302 to the IdP
+    GET  /.idgate/callback            finish it: IdP error → escaped error page; state (constant-time), RFC 9207
+                                      ``iss``, code exchange, ID token checks; a NEW session id; 302 to the return URL
+    GET  /.idgate/sign_out            a confirmation page whose form POSTs a CSRF token bound to the session
+    POST /.idgate/sign_out            same-origin only (``Origin`` must be this site) and the CSRF token must open to
+                                      the session id: revoke, clear cookies, 302 to the IdP's end_session_endpoint
+    POST /.idgate/backchannel-logout  OIDC Back-Channel Logout: a logout+jwt ends sessions by ``sid`` or ``sub``;
+                                      a replayed ``jti`` is refused
+    GET  /.idgate/jwks.json           public keys of the signed identity assertions
+
+Every failure is a clear 4xx/5xx page or JSON with a reason code in the log — never a stack trace or a 500.
+Return URLs go through :func:`idgate.redirects.safe_return_to` (exact origins, WHATWG-style parsing).
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from idgate.assertion import AssertionSigner
+from idgate.config import LoginConfig
+from idgate.cookies import KeyRing, SessionCookies
+from idgate.errors import CredentialError, ProviderError
+from idgate.oidc import LoginState, OidcClient
+from idgate.redirects import safe_return_to
+from idgate.session import RevocationStore
+from idgate.sso import SessionManager
+
+log = logging.getLogger("idgate.sso")
+PREFIX = "/.idgate"
+_CSRF_AAD = b"idgate-csrf"
+_MAX_FORM_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Sso:
+    """What the SSO endpoints need."""
+
+    login: LoginConfig
+    oidc: OidcClient
+    sessions: SessionManager
+    login_cookies: SessionCookies
+    ring: KeyRing
+    store: RevocationStore
+    absolute_timeout_seconds: float
+    clock: Callable[[], float] = time.time
+
+
+def _page(status: int, title: str, body: str, *, cookies: tuple[str, ...] = ()) -> HTMLResponse:
+    t = html.escape(title)
+    head = f"<!doctype html><html><head><meta charset='utf-8'><title>{t}</title></head>"
+    doc = f"{head}<body><h1>{t}</h1>{body}</body></html>"
+    response = HTMLResponse(doc, status, headers={"cache-control": "no-store"})
+    for value in cookies:
+        response.headers.append("set-cookie", value)
+    return response
+
+
+def _redirect(location: str, *, cookies: tuple[str, ...] = ()) -> Response:
+    response = RedirectResponse(location, 302, headers={"cache-control": "no-store"})
+    for value in cookies:
+        response.headers.append("set-cookie", value)
+    return response
+
+
+def _event(event: str, **fields: object) -> None:
+    log.info(json.dumps({"event": event, **fields}, ensure_ascii=True, default=str))
+
+
+def site_origin(request: Request) -> str:
+    """``https://<Host>`` of the request as HAProxy received it (TLS is terminated there)."""
+    return "https://" + request.headers.get("host", "").strip().lower()
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            return {}
+    try:
+        pairs = urllib.parse.parse_qs(body.decode("ascii"), max_num_fields=10, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return {k: v[0] for k, v in pairs.items() if len(v) == 1}
+
+
+def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
+    """The Starlette routes; ``get`` returns the request's :class:`Sso` (None when login is not configured)."""
+
+    def unavailable() -> Response:
+        return _page(404, "Login is not configured", "<p>This idgate has no browser login.</p>")
+
+    async def start(request: Request) -> Response:
+        sso = get(request)
+        if sso is None:
+            return unavailable()
+        origin = site_origin(request)
+        redirect_uri = next((u for u in sso.login.redirect_uris if u.startswith(origin + "/")), None)
+        if redirect_uri is None:
+            _event("login_refused", reason="site_not_configured", origin=origin[:200])
+            return _page(400, "This site is not configured for login", "<p>No redirect URI matches this host.</p>")
+        return_to = safe_return_to(
+            request.query_params.get("rd"), allowed_origins=frozenset({origin, *sso.login.allowed_return_origins})
+        )
+        login = sso.oidc.new_login(return_to=return_to, redirect_uri=redirect_uri, now=sso.clock())
+        try:
+            url = await sso.oidc.authorization_url(login)
+        except ProviderError as exc:
+            _event("login_failed", reason=exc.reason)
+            return _page(503, "The identity provider is unavailable", "<p>Please try again shortly.</p>")
+        cookie = sso.login_cookies.encode(login.to_bytes(), max_age=int(sso.login.login_timeout_seconds))
+        return _redirect(url, cookies=tuple(cookie))
+
+    async def callback(request: Request) -> Response:
+        sso = get(request)
+        if sso is None:
+            return unavailable()
+        clear_login = tuple(sso.login_cookies.clear())
+        params = request.query_params
+        retry = "<p><a href='/.idgate/start?rd=/'>Sign in again</a></p>"
+
+        def fail(status: int, title: str, reason: str) -> Response:
+            _event("login_failed", reason=reason)
+            return _page(status, title, retry, cookies=clear_login)
+
+        if "error" in params:
+            _event("login_failed", reason="idp_error", error=params["error"][:100])
+            detail = html.escape(params.get("error_description", "")[:300])
+            body = f"<p>The identity provider answered: <code>{html.escape(params['error'][:100])}</code></p>"
+            return _page(
+                400,
+                "Sign-in was not completed",
+                body + (f"<p>{detail}</p>" if detail else "") + retry,
+                cookies=clear_login,
+            )
+        payload, _ = sso.login_cookies.decode(request.headers.get("cookie"))
+        login = LoginState.from_bytes(payload) if payload is not None else None
+        if login is None or sso.clock() - login.created_at > sso.login.login_timeout_seconds:
+            return fail(400, "Your sign-in attempt expired or began in another browser", "login_state_missing")
+        if not hmac.compare_digest(params.get("state", ""), login.state):
+            return fail(400, "Sign-in state mismatch", "state_mismatch")
+        if not login.redirect_uri.startswith(site_origin(request) + "/") or "code" not in params:
+            return fail(400, "Malformed sign-in response", "bad_callback")
+        try:
+            await sso.oidc.check_response_issuer(params.get("iss"))
+            tokens = await sso.oidc.exchange_code(code=params["code"], login=login)
+            if tokens.id_token is None:
+                return fail(400, "The identity provider sent no ID token", "no_id_token")
+            claims = await sso.oidc.verify_id_token(
+                tokens.id_token, nonce=login.nonce, access_token=tokens.access_token
+            )
+            session = sso.sessions.new_session(tokens=tokens, id_claims=claims)
+        except ProviderError as exc:
+            status = 503 if exc.transient else 400
+            return fail(status, "Sign-in failed at the identity provider", exc.reason)
+        except CredentialError as exc:
+            return fail(400, "The identity provider's answer was refused", exc.reason)
+        _event("login", iss=session.issuer, sub=session.subject, sid=session.sid[:8])
+        return_to = safe_return_to(
+            login.return_to, allowed_origins=frozenset({site_origin(request), *sso.login.allowed_return_origins})
+        )
+        return _redirect(return_to, cookies=clear_login + sso.sessions.issue(session))
+
+    async def sign_out_page(request: Request) -> Response:
+        sso = get(request)
+        if sso is None:
+            return unavailable()
+        session = await sso.sessions.read(request.headers.get("cookie"))
+        if session is None:
+            return _page(200, "You are signed out", "<p><a href='/'>Continue</a></p>")
+        token = html.escape(sso.ring.seal(session.sid.encode(), aad=_CSRF_AAD))
+        form = (
+            f"<form method='post' action='{PREFIX}/sign_out'><input type='hidden' name='csrf' value='{token}'>"
+            "<button type='submit' id='sign-out'>Sign out</button></form>"
+        )
+        return _page(200, "Sign out", f"<p>Signed in as {html.escape(session.email or session.subject)}.</p>{form}")
+
+    async def sign_out(request: Request) -> Response:
+        sso = get(request)
+        if sso is None:
+            return unavailable()
+        if request.headers.get("origin", "").lower() != site_origin(request):
+            _event("sign_out_refused", reason="cross_site")
+            return _page(403, "Cross-site sign-out refused", "<p>Use the sign-out page.</p>")
+        form = await _form(request)
+        session = await sso.sessions.read(request.headers.get("cookie"))
+        clear = sso.sessions.clear()
+        if session is None:
+            return _redirect(sso.login.post_logout_redirect_uri or "/", cookies=clear)
+        opened = sso.ring.open(form.get("csrf", ""), aad=_CSRF_AAD)
+        if opened is None or not hmac.compare_digest(opened, session.sid.encode()):
+            _event("sign_out_refused", reason="csrf")
+            return _page(403, "Sign-out refused", "<p>The form expired. <a href='/.idgate/sign_out'>Retry</a></p>")
+        await sso.sessions.sign_out(session)
+        _event("sign_out", iss=session.issuer, sub=session.subject, sid=session.sid[:8])
+        try:
+            target = await sso.oidc.end_session_url(id_token_hint=session.id_token or None)
+        except ProviderError:
+            target = None
+        return _redirect(target or sso.login.post_logout_redirect_uri or "/", cookies=clear)
+
+    async def backchannel_logout(request: Request) -> Response:
+        sso = get(request)
+        headers = {"cache-control": "no-store"}
+        if sso is None:
+            return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
+        token = (await _form(request)).get("logout_token", "")
+        try:
+            claims = await sso.oidc.verify_logout_token(token)
+        except CredentialError as exc:
+            _event("backchannel_logout_refused", reason=exc.reason)
+            return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
+        now = sso.clock()
+        until = now + sso.absolute_timeout_seconds
+        if not await sso.store.remember_once(f"jti:{claims['iss']}|{claims['jti']}", until=until):
+            _event("backchannel_logout_refused", reason="jti_replayed")
+            return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
+        if isinstance(claims.get("sid"), str):
+            await sso.store.revoke(f"idp_sid:{claims['iss']}|{claims['sid']}", at=now, until=until)
+        else:
+            await sso.store.revoke(f"sub:{claims['iss']}|{claims['sub']}", at=now, until=until)
+        _event("backchannel_logout", iss=claims["iss"], sub=claims.get("sub"), has_sid="sid" in claims)
+        return Response(status_code=200, headers=headers)
+
+    return [
+        Route(f"{PREFIX}/start", start, methods=["GET"]),
+        Route(f"{PREFIX}/callback", callback, methods=["GET"]),
+        Route(f"{PREFIX}/sign_out", sign_out_page, methods=["GET"]),
+        Route(f"{PREFIX}/sign_out", sign_out, methods=["POST"]),
+        Route(f"{PREFIX}/backchannel-logout", backchannel_logout, methods=["POST"]),
+    ]
+
+
+def jwks_route(get: Callable[[Request], AssertionSigner | None]) -> Route:
+    """``GET /.idgate/jwks.json``: the assertion signer's public keys (404 without assertions configured)."""
+
+    async def jwks(request: Request) -> Response:
+        signer = get(request)
+        if signer is None:
+            return JSONResponse({"error": "not_found"}, 404)
+        return JSONResponse(signer.jwks(), headers={"cache-control": "public, max-age=60"})
+
+    return Route(f"{PREFIX}/jwks.json", jwks, methods=["GET"])

@@ -1,0 +1,39 @@
+"""Session fixtures shared by the end-to-end and browser tests: the real stack on loopback (tests/support/stack.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from stack import Stack, run_stack
+
+_BROWSER_TESTS = Path(__file__).resolve().parent / "browser"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the browser tests last: Playwright's sync API keeps an event loop running in the main thread for the
+    rest of the session, and async (anyio) tests cannot run after it has started."""
+    items.sort(key=lambda item: item.path.is_relative_to(_BROWSER_TESTS))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack with 300 s tokens."""
+    with run_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def short_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second stack whose IdP issues 4 s tokens and whose idgate refreshes 2 s before expiry."""
+    with run_stack(tmp_path_factory.mktemp("short"), token_ttl=4, refresh_before=2) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh(stack: Stack) -> Stack:
+    """The stack with the upstreams' request records cleared."""
+    stack.reset_upstreams()
+    return stack

@@ -1,0 +1,271 @@
+"""The real stack on loopback: what it runs, handles on it, and a browser-like login (fixtures: tests/conftest.py).
+
+client (httpx, real TLS) → HAProxy 2.8 (shipped haproxy.cfg + idgate-auth.lua) → idgate (``idgate serve``,
+a child process) → echo upstreams (app, grafana, looker), with tokens from the real OpenID Provider
+(npm ``oidc-provider``, HTTPS) obtained by a real authorization code + PKCE login.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from idgate.devstack.certs import DevCerts, generate_dev_certs
+from idgate.devstack.echo import EchoUpstream
+from idgate.devstack.grafana_stub import GrafanaStub
+from idgate.devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
+from idgate.devstack.idp import IdpConfig, TestIdp
+from idgate.devstack.login import Tokens, login
+from idgate.devstack.service import IdgateService
+
+AUDIENCE = "https://api.idgate.test"
+AUTH_TIMEOUT_MS = 500
+
+
+ASSERTION_ISSUER = "https://idgate.test"
+CLIENT_SECRET = "idgate-test-secret-0123456789abcdef"
+
+
+def stack_config(
+    issuer: str, ca_file: Path, *, site: str, secrets_dir: Path, refresh_before: float = 60
+) -> dict[str, Any]:
+    """The idgate config the e2e stack runs with (mirrors config/demo.yaml, with a 0 s refetch cooldown).
+
+    ``site`` is HAProxy's https origin; secrets (client secret, cookie keys) are written to ``secrets_dir``.
+    """
+    (secrets_dir / "client_secret").write_text(CLIENT_SECRET)
+    (secrets_dir / "session_keys").write_text(base64.b64encode(os.urandom(32)).decode())
+    return {
+        "sessions": {
+            "keys_file": str(secrets_dir / "session_keys"),
+            "idle_timeout_seconds": 3600,
+            "refresh_before_seconds": refresh_before,
+        },
+        "login": {
+            "issuer": "testidp",
+            "redirect_uris": [f"{site}/.idgate/callback"],
+            "post_logout_redirect_uri": f"{site}/",
+            "resource": AUDIENCE,
+        },
+        "assertion": {"issuer": ASSERTION_ISSUER, "lifetime_seconds": 120},
+        "server": {"host": "127.0.0.1"},
+        "issuers": [
+            {
+                "name": "testidp",
+                "issuer": issuer,
+                "ca_file": str(ca_file),
+                "audiences": [AUDIENCE],
+                "algorithms": ["RS256"],
+                "leeway_seconds": 2,
+                "jwks": {"refetch_cooldown_seconds": 0},
+                "client_id": "idgate",
+                "client_secret_file": str(secrets_dir / "client_secret"),
+            }
+        ],
+        "role_sets": {
+            "grafana": {
+                "roles": ["Viewer", "Editor", "Admin"],
+                "from_groups": {"staff": ["Viewer"], "grafana-admins": ["Admin"]},
+            },
+            "looker": {
+                "roles": ["looker_viewer", "looker_admin"],
+                "from_groups": {"looker-analysts": ["looker_viewer"]},
+            },
+        },
+        "upstreams": {
+            "app": {"profile": "generic"},
+            "grafana": {
+                "profile": "grafana",
+                "role_set": "grafana",
+                "user_from": "email",
+                "assertion_audience": "grafana",
+            },
+            "looker": {"profile": "looker", "role_set": "looker"},
+        },
+        "routes": [
+            {"name": "public", "path": "/public", "upstream": "app", "public": True},
+            {
+                "name": "grafana",
+                "path": "/grafana",
+                "upstream": "grafana",
+                "allow": {"roles": ["Viewer", "Editor", "Admin"]},
+            },
+            {"name": "looker", "path": "/looker", "upstream": "looker", "allow": {"groups": ["looker-analysts"]}},
+            {"name": "admin", "path": "/admin", "upstream": "app", "allow": {"groups": ["grafana-admins"]}},
+            {"name": "app", "path": "/app", "upstream": "app", "allow": {"authenticated": True}},
+        ],
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stack:
+    """Handles on the running stack."""
+
+    certs: DevCerts
+    idp: TestIdp
+    idgate: IdgateService
+    haproxy: Haproxy
+    settings: HaproxySettings
+    upstreams: dict[str, EchoUpstream | GrafanaStub]
+    redirect_uri: str
+
+    @property
+    def url(self) -> str:
+        return self.settings.https_url
+
+    def client(self, **kw: Any) -> httpx.Client:
+        """An httpx client that trusts the dev CA and never follows redirects."""
+        return httpx.Client(verify=ssl.create_default_context(cafile=str(self.certs.ca)), timeout=10.0, **kw)
+
+    def login(self, username: str) -> Tokens:
+        """A real code + PKCE login at the IdP for ``username``."""
+        return login(
+            issuer=self.idp.issuer,
+            client_id="idgate",
+            client_secret="idgate-test-secret-0123456789abcdef",
+            redirect_uri=self.redirect_uri,
+            username=username,
+            resource=AUDIENCE,
+            verify=ssl.create_default_context(cafile=str(self.certs.ca)),
+        )
+
+    def reset_upstreams(self) -> None:
+        for upstream in self.upstreams.values():
+            upstream.reset()
+
+    def upstream_hits(self) -> int:
+        return sum(len(u.requests()) for u in self.upstreams.values())
+
+
+@contextlib.contextmanager
+def run_stack(root: Path, *, token_ttl: int = 300, refresh_before: float = 60) -> Iterator[Stack]:
+    """Start the whole stack under ``root``; ``token_ttl`` is the IdP's access/ID token lifetime (seconds) and
+    ``refresh_before`` idgate's ``sessions.refresh_before_seconds``."""
+    certs = generate_dev_certs(root / "tls")
+    https_port = free_tcp_port()
+    site = f"https://127.0.0.1:{https_port}"
+    redirect_uri = f"{site}/.idgate/callback"
+    idp_config = IdpConfig(
+        port=free_tcp_port(),
+        tls_cert=certs.cert,
+        tls_key=certs.key,
+        ca_file=certs.ca,
+        redirect_uris=(redirect_uri,),
+        post_logout_redirect_uris=(f"{site}/",),
+        backchannel_logout_uri=f"{site}/.idgate/backchannel-logout",
+        resources=(AUDIENCE,),
+        access_token_ttl=token_ttl,
+        id_token_ttl=token_ttl,
+        test_endpoints=True,
+        log_file=root / "idp.log",
+    )
+    with TestIdp(idp_config) as idp:
+        config_path = root / "idgate.yaml"
+        config_path.write_text(
+            yaml.safe_dump(
+                stack_config(idp.issuer, certs.ca, site=site, secrets_dir=root, refresh_before=refresh_before)
+            )
+        )
+        upstreams: dict[str, EchoUpstream | GrafanaStub] = {
+            "app": EchoUpstream("app"),
+            "looker": EchoUpstream("looker"),
+            "grafana": GrafanaStub(
+                jwks_url=f"{site}/.idgate/jwks.json",
+                ca_file=str(certs.ca),
+                expect_iss=ASSERTION_ISSUER,
+                expect_aud="grafana",
+                headers_encoded=True,
+            ),
+        }
+        for upstream in upstreams.values():
+            upstream.start()
+        idgate = IdgateService(config=config_path, port=free_tcp_port(), log_path=root / "idgate.log")
+        settings = HaproxySettings(
+            tls_pem=certs.pem,
+            https_bind=f"127.0.0.1:{https_port}",
+            http_bind=f"127.0.0.1:{free_tcp_port()}",
+            stats_bind=f"127.0.0.1:{free_tcp_port()}",
+            auth_url=f"{idgate.url}/auth",
+            auth_timeout_ms=AUTH_TIMEOUT_MS,
+            upstream_app=upstreams["app"].address,
+            upstream_grafana=upstreams["grafana"].address,
+            upstream_looker=upstreams["looker"].address,
+            stats_socket=root / "haproxy.sock",
+        )
+        try:
+            idgate.start()
+            with Haproxy(settings, log_path=root / "haproxy.log") as haproxy:
+                yield Stack(
+                    certs=certs,
+                    idp=idp,
+                    idgate=idgate,
+                    haproxy=haproxy,
+                    settings=settings,
+                    upstreams=upstreams,
+                    redirect_uri=redirect_uri,
+                )
+        finally:
+            idgate.stop()
+            for upstream in upstreams.values():
+                upstream.stop()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrowserLogin:
+    """The outcome of :func:`browser_login`: the final response, the hops, and where the time went (seconds)."""
+
+    response: httpx.Response
+    hops: list[str]
+    saw_login_form: bool
+    idgate_seconds: float  # /.idgate/start + /.idgate/callback + the first /auth-gated hop, as seen by the client
+    total_seconds: float
+
+
+_FORM_ACTION = re.compile(r"<form[^>]*action=\"([^\"]+)\"", re.IGNORECASE)
+
+
+def browser_login(stack: Stack, client: httpx.Client, path: str, *, username: str = "alice") -> BrowserLogin:
+    """Navigate to ``path`` (or an absolute https URL) like a browser (Accept: text/html), following redirects
+    by hand through idgate's
+    login, the IdP's login form (posted for ``username``) and back. ``client`` keeps the cookies."""
+    url = path if path.startswith("https://") else stack.url + path
+    hops: list[str] = []
+    idgate_seconds = 0.0
+    saw_form = False
+    started = time.perf_counter()
+    headers = {"accept": "text/html", "sec-fetch-mode": "navigate"}
+    response = client.get(url, headers=headers)
+    idgate_seconds += response.elapsed.total_seconds()
+    for _ in range(20):
+        hops.append(f"{response.status_code} {response.request.url.path}")
+        if response.status_code in (301, 302, 303, 307, 308):
+            url = str(response.request.url.join(response.headers["location"]))
+            response = client.get(url, headers=headers)
+            if url.startswith(stack.url):
+                idgate_seconds += response.elapsed.total_seconds()
+            continue
+        action = _FORM_ACTION.search(response.text) if response.status_code == 200 else None
+        if action and "/interaction/" in str(response.request.url):
+            saw_form = True
+            target = str(response.request.url.join(action.group(1)))
+            response = client.post(target, data={"login": username, "password": "pw"}, headers=headers)
+            continue
+        break
+    return BrowserLogin(
+        response=response,
+        hops=hops,
+        saw_login_form=saw_form,
+        idgate_seconds=idgate_seconds,
+        total_seconds=time.perf_counter() - started,
+    )
