@@ -18,10 +18,11 @@ Rules:
   behind one HAProxy must share their keys (``private_keys_pem``), or tokens minted by one fail at another's JWKS.
 - Rotation never breaks an in-flight token: a key that stops signing stays in ``jwks()`` until every token it
   signed has expired (retire time = rotation time + lifetime), then drops out. Extra PEM keys given at start are
-  treated as rotated out at start (published for one lifetime, never signing). The new key signs at once, so an
-  upstream that caches the JWKS without refetching on an unknown kid (Grafana: ``cache_ttl``, default 60 min, capped
-  by the response's ``Cache-Control: max-age``) refuses new tokens until its copy expires: serve the JWKS with a
-  short max-age.
+  treated as rotated out at start (published for one lifetime, never signing).
+- Pre-publication: the key that will sign after the next :meth:`~AssertionSigner.rotate` is generated ahead and
+  published from the start, so an upstream that caches the JWKS without refetching on an unknown kid (Grafana:
+  ``cache_ttl``, default 60 min, capped by the response's ``Cache-Control: max-age``) already holds it when it
+  starts signing. Keep rotations further apart than the upstream's cache TTL.
 - The JWKS holds public keys only, each with ``kid``, ``use: sig`` and ``alg`` (RFC 7517 §4; ``key_ops`` is left
   out, §4.3 says not to combine it with ``use``).
 
@@ -203,6 +204,7 @@ class AssertionSigner:
         current = loaded[0] if loaded else _generate(algorithm)
         retire_at = clock() + lifetime_seconds
         self._current = _make_key(current, algorithm)
+        self._next = _make_key(_generate(algorithm), algorithm)  # published now, signs after the next rotate()
         self._previous: list[_Key] = []
         for extra in loaded[1:]:
             key = _make_key(extra, algorithm, retire_at)
@@ -220,18 +222,24 @@ class AssertionSigner:
         with self._lock:
             return AssertionStats(minted=self._minted, reused=self._reused, cached=len(self._cache))
 
+    @property
+    def next_kid(self) -> str:
+        """The kid of the pre-published key that signs after the next :meth:`rotate`."""
+        return self._next.kid
+
     def rotate(self) -> str:
-        """Generate a new signing key; the old one stays published for one lifetime (seconds). Returns the new kid.
+        """Promote the pre-published key to signer and pre-publish a fresh one; the old signer stays published for
+        one lifetime (seconds). Returns the new signing kid.
 
         Cached tokens keep being handed out: they verify against the still-published old key until they expire.
         """
-        new = _make_key(_generate(self.algorithm), self.algorithm)
+        upcoming = _make_key(_generate(self.algorithm), self.algorithm)
         with self._lock:
             now = self._clock()
             self._previous.append(replace(self._current, retire_at=now + self.lifetime_seconds))
-            self._current = new
+            self._current, self._next = self._next, upcoming
             self._drop_retired(now)
-        return new.kid
+        return self._current.kid
 
     def mint(self, *, cache_key: str, audience: str, subject: str, claims: Mapping[str, Any]) -> str:
         """A signed assertion for ``subject`` at ``audience``, reused from the cache while it has more than
@@ -269,10 +277,10 @@ class AssertionSigner:
             return token
 
     def jwks(self) -> dict[str, Any]:
-        """``{"keys": [...]}``: public JWKs of the signing key and the not yet retired previous ones, newest first."""
+        """``{"keys": [...]}``: the signing key, the pre-published next key, and the not yet retired previous ones."""
         with self._lock:
             self._drop_retired(self._clock())
-            keys = [self._current, *reversed(self._previous)]
+            keys = [self._current, self._next, *reversed(self._previous)]
             return {"keys": [dict(key.public_jwk) for key in keys]}
 
     def _sign(self, now: float, audience: str, subject: str, claims: Mapping[str, Any]) -> tuple[str, int]:

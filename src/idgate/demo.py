@@ -10,7 +10,9 @@ upstreams received and exits 0 when every answer was as expected (1 otherwise).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import signal
 import ssl
 import threading
@@ -20,17 +22,33 @@ import httpx
 
 from idgate.devstack.certs import generate_dev_certs
 from idgate.devstack.echo import EchoUpstream
+from idgate.devstack.grafana_stub import GrafanaStub
 from idgate.devstack.haproxy import Haproxy, HaproxySettings, haproxy_dir
 from idgate.devstack.idp import IdpConfig, TestIdp
 from idgate.devstack.login import login
+from idgate.devstack.navigate import browser_login
 from idgate.devstack.service import IdgateService
 
 AUDIENCE = "https://api.idgate.test"
+CLIENT_SECRET = "idgate-test-secret-0123456789abcdef"  # noqa: S105 - the test IdP's static demo client
 IDP_PORT, IDGATE_PORT = 9443, 9180
 UPSTREAM_PORTS = {"app": 9101, "looker": 9102, "grafana": 9103}
 
 
-def _check(base: str, ca: ssl.SSLContext, tokens: dict[str, str], upstreams: dict[str, EchoUpstream]) -> bool:
+def _write_secrets(run: Path) -> None:
+    secrets_dir = run / "secrets"
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    (secrets_dir / "client_secret").write_text(CLIENT_SECRET)
+    keys = secrets_dir / "session_keys"
+    if not keys.exists():  # kept across demo runs, so browser sessions survive a restart
+        keys.write_text(base64.b64encode(os.urandom(32)).decode())
+    for path in secrets_dir.iterdir():
+        path.chmod(0o600)
+
+
+def _check(
+    base: str, ca: ssl.SSLContext, tokens: dict[str, str], upstreams: dict[str, EchoUpstream | GrafanaStub]
+) -> bool:
     cases = [
         ("alice", "/grafana/", 200),
         ("bob", "/grafana/", 200),
@@ -46,6 +64,11 @@ def _check(base: str, ca: ssl.SSLContext, tokens: dict[str, str], upstreams: dic
             status = client.get(base + path, headers=headers).status_code
             ok &= status == expected
             print(f"  {'ok ' if status == expected else 'BAD'} {user or 'anonymous':9} GET {path:10} → {status}")
+        result = browser_login(client, "/grafana/d/home", site=base, username="alice")
+        me = client.get(base + "/grafana/api/user", headers={"accept": "application/json"})
+        login_ok = result.saw_login_form and me.status_code == 200 and me.json().get("authMode") == "jwt"
+        ok &= login_ok
+        print(f"  {'ok ' if login_ok else 'BAD'} browser login as alice → /grafana/d/home: {me.text[:120]}")
     for name, upstream in upstreams.items():
         for record in upstream.requests():
             ident = {n: v for n, v in record["headers"] if n.lower().startswith(("x-auth-", "x-webauth-"))}
@@ -54,11 +77,13 @@ def _check(base: str, ca: ssl.SSLContext, tokens: dict[str, str], upstreams: dic
 
 
 def run_demo(*, https_port: int = 8443, check: bool = False) -> int:
-    """Run the demo stack; returns the process exit code."""
+    """Run the demo stack; ``https_port`` must stay 8443 for browser login (config/demo.yaml's redirect URI)."""
     repo = haproxy_dir().parent
     run = repo / ".run" / "demo"
     certs = generate_dev_certs(run / "tls")
-    redirect_uri = f"https://127.0.0.1:{https_port}/.idgate/callback"
+    _write_secrets(run)
+    site = f"https://127.0.0.1:{https_port}"
+    redirect_uri = f"{site}/.idgate/callback"
     ca = ssl.create_default_context(cafile=str(certs.ca))
     with contextlib.ExitStack() as stack:
         idp = stack.enter_context(
@@ -75,7 +100,20 @@ def run_demo(*, https_port: int = 8443, check: bool = False) -> int:
                 )
             )
         )
-        upstreams = {name: stack.enter_context(EchoUpstream(name, port=p)) for name, p in UPSTREAM_PORTS.items()}
+        upstreams: dict[str, EchoUpstream | GrafanaStub] = {
+            "app": stack.enter_context(EchoUpstream("app", port=UPSTREAM_PORTS["app"])),
+            "looker": stack.enter_context(EchoUpstream("looker", port=UPSTREAM_PORTS["looker"])),
+            "grafana": stack.enter_context(
+                GrafanaStub(
+                    port=UPSTREAM_PORTS["grafana"],
+                    jwks_url=f"{site}/.idgate/jwks.json",
+                    ca_file=str(certs.ca),
+                    expect_iss="https://idgate.demo",
+                    expect_aud="grafana",
+                    headers_encoded=True,
+                )
+            ),
+        }
         stack.enter_context(
             IdgateService(config=repo / "config" / "demo.yaml", port=IDGATE_PORT, log_path=run / "idgate.log")
         )
@@ -126,8 +164,12 @@ idgate demo is up — Ctrl-C stops everything.
   logs                {run.relative_to(repo)}/idgate.log (JSON decisions), haproxy.log, idp.log
   test IdP            {issuer}  (users alice, bob, carol, mallory; any password)
   stats / metrics     {settings.stats_url}/stats   {settings.stats_url}/metrics
-  upstreams (echo)    {", ".join(f"{name} :{port}" for name, port in UPSTREAM_PORTS.items())}
+  upstreams           {", ".join(f"{name} :{port}" for name, port in UPSTREAM_PORTS.items())}
+                      (grafana is the Grafana-contract stub: it verifies idgate's signed assertion)
   routes              /public open; /grafana Viewer+; /looker looker-analysts; /admin grafana-admins; / any user
+
+In a browser: open {base}/grafana/ (accept the dev certificate, or trust {ca}), sign in as alice, bob or carol
+(any password) and see the user and Grafana role the stub received; sign out at {base}/.idgate/sign_out
 
 Ready-to-paste (run from {repo}; tokens from a real login at the IdP, valid 1 h):
   export ALICE='{tokens["alice"]}'

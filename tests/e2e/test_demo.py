@@ -19,5 +19,6 @@ def test_demo_check_serves_authenticated_requests_and_stops_cleanly() -> None:
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("  ok  ") == 6 and "BAD" not in run.stdout
+    assert run.stdout.count("  ok  ") == 7 and "BAD" not in run.stdout
+    assert "ok  browser login as alice" in run.stdout and '"authMode":"jwt"' in run.stdout
     assert "'x-webauth-role': 'Admin'" in run.stdout and "'x-webauth-role': 'Viewer'" in run.stdout

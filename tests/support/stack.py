@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import re
 import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +19,14 @@ from typing import Any
 import httpx
 import yaml
 
+from idgate.devstack import navigate
 from idgate.devstack.certs import DevCerts, generate_dev_certs
 from idgate.devstack.echo import EchoUpstream
 from idgate.devstack.grafana_stub import GrafanaStub
 from idgate.devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
 from idgate.devstack.idp import IdpConfig, TestIdp
 from idgate.devstack.login import Tokens, login
+from idgate.devstack.navigate import BrowserLogin
 from idgate.devstack.service import IdgateService
 
 AUDIENCE = "https://api.idgate.test"
@@ -221,51 +221,7 @@ def run_stack(root: Path, *, token_ttl: int = 300, refresh_before: float = 60) -
                 upstream.stop()
 
 
-@dataclass(frozen=True, kw_only=True)
-class BrowserLogin:
-    """The outcome of :func:`browser_login`: the final response, the hops, and where the time went (seconds)."""
-
-    response: httpx.Response
-    hops: list[str]
-    saw_login_form: bool
-    idgate_seconds: float  # /.idgate/start + /.idgate/callback + the first /auth-gated hop, as seen by the client
-    total_seconds: float
-
-
-_FORM_ACTION = re.compile(r"<form[^>]*action=\"([^\"]+)\"", re.IGNORECASE)
-
-
 def browser_login(stack: Stack, client: httpx.Client, path: str, *, username: str = "alice") -> BrowserLogin:
-    """Navigate to ``path`` (or an absolute https URL) like a browser (Accept: text/html), following redirects
-    by hand through idgate's
-    login, the IdP's login form (posted for ``username``) and back. ``client`` keeps the cookies."""
-    url = path if path.startswith("https://") else stack.url + path
-    hops: list[str] = []
-    idgate_seconds = 0.0
-    saw_form = False
-    started = time.perf_counter()
-    headers = {"accept": "text/html", "sec-fetch-mode": "navigate"}
-    response = client.get(url, headers=headers)
-    idgate_seconds += response.elapsed.total_seconds()
-    for _ in range(20):
-        hops.append(f"{response.status_code} {response.request.url.path}")
-        if response.status_code in (301, 302, 303, 307, 308):
-            url = str(response.request.url.join(response.headers["location"]))
-            response = client.get(url, headers=headers)
-            if url.startswith(stack.url):
-                idgate_seconds += response.elapsed.total_seconds()
-            continue
-        action = _FORM_ACTION.search(response.text) if response.status_code == 200 else None
-        if action and "/interaction/" in str(response.request.url):
-            saw_form = True
-            target = str(response.request.url.join(action.group(1)))
-            response = client.post(target, data={"login": username, "password": "pw"}, headers=headers)
-            continue
-        break
-    return BrowserLogin(
-        response=response,
-        hops=hops,
-        saw_login_form=saw_form,
-        idgate_seconds=idgate_seconds,
-        total_seconds=time.perf_counter() - started,
-    )
+    """Navigate to ``path`` (or an absolute https URL) on the stack like a browser; see
+    :func:`idgate.devstack.navigate.browser_login`."""
+    return navigate.browser_login(client, path, site=stack.url, username=username)
