@@ -289,30 +289,72 @@ def test_jwks_cached_then_refetched_on_rotation(
         assert api_user(client, stub, {JWT_HEADER: mint(signer, key=f"cached{i}")}).status_code == 200
     assert jwks_server.fetches == fetches  # within cache_ttl: no refetch
 
-    new_kid = signer.rotate()
-    new_token = mint(signer, key="after-rotation")
-    assert jwt.get_unverified_header(new_token)["kid"] == new_kid
-    assert api_user(client, stub, {JWT_HEADER: new_token}).status_code == 200
-    assert jwks_server.fetches == fetches + 1  # the unknown kid forced one refetch
-    # The token minted before rotation still passes: the old key stays published.
+    # First rotation: the new signer was pre-published, so the cached copy already holds it — no refetch.
+    pre_published = signer.next_kid
+    assert signer.rotate() == pre_published
+    first = mint(signer, key="after-rotation")
+    assert jwt.get_unverified_header(first)["kid"] == pre_published
+    assert api_user(client, stub, {JWT_HEADER: first}).status_code == 200
+    assert jwks_server.fetches == fetches
+
+    # Second rotation within the cache: its key was published after the stub's copy was taken, so the stub's
+    # default (refetch on an unknown kid) fetches once.
+    second_kid = signer.rotate()
+    second = mint(signer, key="after-second-rotation")
+    assert jwt.get_unverified_header(second)["kid"] == second_kid
+    assert api_user(client, stub, {JWT_HEADER: second}).status_code == 200
+    assert jwks_server.fetches == fetches + 1
+    # Tokens minted before either rotation still pass: the old keys stay published.
     assert mint(signer, key="rotation") == old_token
-    assert api_user(client, stub, {JWT_HEADER: old_token}).status_code == 200
+    assert mint(signer, key="after-rotation") == first
+    for token in (old_token, first):
+        assert api_user(client, stub, {JWT_HEADER: token}).status_code == 200
+    assert jwks_server.fetches == fetches + 1
 
 
 def test_real_grafana_cache_no_refetch_on_unknown_kid(client: httpx.Client) -> None:
-    """Real Grafana keeps its cached JWKS until it expires (cache_ttl, or a shorter max-age): a key that signs at
-    once after rotation is refused until then. The stub models that with refetch_on_unknown_kid=False."""
+    """Real Grafana keeps its cached JWKS until it expires (cache_ttl) and does not refetch on an unknown kid; the
+    stub models that with refetch_on_unknown_kid=False. Because the signer pre-publishes its next key, a copy
+    fetched before rotate() already holds the key that signs after it: the new tokens pass with no refetch."""
     signer = AssertionSigner(issuer=ISS)
-    for server in serve(JwksServer(signer, cache_control="public, max-age=1")):
+    for server in serve(JwksServer(signer)):  # no Cache-Control: cache_ttl (1 h) alone decides
+        with GrafanaStub(
+            jwks_url=server.url, expect_iss=ISS, expect_aud=AUD, cache_ttl=3600, refetch_on_unknown_kid=False
+        ) as strict:
+            old_kid, pre_published = signer.kid, signer.next_kid
+            old_token = mint(signer)
+            assert api_user(client, strict, {JWT_HEADER: old_token}).status_code == 200
+            assert server.fetches == 1  # the stub's copy, taken before the rotation: [old_kid, pre_published]
+
+            assert signer.rotate() == pre_published
+            token = mint(signer, key="new")
+            assert jwt.get_unverified_header(token)["kid"] == pre_published != old_kid
+            response = api_user(client, strict, {JWT_HEADER: token})
+            assert response.status_code == 200, response.text
+            assert (response.json()["authMode"], response.json()["login"]) == ("jwt", "alice@example.com")
+            assert api_user(client, strict, {JWT_HEADER: old_token}).status_code == 200  # in flight: still valid
+            assert server.fetches == 1  # accepted from the pre-rotation copy, no refetch
+
+
+def test_real_grafana_rotations_closer_than_cache_refused_until_max_age(client: httpx.Client) -> None:
+    """Pre-publication covers one rotation per cache period: a second rotation signs with a key published after
+    the copy was taken, which real Grafana refuses until its copy expires (here the response's max-age=2, shorter
+    than cache_ttl, wins)."""
+    signer = AssertionSigner(issuer=ISS)
+    for server in serve(JwksServer(signer, cache_control="public, max-age=2")):
         with GrafanaStub(
             jwks_url=server.url, expect_iss=ISS, expect_aud=AUD, cache_ttl=3600, refetch_on_unknown_kid=False
         ) as strict:
             assert api_user(client, strict, {JWT_HEADER: mint(signer)}).status_code == 200
             signer.rotate()
-            assert_invalid_jwt(api_user(client, strict, {JWT_HEADER: mint(signer, key="new")}), "unknown_kid")
+            assert api_user(client, strict, {JWT_HEADER: mint(signer, key="first")}).status_code == 200
+            signer.rotate()
+            assert_invalid_jwt(api_user(client, strict, {JWT_HEADER: mint(signer, key="second")}), "unknown_kid")
             assert server.fetches == 1
-            time.sleep(1.1)  # max-age=1 is shorter than cache_ttl, so it wins
-            assert api_user(client, strict, {JWT_HEADER: mint(signer, key="new")}).status_code == 200
+            time.sleep(2.1)
+            response = api_user(client, strict, {JWT_HEADER: mint(signer, key="second")})
+            assert response.status_code == 200, response.text
+            assert response.json()["authMode"] == "jwt"
             assert server.fetches == 2
 
 

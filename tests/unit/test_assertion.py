@@ -1,4 +1,5 @@
-"""AssertionSigner: claims and header, lifetime bounds, reuse and its margin, rotation, loaded keys, cache bound."""
+"""AssertionSigner: claims and header, lifetime bounds, reuse and its margin, rotation with a pre-published next key,
+loaded keys, cache bound."""
 
 from __future__ import annotations
 
@@ -88,21 +89,38 @@ def test_claims_and_header_are_exact(signer: AssertionSigner) -> None:
     }
 
 
+def kids(signer: AssertionSigner) -> list[str]:
+    return [k["kid"] for k in signer.jwks()["keys"]]
+
+
 def test_jwks_shape(signer: AssertionSigner) -> None:
-    jwks = signer.jwks()
-    assert len(jwks["keys"]) == 1
-    (jwk,) = jwks["keys"]
-    assert set(jwk) == {"kty", "crv", "x", "y", "kid", "use", "alg"}  # public only: no "d"
-    assert (jwk["kty"], jwk["crv"], jwk["use"], jwk["alg"], jwk["kid"]) == ("EC", "P-256", "sig", "ES256", signer.kid)
+    # The signing key first, then the pre-published next key (signs only after rotate()).
+    current, upcoming = signer.jwks()["keys"]
+    assert signer.next_kid != signer.kid
+    for jwk, kid in ((current, signer.kid), (upcoming, signer.next_kid)):
+        assert set(jwk) == {"kty", "crv", "x", "y", "kid", "use", "alg"}  # public only: no "d"
+        assert (jwk["kty"], jwk["crv"], jwk["use"], jwk["alg"], jwk["kid"]) == ("EC", "P-256", "sig", "ES256", kid)
+    assert (current["x"], current["y"]) != (upcoming["x"], upcoming["y"])
+
+
+def test_next_key_does_not_sign_before_rotation(signer: AssertionSigner) -> None:
+    token = mint(signer)
+    assert jwt.get_unverified_header(token)["kid"] == signer.kid != signer.next_kid
+    (upcoming,) = [k for k in signer.jwks()["keys"] if k["kid"] == signer.next_kid]
+    with pytest.raises(jwt.InvalidSignatureError):  # the next key does not verify it: it has not signed
+        jwt.decode(token, jwt.PyJWK(upcoming), algorithms=["ES256"], audience=AUD, options={"verify_exp": False})
 
 
 def test_rs256(clock: Clock) -> None:
     signer = AssertionSigner(issuer=ISSUER, algorithm="RS256", clock=clock)
     token = mint(signer)
-    assert jwt.get_unverified_header(token)["alg"] == "RS256"
-    (jwk,) = signer.jwks()["keys"]
-    assert set(jwk) == {"kty", "n", "e", "kid", "use", "alg"}
-    assert (jwk["kty"], jwk["alg"]) == ("RSA", "RS256")
+    assert jwt.get_unverified_header(token) == {"alg": "RS256", "kid": signer.kid, "typ": "JWT"}
+    keys = signer.jwks()["keys"]
+    assert [k["kid"] for k in keys] == [signer.kid, signer.next_kid]
+    for jwk in keys:  # the pre-published next key is RSA 2048 too
+        assert set(jwk) == {"kty", "n", "e", "kid", "use", "alg"}
+        assert (jwk["kty"], jwk["alg"], jwk["use"]) == ("RSA", "RS256", "sig")
+        assert len(base64.urlsafe_b64decode(jwk["n"] + "==")) * 8 == 2048
     assert verify(token, signer.jwks(), now=T0)["exp"] == int(T0) + 300  # the default lifetime
 
 
@@ -177,12 +195,17 @@ def test_cache_key_audience_and_subject_separate_entries(signer: AssertionSigner
 
 
 def test_rotation_keeps_old_tokens_valid_until_retired(signer: AssertionSigner, clock: Clock) -> None:
-    old_kid = signer.kid
+    old_kid, pre_published = signer.kid, signer.next_kid
     old_token = mint(signer)
+    before = signer.jwks()  # an upstream's copy, fetched before the rotation
+    assert [k["kid"] for k in before["keys"]] == [old_kid, pre_published]
     clock.now = T0 + 10
     new_kid = signer.rotate()
-    assert new_kid == signer.kid != old_kid
-    assert [k["kid"] for k in signer.jwks()["keys"]] == [new_kid, old_kid]
+    # The new signer is the key that was already published; a fresh next key is pre-published in its place.
+    assert new_kid == signer.kid == pre_published
+    upcoming = signer.next_kid
+    assert len({old_kid, new_kid, upcoming}) == 3
+    assert kids(signer) == [new_kid, upcoming, old_kid]
 
     # The cached token is still handed out and still verifies against the published old key.
     assert mint(signer) == old_token
@@ -191,30 +214,42 @@ def test_rotation_keeps_old_tokens_valid_until_retired(signer: AssertionSigner, 
     fresh = mint(signer, key="s2")
     assert jwt.get_unverified_header(fresh)["kid"] == new_kid
     assert verify(fresh, signer.jwks(), now=clock.now)["sub"] == "sub-alice"
+    # The point of pre-publication: the copy fetched before the rotation already verifies the new key's tokens.
+    assert verify(fresh, before, now=clock.now)["sub"] == "sub-alice"
 
     clock.now = T0 + 119  # the old token's last valid second (exp = T0 + 120); retire = T0 + 10 + 120
     assert verify(old_token, signer.jwks(), now=clock.now)["jti"]
     clock.now = T0 + 129.9
-    assert [k["kid"] for k in signer.jwks()["keys"]] == [new_kid, old_kid]
+    assert kids(signer) == [new_kid, upcoming, old_kid]
     clock.now = T0 + 130
-    assert [k["kid"] for k in signer.jwks()["keys"]] == [new_kid]
+    assert kids(signer) == [new_kid, upcoming]
     with pytest.raises(LookupError):
         verify(old_token, signer.jwks(), now=clock.now)
-    # After its reuse window the old entry is replaced by a token from the new key.
+    # After its reuse window the old entry is replaced by a token from the new key; the next key still waits.
     assert jwt.get_unverified_header(mint(signer))["kid"] == new_kid
+    assert signer.next_kid == upcoming
 
 
 def test_repeated_rotation_publishes_each_key_for_one_lifetime(signer: AssertionSigner, clock: Clock) -> None:
-    k1 = signer.kid
+    k1, k2 = signer.kid, signer.next_kid
+    assert kids(signer) == [k1, k2]
     clock.now = T0 + 50
-    k2 = signer.rotate()
+    assert signer.rotate() == k2 == signer.kid  # k2 was published since T0, 50 s before it signs
+    k3 = signer.next_kid
+    assert kids(signer) == [k2, k3, k1]
     clock.now = T0 + 100
-    k3 = signer.rotate()
-    assert [k["kid"] for k in signer.jwks()["keys"]] == [k3, k2, k1]
-    clock.now = T0 + 170  # k1 retired at T0 + 170
-    assert [k["kid"] for k in signer.jwks()["keys"]] == [k3, k2]
-    clock.now = T0 + 220  # k2 retired at T0 + 220
-    assert [k["kid"] for k in signer.jwks()["keys"]] == [k3]
+    assert signer.rotate() == k3 == signer.kid  # k3 was published since T0 + 50
+    k4 = signer.next_kid
+    assert len({k1, k2, k3, k4}) == 4
+    assert kids(signer) == [k3, k4, k2, k1]  # previous signers newest first
+    clock.now = T0 + 169.9
+    assert kids(signer) == [k3, k4, k2, k1]
+    clock.now = T0 + 170  # k1 retired at T0 + 50 + 120
+    assert kids(signer) == [k3, k4, k2]
+    clock.now = T0 + 219.9
+    assert kids(signer) == [k3, k4, k2]
+    clock.now = T0 + 220  # k2 retired at T0 + 100 + 120
+    assert kids(signer) == [k3, k4]
 
 
 def test_loaded_pem_keys(clock: Clock) -> None:
@@ -229,10 +264,19 @@ def test_loaded_pem_keys(clock: Clock) -> None:
     assert verify(token, signer.jwks(), now=T0)["sub"] == "sub-alice"
     # The token verifies with the loaded key's own public key, too.
     assert jwt.decode(token, first.public_key(), algorithms=["ES256"], audience=AUD, options={"verify_exp": False})
-    # The second key is published (for tokens it signed before a restart) for one lifetime, never signs.
-    assert [k["kid"] for k in signer.jwks()["keys"]] == [expected_kid, key_id(second.public_key())]
+    # The second key is published (for tokens it signed before a restart) for one lifetime, never signs; the
+    # pre-published next key is a generated one, neither of the loaded keys, and sits between them.
+    second_kid = key_id(second.public_key())
+    assert signer.next_kid not in {expected_kid, second_kid}
+    assert kids(signer) == [expected_kid, signer.next_kid, second_kid]
+    clock.now = T0 + 299.9
+    assert kids(signer) == [expected_kid, signer.next_kid, second_kid]
     clock.now = T0 + 300
-    assert [k["kid"] for k in signer.jwks()["keys"]] == [expected_kid]
+    assert kids(signer) == [expected_kid, signer.next_kid]
+    # Rotation promotes the generated next key, never the rotated-out loaded one.
+    upcoming = signer.next_kid
+    assert signer.rotate() == upcoming == signer.kid
+    assert kids(signer) == [upcoming, signer.next_kid, expected_kid]
     # The same PEM gives the same kid in another signer (replicas, restarts).
     assert AssertionSigner(issuer=ISSUER, private_keys_pem=[pem_of(first)]).kid == expected_kid
 
