@@ -116,6 +116,7 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         return_to = safe_return_to(
             request.query_params.get("rd"), allowed_origins=frozenset({origin, *sso.login.allowed_return_origins})
         )
+        started = time.perf_counter()
         login = sso.oidc.new_login(return_to=return_to, redirect_uri=redirect_uri, now=sso.clock())
         try:
             url = await sso.oidc.authorization_url(login)
@@ -123,7 +124,9 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             _event("login_failed", reason=exc.reason)
             return _page(503, "The identity provider is unavailable", "<p>Please try again shortly.</p>")
         cookie = sso.login_cookies.encode(login.to_bytes(), max_age=int(sso.login.login_timeout_seconds))
-        return _redirect(url, cookies=tuple(cookie))
+        response = _redirect(url, cookies=tuple(cookie))
+        _event("login_start", start_ms=round((time.perf_counter() - started) * 1000, 3))
+        return response
 
     async def callback(request: Request) -> Response:
         sso = get(request)
@@ -155,9 +158,12 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             return fail(400, "Sign-in state mismatch", "state_mismatch")
         if not login.redirect_uri.startswith(site_origin(request) + "/") or "code" not in params:
             return fail(400, "Malformed sign-in response", "bad_callback")
+        started = time.perf_counter()
         try:
             await sso.oidc.check_response_issuer(params.get("iss"))
+            exchange_started = time.perf_counter()
             tokens = await sso.oidc.exchange_code(code=params["code"], login=login)
+            idp_seconds = time.perf_counter() - exchange_started
             if tokens.id_token is None:
                 return fail(400, "The identity provider sent no ID token", "no_id_token")
             claims = await sso.oidc.verify_id_token(
@@ -169,11 +175,16 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             return fail(status, "Sign-in failed at the identity provider", exc.reason)
         except CredentialError as exc:
             return fail(400, "The identity provider's answer was refused", exc.reason)
-        _event("login", iss=session.issuer, sub=session.subject, sid=session.sid[:8])
         return_to = safe_return_to(
             login.return_to, allowed_origins=frozenset({site_origin(request), *sso.login.allowed_return_origins})
         )
-        return _redirect(return_to, cookies=clear_login + sso.sessions.issue(session))
+        response = _redirect(return_to, cookies=clear_login + sso.sessions.issue(session))
+        total = time.perf_counter() - started
+        _event(
+            "login", iss=session.issuer, sub=session.subject, sid=session.sid[:8],
+            callback_ms=round(total * 1000, 3), idp_token_ms=round(idp_seconds * 1000, 3),
+        )
+        return response
 
     async def sign_out_page(request: Request) -> Response:
         sso = get(request)

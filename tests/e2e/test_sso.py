@@ -226,3 +226,14 @@ def test_refresh_keeps_the_user_in_and_group_changes_reach_the_upstream(short_st
         finally:
             stack.idp.set_groups("alice", ["grafana-admins", "staff", "looker-analysts"])
     assert any('"decision"' in line for line in stack.idgate.log_text().splitlines())
+
+
+def test_upstream_never_receives_idgates_cookies_but_keeps_the_apps(fresh: Stack) -> None:
+    with fresh.client() as client:
+        assert browser_login(fresh, client, "/app/").response.status_code == 200
+        client.cookies.set("theme", "dark", domain="127.0.0.1")
+        assert client.get(fresh.url + "/app/with-cookies", headers={"accept": "application/json"}).status_code == 200
+    record = fresh.upstreams["app"].requests()[-1]
+    cookies = [v for n, v in record["headers"] if n.lower() == "cookie"]
+    assert cookies == ["theme=dark"]
+    assert all("__Host-idgate" not in v for _, v in record["headers"])
