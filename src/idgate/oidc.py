@@ -34,6 +34,11 @@ BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 _HASH_OF_ALG = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
 
 
+def same_text(a: str, b: str) -> bool:
+    """Constant-time string equality that never raises (``compare_digest`` refuses non-ASCII ``str``)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LoginState:
     """One login attempt, kept in the short-lived login-state cookie. ``created_at`` in epoch seconds."""
@@ -72,13 +77,16 @@ class TokenSet:
 
 
 def at_hash_matches(alg: str, access_token: str, at_hash: str) -> bool:
-    """OIDC Core §3.3.2.11: base64url of the left half of the hash (SHA-2 size of ``alg``) of the access token."""
-    hasher = _HASH_OF_ALG.get(alg[-3:])
+    """OIDC Core §3.3.2.11: base64url of the left half of the hash (SHA-2 size of ``alg``) of the access token.
+
+    EdDSA (Ed25519) uses SHA-512, as the OpenID Foundation's token-hash guidance says.
+    """
+    hasher = hashlib.sha512 if alg == "EdDSA" else _HASH_OF_ALG.get(alg[-3:])
     if hasher is None:
         return False
     digest = hasher(access_token.encode("ascii")).digest()
     expected = base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode()
-    return hmac.compare_digest(expected, at_hash)
+    return same_text(expected, at_hash)
 
 
 class OidcClient:
@@ -224,7 +232,7 @@ class OidcClient:
         needs_azp = (isinstance(aud, list) and len(aud) > 1) or "azp" in claims
         if needs_azp and claims.get("azp") != self._client_id:
             raise TokenError("invalid_audience", "azp is not our client_id")
-        if nonce is not None and not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
+        if nonce is not None and not same_text(str(claims.get("nonce", "")), nonce):
             raise TokenError("invalid_nonce", "nonce does not match the login attempt")
         at_hash = claims.get("at_hash")
         if access_token is not None and at_hash is not None:

@@ -119,8 +119,9 @@ class MemoryRevocationStore:
             del self._entries[min(self._entries, key=lambda k: self._entries[k][1])]
 
     async def revoke(self, key: str, *, at: float, until: float) -> None:
-        self._prune()
         previous = self._entries.get(key)
+        if previous is None:
+            self._prune()  # only a new key needs room: re-revoking must never evict another live revocation
         self._entries[key] = (max(at, previous[0]) if previous else at, max(until, previous[1] if previous else 0))
 
     async def revoked_at(self, key: str) -> float | None:

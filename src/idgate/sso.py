@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from idgate.config import ClaimPaths, SessionConfig
-from idgate.cookies import SessionCookies
+from idgate.cookies import CookieTooLarge, SessionCookies
 from idgate.errors import CredentialError, ProviderError
 from idgate.oidc import OidcClient, TokenSet
 from idgate.principal import principal_from_claims
@@ -65,9 +65,20 @@ class SessionManager:
         self._recent: dict[str, tuple[Session, float]] = {}
 
     def issue(self, session: Session) -> tuple[str, ...]:
-        """Set-Cookie values carrying ``session`` until its absolute expiry."""
+        """Set-Cookie values carrying ``session`` until its absolute expiry.
+
+        A session too large for the cookie cap drops its ID token (only the logout hint) first.
+
+        Raises:
+            CredentialError: ``session_too_large`` when even that does not fit (e.g. hundreds of groups).
+        """
         max_age = max(1, int(session.expires_at - self._clock()))
-        return tuple(self._cookies.encode(session.to_bytes(), max_age=max_age))
+        for candidate in (session, replace(session, id_token="")):
+            try:
+                return tuple(self._cookies.encode(candidate.to_bytes(), max_age=max_age))
+            except CookieTooLarge:
+                continue
+        raise CredentialError("session_too_large", "the session does not fit the cookie size cap")
 
     def clear(self) -> tuple[str, ...]:
         """Set-Cookie values deleting every session cookie chunk."""
@@ -134,11 +145,15 @@ class SessionManager:
             reason = "session_revoked"
         if session is None or reason is not None:
             return SessionOutcome(session=None, reason=reason, set_cookies=self.clear())
-        if now >= session.token_expires_at - self._config.refresh_before_seconds:
-            return await self._refresh(session, now)
-        if now - session.last_seen >= self._touch_interval:
-            touched = session.touched(now)
-            return SessionOutcome(session=touched, set_cookies=self.issue(touched))
+        try:
+            if now >= session.token_expires_at - self._config.refresh_before_seconds:
+                return await self._refresh(session, now)
+            if now - session.last_seen >= self._touch_interval:
+                touched = session.touched(now)
+                return SessionOutcome(session=touched, set_cookies=self.issue(touched))
+        except CredentialError as exc:  # session_too_large
+            await self._end(session)
+            return SessionOutcome(session=None, reason=exc.reason, set_cookies=self.clear())
         return SessionOutcome(session=session)
 
     async def _refresh(self, session: Session, now: float) -> SessionOutcome:
@@ -152,7 +167,7 @@ class SessionManager:
             return SessionOutcome(session=recent[0], set_cookies=self.issue(recent[0]), refreshed=True)
         task = self._refreshing.get(key)
         if task is None:
-            task = asyncio.create_task(self._do_refresh(session), name=f"refresh:{session.sid[:8]}")
+            task = asyncio.create_task(self._refresh_and_remember(session, key), name=f"refresh:{session.sid[:8]}")
             self._refreshing[key] = task
             task.add_done_callback(lambda _: self._refreshing.pop(key, None))
         try:
@@ -165,8 +180,14 @@ class SessionManager:
         except CredentialError:
             await self._end(session)
             return SessionOutcome(session=None, reason="refresh_rejected", set_cookies=self.clear())
-        self._remember(key, refreshed, now)
         return SessionOutcome(session=refreshed, set_cookies=self.issue(refreshed), refreshed=True)
+
+    async def _refresh_and_remember(self, session: Session, key: str) -> Session:
+        """Refresh and remember the result even when every waiting request has given up (timed out), so the
+        rotated refresh token is never lost."""
+        refreshed = await self._do_refresh(session)
+        self._remember(key, refreshed, self._clock())
+        return refreshed
 
     async def _do_refresh(self, session: Session) -> Session:
         assert session.refresh_token is not None

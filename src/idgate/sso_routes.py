@@ -34,7 +34,7 @@ from idgate.assertion import AssertionSigner
 from idgate.config import LoginConfig
 from idgate.cookies import KeyRing, SessionCookies
 from idgate.errors import CredentialError, ProviderError
-from idgate.oidc import LoginState, OidcClient
+from idgate.oidc import LoginState, OidcClient, same_text
 from idgate.redirects import safe_return_to
 from idgate.session import RevocationStore
 from idgate.sso import SessionManager
@@ -154,7 +154,7 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         login = LoginState.from_bytes(payload) if payload is not None else None
         if login is None or sso.clock() - login.created_at > sso.login.login_timeout_seconds:
             return fail(400, "Your sign-in attempt expired or began in another browser", "login_state_missing")
-        if not hmac.compare_digest(params.get("state", ""), login.state):
+        if not same_text(params.get("state", ""), login.state):
             return fail(400, "Sign-in state mismatch", "state_mismatch")
         if not login.redirect_uri.startswith(site_origin(request) + "/") or "code" not in params:
             return fail(400, "Malformed sign-in response", "bad_callback")
@@ -170,6 +170,7 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
                 tokens.id_token, nonce=login.nonce, access_token=tokens.access_token
             )
             session = sso.sessions.new_session(tokens=tokens, id_claims=claims)
+            session_cookies = sso.sessions.issue(session)
         except ProviderError as exc:
             status = 503 if exc.transient else 400
             return fail(status, "Sign-in failed at the identity provider", exc.reason)
@@ -178,11 +179,15 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         return_to = safe_return_to(
             login.return_to, allowed_origins=frozenset({site_origin(request), *sso.login.allowed_return_origins})
         )
-        response = _redirect(return_to, cookies=clear_login + sso.sessions.issue(session))
+        response = _redirect(return_to, cookies=clear_login + session_cookies)
         total = time.perf_counter() - started
         _event(
-            "login", iss=session.issuer, sub=session.subject, sid=session.sid[:8],
-            callback_ms=round(total * 1000, 3), idp_token_ms=round(idp_seconds * 1000, 3),
+            "login",
+            iss=session.issuer,
+            sub=session.subject,
+            sid=session.sid[:8],
+            callback_ms=round(total * 1000, 3),
+            idp_token_ms=round(idp_seconds * 1000, 3),
         )
         return response
 

@@ -184,6 +184,9 @@ def test_callback_errors_are_escaped_pages_never_500(fresh: Stack) -> None:
         client.get(fresh.url + "/.idgate/start?rd=/", headers=HTML)
         mismatch = client.get(fresh.url + "/.idgate/callback", params={"code": "x", "state": "not-the-state"})
         assert mismatch.status_code == 400 and "mismatch" in mismatch.text
+        client.get(fresh.url + "/.idgate/start?rd=/", headers=HTML)
+        non_ascii = client.get(fresh.url + "/.idgate/callback", params={"code": "x", "state": "zürich"})
+        assert non_ascii.status_code == 400 and "mismatch" in non_ascii.text
     log = [json.loads(line) for line in fresh.idgate.log_text().splitlines() if '"login_failed"' in line]
     assert {e["reason"] for e in log} >= {"idp_error", "login_state_missing", "state_mismatch"}
 
