@@ -19,9 +19,9 @@
 --     Sec-Fetch-Mode and User-Agent when present.
 --
 -- Answer from idgate: 200 allow, 401 no/bad credentials, 403 forbidden, 400 malformed, 302 login redirect.
--- Its X-Idgate-* headers land in txn.idgate_* variables (see ANSWER_VARS). Any other status, a duplicated
+-- Its X-Idgate-* headers land in txn.idgate.* variables (see ANSWER_VARS). Any other status, a duplicated
 -- or invalid answer header, a connection error or a timeout sets NO variable and logs one warning; the
--- config turns "no txn.idgate_status" into 503. The action never raises (everything runs under pcall).
+-- config turns "no txn.idgate.status" into 503. The action never raises (everything runs under pcall).
 --
 -- HAProxy 2.8 detail: header tables (request and httpclient response) map a lower-case name to a
 -- 0-indexed list of values. The helpers below accept 0- and 1-indexed lists, so a later HAProxy that
@@ -43,24 +43,24 @@ local EMPTY_UNLESS_SENT = { "Accept", "User-Agent" }
 
 -- Answer headers (lower-case) -> txn variable. Each may appear at most once.
 local ANSWER_VARS = {
-    { "x-idgate-decision", "txn.idgate_decision" },
-    { "x-idgate-reason", "txn.idgate_reason" },
-    { "x-idgate-upstream", "txn.idgate_upstream" },
-    { "x-idgate-user", "txn.idgate_user" },
-    { "x-idgate-email", "txn.idgate_email" },
-    { "x-idgate-name", "txn.idgate_name" },
-    { "x-idgate-groups", "txn.idgate_groups" },
-    { "x-idgate-roles", "txn.idgate_roles" },
-    { "x-idgate-role", "txn.idgate_role" },
-    { "x-idgate-subject", "txn.idgate_subject" },
-    { "x-idgate-issuer", "txn.idgate_issuer" },
-    { "www-authenticate", "txn.idgate_www_authenticate" },
-    { "location", "txn.idgate_location" },
-    { "x-idgate-assertion", "txn.idgate_assertion" },
+    { "x-idgate-decision", "txn.idgate.decision" },
+    { "x-idgate-reason", "txn.idgate.reason" },
+    { "x-idgate-upstream", "txn.idgate.upstream" },
+    { "x-idgate-user", "txn.idgate.user" },
+    { "x-idgate-email", "txn.idgate.email" },
+    { "x-idgate-name", "txn.idgate.name" },
+    { "x-idgate-groups", "txn.idgate.groups" },
+    { "x-idgate-roles", "txn.idgate.roles" },
+    { "x-idgate-role", "txn.idgate.role" },
+    { "x-idgate-subject", "txn.idgate.subject" },
+    { "x-idgate-issuer", "txn.idgate.issuer" },
+    { "www-authenticate", "txn.idgate.www_authenticate" },
+    { "location", "txn.idgate.location" },
+    { "x-idgate-assertion", "txn.idgate.assertion" },
 }
 
 -- Set-Cookie values idgate may answer (a refreshed, re-issued or cleared session: one per cookie chunk); each
--- lands in txn.idgate_set_cookie_<i>, and haproxy.cfg adds them to the client's response. More is an error.
+-- lands in txn.idgate.set_cookie_<i>, and haproxy.cfg adds them to the client's response. More is an error.
 local MAX_SET_COOKIES = 8
 
 -- Statuses idgate may answer; anything else is an error (nothing set -> 503).
@@ -145,7 +145,7 @@ local function ask_idgate(txn, url, timeout_ms)
         return nil, "unexpected status " .. tostring(status) .. (STATUS_HINT[status] or "")
     end
     local headers = res.headers or {}
-    local vars = { ["txn.idgate_status"] = tostring(math.floor(status)) }
+    local vars = { ["txn.idgate.status"] = tostring(math.floor(status)) }
     for _, pair in ipairs(ANSWER_VARS) do
         local vals = values_of(headers[pair[1]])
         if #vals > 1 then
@@ -167,13 +167,13 @@ local function ask_idgate(txn, url, timeout_ms)
         if not clean(v) then
             return nil, "control character in answer header set-cookie"
         end
-        vars["txn.idgate_set_cookie_" .. tostring(i - 1)] = v
+        vars["txn.idgate.set_cookie_" .. tostring(i - 1)] = v
     end
-    local upstream = vars["txn.idgate_upstream"]
+    local upstream = vars["txn.idgate.upstream"]
     if upstream ~= nil and not upstream:match("^[a-z0-9_]+$") then
         return nil, "invalid upstream name in answer"
     end
-    local decision = vars["txn.idgate_decision"]
+    local decision = vars["txn.idgate.decision"]
     if decision ~= nil and decision ~= "allow" and decision ~= "deny" then
         return nil, "invalid decision in answer"
     end

@@ -36,6 +36,7 @@ from idgate.oidc import OidcClient
 from idgate.session import MemoryRevocationStore
 from idgate.sso import SessionManager
 from idgate.sso_routes import Sso, jwks_route, sso_routes
+from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier
 
 log = logging.getLogger("idgate")
@@ -174,7 +175,12 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
         caches = tuple(JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers)
-        verifier = Verifier(issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches})
+        token_cache = TokenCache()
+        for cache in caches:
+            cache.on_keys_removed = token_cache.clear
+        verifier = Verifier(
+            issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches}, cache=token_cache
+        )
         audit = AuditLog(log_allows=config.audit.log_allows)
         login_issuer = next((i for i in config.issuers if config.login and i.name == config.login.issuer), None)
         sso = _sso(config, caches, clients[login_issuer.ca_file]) if login_issuer else None

@@ -131,6 +131,8 @@ class JwksCache:
     dev_mode: bool = False
     clock: Callable[[], float] = time.monotonic
     stats: JwksStats = field(default_factory=JwksStats)
+    # Called when a fetched key set no longer holds a kid the previous one had (verified-token caches drop then).
+    on_keys_removed: Callable[[], None] | None = None
     _keyset: KeySet | None = None
     _jwks_uri: str | None = None
     _last_attempt: float = float("-inf")
@@ -214,7 +216,10 @@ class JwksCache:
             )
             return None
         self.stats.skipped_keys += keyset.skipped
+        removed = self._keyset is not None and not set(self._keyset.keys) <= set(keyset.keys)
         self._keyset = keyset
+        if removed and self.on_keys_removed is not None:
+            self.on_keys_removed()
         return keyset
 
     async def _fetch(self) -> KeySet:

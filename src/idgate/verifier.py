@@ -32,6 +32,7 @@ from idgate.config import IssuerConfig
 from idgate.errors import TokenError
 from idgate.jwks import JwksCache
 from idgate.principal import Principal, principal_from_claims
+from idgate.token_cache import TokenCache
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")  # used with fullmatch: "$" would accept a trailing newline
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
@@ -135,9 +136,11 @@ async def _verify_parts(
 class Verifier:
     """Verifies bearer JWTs against the configured issuers. Stateless apart from the key caches it holds."""
 
-    def __init__(self, *, issuers: Mapping[str, TrustedIssuer]) -> None:
-        """``issuers`` maps the exact ``iss`` string to its :class:`TrustedIssuer`."""
+    def __init__(self, *, issuers: Mapping[str, TrustedIssuer], cache: TokenCache | None = None) -> None:
+        """``issuers`` maps the exact ``iss`` string to its :class:`TrustedIssuer`; ``cache`` remembers verified
+        tokens until their ``exp`` (see :mod:`idgate.token_cache`)."""
         self._issuers = dict(issuers)
+        self._cache = cache
         self._max_bytes = max((t.config.max_token_bytes for t in self._issuers.values()), default=16384)
 
     def issuer(self, iss: str) -> TrustedIssuer | None:
@@ -150,6 +153,16 @@ class Verifier:
         Raises:
             TokenError: with one of the reason codes listed in the module docstring.
         """
+        if self._cache is not None:
+            cached = self._cache.get(token)
+            if cached is not None:
+                return cached
+        principal = await self._verify(token)
+        if self._cache is not None:
+            self._cache.put(token, principal)
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
         header, payload, signature = split_compact_jws(token, max_bytes=self._max_bytes)
         iss = payload.get("iss")
         trusted = self._issuers.get(iss) if isinstance(iss, str) else None
