@@ -32,6 +32,7 @@ from idgate.config import Config
 from idgate.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.decision import Decision, DecisionEngine, RequestFacts
 from idgate.jwks import JwksCache
+from idgate.metrics import Metrics
 from idgate.oidc import OidcClient
 from idgate.session import MemoryRevocationStore
 from idgate.sso import SessionManager
@@ -53,6 +54,7 @@ class Runtime:
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     sso: Sso | None = None
     assertions: AssertionSigner | None = None
+    metrics: Metrics | None = None
 
 
 def _assertion_signer(config: Config) -> AssertionSigner | None:
@@ -185,6 +187,8 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         login_issuer = next((i for i in config.issuers if config.login and i.name == config.login.issuer), None)
         sso = _sso(config, caches, clients[login_issuer.ca_file]) if login_issuer else None
         assertions = _assertion_signer(config)
+        metrics = Metrics()
+        metrics.watch(tokens=token_cache, caches=caches, assertions=lambda: assertions)
         app.state.runtime = Runtime(
             config=config,
             engine=DecisionEngine(
@@ -193,11 +197,13 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
                 audit=audit,
                 sessions=sso.sessions if sso else None,
                 assertions=assertions,
+                metrics=metrics,
             ),
             caches=caches,
             trusted=tuple(ipaddress.ip_network(n, strict=False) for n in config.server.trusted_callers),
             sso=sso,
             assertions=assertions,
+            metrics=metrics,
         )
         warmers = [asyncio.create_task(_warm(c), name=f"warm:{c.config.name}") for c in caches]
         try:
@@ -227,6 +233,12 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
+    async def metrics_endpoint(request: Request) -> Response:
+        registry = runtime_of(request).metrics
+        if registry is None:
+            return PlainTextResponse("no metrics\n", 404)
+        return Response(registry.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
     async def readyz(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
         waiting = [c.config.name for c in runtime.caches if not c.ready]
@@ -243,6 +255,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             Route("/auth", auth, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             *sso_routes(lambda request: runtime_of(request).sso),
             jwks_route(lambda request: runtime_of(request).assertions),
         ],

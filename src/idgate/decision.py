@@ -23,6 +23,7 @@ from idgate.audit import AuditLog
 from idgate.config import Config
 from idgate.errors import CredentialError, RequestError
 from idgate.identity import render_identity
+from idgate.metrics import Metrics
 from idgate.policy import Policy, canonical_host, canonical_path
 from idgate.principal import Principal
 from idgate.sso import SessionManager
@@ -104,12 +105,14 @@ class DecisionEngine:
         audit: AuditLog,
         sessions: SessionManager | None = None,
         assertions: AssertionSigner | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._policy = Policy(config=config)
         self._verifier = verifier
         self._audit = audit
         self._sessions = sessions
         self._assertions = assertions
+        self._metrics = metrics
         self._timeout = config.server.decision_timeout_seconds
 
     async def decide(self, facts: RequestFacts) -> Decision:
@@ -122,7 +125,10 @@ class DecisionEngine:
         except Exception:  # a bug must never become an allow or a bare 500: fail closed, loudly
             log.exception("decision failed")
             decision = Decision(status=503, reasons=("internal_error",))
-        self._audit.decision(facts, decision, latency_seconds=time.perf_counter() - started)
+        latency = time.perf_counter() - started
+        self._audit.decision(facts, decision, latency_seconds=latency)
+        if self._metrics is not None:
+            self._metrics.observe(status=decision.status, seconds=latency)
         return decision
 
     async def _decide(self, facts: RequestFacts) -> Decision:

@@ -286,3 +286,21 @@ async def test_readyz_waits_for_keys_and_auth_fails_closed() -> None:
         assert (await c.get("/healthz")).status_code == 200
         denied = await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app", "authorization": f"Bearer {token()}"})
         assert denied.status_code == 401 and denied.headers["x-idgate-reason"] == "keys_unavailable"
+
+
+@pytest.mark.anyio
+async def test_metrics_count_decisions_and_cache_hits() -> None:
+    async with serve() as c:
+        await ready(c)
+        tok = f"Bearer {token()}"
+        for _ in range(3):
+            assert (
+                await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app", "authorization": tok})
+            ).status_code == 200
+        assert (await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app"})).status_code == 401
+        text = (await c.get("/metrics")).text
+    assert 'idgate_decisions_total{status="200"} 3.0' in text
+    assert 'idgate_decisions_total{status="401"} 1.0' in text
+    assert "idgate_token_cache_hits_total 2.0" in text and "idgate_token_cache_misses_total 1.0" in text
+    assert "idgate_token_cache_hit_ratio 0.6666" in text
+    assert 'idgate_jwks_ready{issuer="test"} 1.0' in text and "idgate_decision_seconds_bucket" in text
