@@ -6,11 +6,8 @@
 --
 -- Usage in haproxy.cfg:
 --     lua-load /path/to/idgate-auth.lua
---     http-request lua.idgate_auth "http://127.0.0.1:9180/auth" "1000" "__Host-idgate"
+--     http-request lua.idgate_auth "http://127.0.0.1:9180/auth" "1000"
 --                  ^ action          ^ auth URL (IP literal)        ^ timeout in ms
---                                                                          ^ session cookie prefix: idgate's own
---                                                                            cookies are removed before the request
---                                                                            goes upstream
 --
 -- Request to idgate (no body):
 --     X-Idgate-Method, X-Idgate-Host, X-Idgate-Path (HAProxy's normalised path, no query),
@@ -57,6 +54,8 @@ local ANSWER_VARS = {
     { "www-authenticate", "txn.idgate.www_authenticate" },
     { "location", "txn.idgate.location" },
     { "x-idgate-assertion", "txn.idgate.assertion" },
+    { "x-idgate-cookie-rewrite", "txn.idgate.cookie_rewrite" },
+    { "x-idgate-cookie", "txn.idgate.cookie" },
 }
 
 -- Set-Cookie values idgate may answer (a refreshed, re-issued or cleared session: one per cookie chunk); each
@@ -180,44 +179,13 @@ local function ask_idgate(txn, url, timeout_ms)
     return vars, nil
 end
 
--- Removes idgate's own cookies (names starting with `prefix`: the session chunks and the login-state cookie)
--- from the request, keeping the application's cookies: the upstream never sees idgate's session.
-local function strip_session_cookies(txn, prefix)
-    local values = values_of(txn.http:req_get_headers()["cookie"])
-    local kept, removed = {}, false
-    for _, value in ipairs(values) do
-        for pair in string.gmatch(value, "[^;]+") do
-            local trimmed = pair:match("^%s*(.-)%s*$")
-            if trimmed:sub(1, #prefix) == prefix then
-                removed = true
-            elseif trimmed ~= "" then
-                kept[#kept + 1] = trimmed
-            end
-        end
-    end
-    if removed then
-        txn.http:req_del_header("cookie")
-        if #kept > 0 then
-            txn.http:req_set_header("cookie", table.concat(kept, "; "))
-        end
-    end
-end
-
--- The action: args are the auth URL, the timeout in ms and the session cookie name prefix (strings).
-local function idgate_auth(txn, url, timeout_arg, cookie_prefix)
+-- The action: args are the auth URL and the timeout in ms (strings from the config).
+local function idgate_auth(txn, url, timeout_arg)
     local timeout_ms = math.tointeger(tonumber(timeout_arg)) or 1000
     local ok, vars, cause = pcall(ask_idgate, txn, url, timeout_ms)
     if not ok then
         cause = "lua error: " .. tostring(vars)
         vars = nil
-    end
-    if cookie_prefix ~= nil and cookie_prefix ~= "" then
-        local stripped, err = pcall(strip_session_cookies, txn, cookie_prefix)
-        if not stripped then
-            -- never forward idgate's session to the upstream: without a verdict the request is refused (503)
-            vars = nil
-            cause = "cannot strip session cookies: " .. tostring(err)
-        end
     end
     if vars == nil then
         pcall(function()
@@ -231,4 +199,4 @@ local function idgate_auth(txn, url, timeout_arg, cookie_prefix)
     end
 end
 
-core.register_action("idgate_auth", { "http-req" }, idgate_auth, 3)
+core.register_action("idgate_auth", { "http-req" }, idgate_auth, 2)

@@ -280,3 +280,19 @@ class SessionCookies:
         if payload is None:
             return None, "invalid_cookie"
         return payload, None
+
+
+def without_cookies(cookie_header: str | None, *, prefix: str) -> str | None:
+    """``cookie_header`` minus every cookie whose name starts with ``prefix`` (idgate's session and login-state
+    cookies), re-joined with ``"; "``; None when it holds none of them (nothing to rewrite). Never raises."""
+    if not cookie_header or prefix not in cookie_header:
+        return None
+    kept = []
+    removed = False
+    for pair in cookie_header.split(";"):
+        trimmed = pair.strip(_OWS)
+        if trimmed.startswith(prefix):
+            removed = True
+        elif trimmed:
+            kept.append(trimmed)
+    return "; ".join(kept) if removed else None

@@ -21,6 +21,7 @@ from typing import Any
 from idgate.assertion import AssertionSigner
 from idgate.audit import AuditLog
 from idgate.config import Config
+from idgate.cookies import without_cookies
 from idgate.errors import CredentialError, RequestError
 from idgate.identity import render_identity
 from idgate.metrics import Metrics
@@ -197,5 +198,12 @@ class DecisionEngine:
                     "role": grant.roles[-1] if grant.roles else None,
                 },
             )
+        if self._sessions is not None:
+            # idgate's own cookies never reach the upstream; HAProxy rewrites Cookie from these two values
+            rest = without_cookies(facts.cookie, prefix=self._sessions.cookie_prefix)
+            if rest is not None:
+                headers["x-idgate-cookie-rewrite"] = "1"
+                if rest:
+                    headers["x-idgate-cookie"] = rest
         reasons = grant.reasons + principal.notes + identity.notes
         return answer(200, *reasons, principal=principal, headers=headers)

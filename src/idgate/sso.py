@@ -64,6 +64,11 @@ class SessionManager:
         self._refreshing: dict[str, asyncio.Task[Session]] = {}
         self._recent: dict[str, tuple[Session, float]] = {}
 
+    @property
+    def cookie_prefix(self) -> str:
+        """The name prefix shared by every cookie idgate sets (session chunks and the login-state cookie)."""
+        return self._config.cookie_name
+
     def issue(self, session: Session) -> tuple[str, ...]:
         """Set-Cookie values carrying ``session`` until its absolute expiry.
 

@@ -16,6 +16,7 @@ from idgate.cookies import (
     CookieTooLarge,
     KeyRing,
     SessionCookies,
+    without_cookies,
 )
 
 OLD_KEY = bytes(range(32))
@@ -642,3 +643,19 @@ def test_encode_decode_round_trip(payload: bytes, prefix: str) -> None:
     set_cookies = j.encode(payload, max_age=60)
     assert len(set_cookies) == 4
     assert j.decode(prefix + header_of(set_cookies)) == (payload, None)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("theme=dark", None),
+        ("__Host-idgate_0=abc", ""),
+        ("theme=dark; __Host-idgate_0=abc; __Host-idgate_1=def; lang=en", "theme=dark; lang=en"),
+        ("__Host-idgate-login_0=x;theme=dark", "theme=dark"),
+        ("a=__Host-idgate_0", None),  # the name, not a value, decides
+    ],
+)
+def test_without_cookies_removes_only_idgates_cookies(header: str | None, expected: str | None) -> None:
+    assert without_cookies(header, prefix="__Host-idgate") == expected

@@ -123,7 +123,6 @@ class HaproxySettings:
     https_port: int | None = None
     auth_url: str = "http://127.0.0.1:9180/auth"
     service_addr: str | None = None  # idgate's host:port for /.idgate/; None: taken from auth_url
-    session_cookie: str = "__Host-idgate"  # idgate's sessions.cookie_name: never forwarded upstream
     auth_timeout_ms: int = 1000
     upstream_app: str = "127.0.0.1:9101"
     upstream_grafana: str = "127.0.0.1:3000"
@@ -170,7 +169,6 @@ class HaproxySettings:
             "IDGATE_HTTPS_PORT": str(self.redirect_port),
             "IDGATE_TLS_CERT": str(Path(self.tls_pem).resolve()),
             "IDGATE_AUTH_URL": self.auth_url,
-            "IDGATE_SESSION_COOKIE": self.session_cookie,
             "IDGATE_SERVICE_ADDR": self.service_addr or urllib.parse.urlsplit(self.auth_url).netloc,
             "IDGATE_AUTH_TIMEOUT_MS": str(self.auth_timeout_ms),
             "IDGATE_UPSTREAM_APP": self.upstream_app,
