@@ -28,6 +28,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 CONFIG_NAME = "haproxy.cfg"
 LUA_NAME = "idgate-auth.lua"
@@ -117,6 +118,8 @@ class HaproxySettings:
     """
 
     tls_pem: Path
+    mode: Literal["spoe", "auth_request"] = "auth_request"  # how HAProxy asks idgate (IDGATE_MODE)
+    spoa_addr: str = "127.0.0.1:9181"  # idgate's SPOA agent, SPOE mode
     https_bind: str = "127.0.0.1:8443"
     http_bind: str = "127.0.0.1:8080"
     stats_bind: str = "127.0.0.1:8404"
@@ -163,6 +166,9 @@ class HaproxySettings:
         """The ``IDGATE_*`` environment variables for the shipped config: name -> value."""
         lua_dir = self.lua_dir if self.lua_dir is not None else haproxy_dir()
         return {
+            "IDGATE_MODE": self.mode,
+            "IDGATE_SPOA_ADDR": self.spoa_addr,
+            "IDGATE_SPOE_CONF": str((Path(lua_dir) / "spoe-idgate.conf").resolve()),
             "IDGATE_HTTPS_BIND": self.https_bind,
             "IDGATE_HTTP_BIND": self.http_bind,
             "IDGATE_STATS_BIND": self.stats_bind,
