@@ -18,17 +18,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.path.is_relative_to(_BROWSER_TESTS))
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The stack with 300 s tokens."""
-    with run_stack(tmp_path_factory.mktemp("stack")) as running:
+MODES = ("spoe", "auth_request")
+
+
+@pytest.fixture(scope="session", params=MODES)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack with 300 s tokens, once per mode: every test using it runs in SPOE and in auth_request mode."""
+    with run_stack(tmp_path_factory.mktemp(f"stack-{request.param}"), mode=request.param) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
-def short_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A second stack whose IdP issues 4 s tokens and whose idgate refreshes 2 s before expiry."""
-    with run_stack(tmp_path_factory.mktemp("short"), token_ttl=4, refresh_before=2) as running:
+@pytest.fixture(scope="session", params=MODES)
+def short_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose IdP issues 4 s tokens and whose idgate refreshes 2 s before expiry, once per mode."""
+    with run_stack(
+        tmp_path_factory.mktemp(f"short-{request.param}"), mode=request.param, token_ttl=4, refresh_before=2
+    ) as running:
         yield running
 
 

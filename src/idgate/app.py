@@ -35,6 +35,8 @@ from idgate.jwks import JwksCache
 from idgate.metrics import Metrics
 from idgate.oidc import OidcClient
 from idgate.session import MemoryRevocationStore
+from idgate.spoa import SpoaAgent
+from idgate.spoe import MESSAGE, REQUIRED_ARGS, spoe_handler
 from idgate.sso import SessionManager
 from idgate.sso_routes import Sso, jwks_route, sso_routes
 from idgate.token_cache import TokenCache
@@ -206,9 +208,23 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             metrics=metrics,
         )
         warmers = [asyncio.create_task(_warm(c), name=f"warm:{c.config.name}") for c in caches]
+        agent: SpoaAgent | None = None
+        if config.spoa is not None:
+            agent = SpoaAgent(
+                handler=spoe_handler(app.state.runtime.engine),
+                max_in_flight=config.spoa.max_in_flight,
+                idle_timeout=config.spoa.idle_timeout_seconds,
+                read_timeout=config.spoa.read_timeout_seconds,
+                # the engine answers 503 decision_timeout first; this is the agent's last-resort deny
+                handler_timeout=config.server.decision_timeout_seconds + 1.0,
+                messages={MESSAGE: REQUIRED_ARGS},
+            )
+            await agent.start(config.spoa.host, config.spoa.port)
         try:
             yield
         finally:
+            if agent is not None:
+                await agent.close()
             for task in warmers:
                 task.cancel()
             await asyncio.gather(*warmers, return_exceptions=True)

@@ -42,6 +42,16 @@ class ServerConfig(_Model):
         return value
 
 
+class SpoaConfig(_Model):
+    """The SPOA agent (SPOE mode): HAProxy's SPOE filter connects here (``IDGATE_SPOA_ADDR``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9181, ge=1, le=65535)
+    max_in_flight: int = Field(default=64, ge=1, le=4096)  # concurrent decisions per HAProxy connection
+    idle_timeout_seconds: float = Field(default=30, gt=0)
+    read_timeout_seconds: float = Field(default=5, gt=0)  # a half frame then silence is cut after this
+
+
 class ClaimPaths(_Model):
     """Dotted claim paths (``realm_access.roles``) for the principal's attributes (OIDC Core §5.1)."""
 
@@ -304,6 +314,7 @@ class Config(_Model):
     upstreams: dict[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     audit: AuditConfig = AuditConfig()
+    spoa: SpoaConfig | None = None
     sessions: SessionConfig | None = None
     login: LoginConfig | None = None
     assertion: AssertionConfig | None = None

@@ -241,7 +241,12 @@ def test_idgate_down_fails_closed_then_recovers(fresh: Stack) -> None:
         assert fresh.upstream_hits() == 0
     finally:
         fresh.idgate.start()
-    assert get(fresh, "/app/back", token).status_code == 200
+    # auth_request: the next call reconnects; SPOE: the agent is back once `option spop-check` (inter 1s) sees it
+    deadline = time.monotonic() + 3.0
+    while (status := get(fresh, "/app/back", token).status_code) != 200 and time.monotonic() < deadline:
+        assert status == 503
+        time.sleep(0.1)
+    assert status == 200
     assert fresh.upstream_hits() == 1
 
 

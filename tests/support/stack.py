@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import yaml
@@ -29,6 +29,7 @@ from idgate.devstack.login import Tokens, login
 from idgate.devstack.navigate import BrowserLogin
 from idgate.devstack.service import IdgateService
 
+Mode = Literal["spoe", "auth_request"]
 AUDIENCE = "https://api.idgate.test"
 AUTH_TIMEOUT_MS = 500
 
@@ -38,7 +39,7 @@ CLIENT_SECRET = "idgate-test-secret-0123456789abcdef"
 
 
 def stack_config(
-    issuer: str, ca_file: Path, *, site: str, secrets_dir: Path, refresh_before: float = 60
+    issuer: str, ca_file: Path, *, site: str, secrets_dir: Path, refresh_before: float = 60, spoa_port: int = 9181
 ) -> dict[str, Any]:
     """The idgate config the e2e stack runs with (mirrors config/demo.yaml, with a 0 s refetch cooldown).
 
@@ -47,6 +48,7 @@ def stack_config(
     (secrets_dir / "client_secret").write_text(CLIENT_SECRET)
     (secrets_dir / "session_keys").write_text(base64.b64encode(os.urandom(32)).decode())
     return {
+        "spoa": {"host": "127.0.0.1", "port": spoa_port},
         "sessions": {
             "keys_file": str(secrets_dir / "session_keys"),
             "idle_timeout_seconds": 3600,
@@ -121,6 +123,10 @@ class Stack:
     redirect_uri: str
 
     @property
+    def mode(self) -> Mode:
+        return self.settings.mode
+
+    @property
     def url(self) -> str:
         return self.settings.https_url
 
@@ -149,11 +155,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def run_stack(root: Path, *, token_ttl: int = 300, refresh_before: float = 60) -> Iterator[Stack]:
-    """Start the whole stack under ``root``; ``token_ttl`` is the IdP's access/ID token lifetime (seconds) and
-    ``refresh_before`` idgate's ``sessions.refresh_before_seconds``."""
+def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_before: float = 60) -> Iterator[Stack]:
+    """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
+    ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
+    ``sessions.refresh_before_seconds``."""
     certs = generate_dev_certs(root / "tls")
-    https_port = free_tcp_port()
+    https_port, spoa_port = free_tcp_port(), free_tcp_port()
     site = f"https://127.0.0.1:{https_port}"
     redirect_uri = f"{site}/.idgate/callback"
     idp_config = IdpConfig(
@@ -174,7 +181,14 @@ def run_stack(root: Path, *, token_ttl: int = 300, refresh_before: float = 60) -
         config_path = root / "idgate.yaml"
         config_path.write_text(
             yaml.safe_dump(
-                stack_config(idp.issuer, certs.ca, site=site, secrets_dir=root, refresh_before=refresh_before)
+                stack_config(
+                    idp.issuer,
+                    certs.ca,
+                    site=site,
+                    secrets_dir=root,
+                    refresh_before=refresh_before,
+                    spoa_port=spoa_port,
+                )
             )
         )
         upstreams: dict[str, EchoUpstream | GrafanaStub] = {
@@ -193,6 +207,8 @@ def run_stack(root: Path, *, token_ttl: int = 300, refresh_before: float = 60) -
         idgate = IdgateService(config=config_path, port=free_tcp_port(), log_path=root / "idgate.log")
         settings = HaproxySettings(
             tls_pem=certs.pem,
+            mode=mode,
+            spoa_addr=f"127.0.0.1:{spoa_port}",
             https_bind=f"127.0.0.1:{https_port}",
             http_bind=f"127.0.0.1:{free_tcp_port()}",
             stats_bind=f"127.0.0.1:{free_tcp_port()}",

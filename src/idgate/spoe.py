@@ -1,0 +1,106 @@
+"""SPOE mode: translate the ``idgate-check`` SPOP message into :class:`RequestFacts`, and a :class:`Decision` into
+set-var actions. The decision itself is :meth:`DecisionEngine.decide`, exactly as for the HTTP ``/auth`` endpoint.
+
+The message (``haproxy/spoe-idgate.conf``) carries: ``method``, ``host``, ``path`` (HAProxy's normalised path),
+``query``, ``src`` (IPv4/IPv6), ``authorization`` (the last copy) and ``authorization_count``, ``cookie``,
+``accept``, ``requested_with``, ``fetch_mode``, ``content_type``; absent headers arrive as NULL.
+The answer sets, in scope ``txn`` with prefix ``idgate`` (HAProxy: ``txn.idgate.<name>``): ``status``,
+``decision`` (``allow``/``deny``), ``reason``, ``upstream``, the identity slots (``user`` … ``issuer``,
+``assertion``), ``www_authenticate``, ``location``, ``cookie_rewrite``/``cookie`` and ``set_cookie_0..7`` — the
+variables the auth_request mode's Lua action sets from the ``/auth`` answer.
+A value that is not valid UTF-8 is answered 400 ``invalid_encoding``; every other failure path (unknown message,
+missing or duplicated argument, handler error or timeout) is the agent's deny, which HAProxy turns into 503.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+
+from idgate.decision import Decision, DecisionEngine, RequestFacts
+from idgate.spoa import Handler
+from idgate.spop import Action, InvalidString, Scope, SetVar, Value
+
+MESSAGE = "idgate-check"
+REQUIRED_ARGS = ("method", "host", "path", "src")
+MAX_SET_COOKIES = 8
+_TEXT_ARGS = (
+    "method",
+    "host",
+    "path",
+    "query",
+    "authorization",
+    "cookie",
+    "accept",
+    "requested_with",
+    "fetch_mode",
+    "content_type",
+)
+
+
+def _var(name: str, value: str) -> SetVar:
+    return SetVar(scope=Scope.TRANSACTION, name=name, value=value)
+
+
+def decision_actions(decision: Decision) -> list[Action]:
+    """The set-var actions for ``decision`` (identity only on an allow)."""
+    actions: list[Action] = [
+        _var("status", str(decision.status)),
+        _var("decision", "allow" if decision.allow else "deny"),
+        _var("reason", ",".join(decision.reasons)),
+    ]
+    if decision.upstream:
+        actions.append(_var("upstream", decision.upstream))
+    if decision.allow:
+        for header, value in decision.headers.items():
+            if value:  # an empty value is "absent", as in the auth_request mode's Lua action
+                actions.append(_var(header.removeprefix("x-idgate-").replace("-", "_"), value))
+    if decision.www_authenticate:
+        actions.append(_var("www_authenticate", decision.www_authenticate))
+    if decision.location:
+        actions.append(_var("location", decision.location))
+    for index, cookie in enumerate(decision.set_cookies[:MAX_SET_COOKIES]):
+        actions.append(_var(f"set_cookie_{index}", cookie))
+    return actions
+
+
+def facts_from_args(args: Mapping[str, Value]) -> RequestFacts | None:
+    """Request facts from the message's arguments; None when a text argument is not valid UTF-8."""
+    text: dict[str, str | None] = {}
+    for name in _TEXT_ARGS:
+        value = args.get(name)
+        if isinstance(value, InvalidString):
+            return None
+        text[name] = value if isinstance(value, str) and value else None
+    src = args.get("src")
+    source = str(src) if isinstance(src, ipaddress.IPv4Address | ipaddress.IPv6Address | str) else ""
+    count = args.get("authorization_count")
+    copies = count if isinstance(count, int) and not isinstance(count, bool) else 0
+    authorization: tuple[str, ...] = ()
+    if text["authorization"] is not None:
+        authorization = (text["authorization"],) * max(1, min(copies, 2))  # two copies are enough to refuse
+    return RequestFacts(
+        method=text["method"] or "",
+        host=text["host"] or "",
+        path=text["path"] or "",
+        query=text["query"] or "",
+        source=source,
+        authorization=authorization,
+        cookie=text["cookie"],
+        accept=text["accept"],
+        requested_with=text["requested_with"],
+        fetch_mode=text["fetch_mode"],
+        content_type=text["content_type"],
+    )
+
+
+def spoe_handler(engine: DecisionEngine) -> Handler:
+    """The agent's handler: message → facts → ``engine.decide`` → actions."""
+
+    async def handle(message: str, args: Mapping[str, Value]) -> Sequence[Action]:
+        facts = facts_from_args(args)
+        if facts is None:
+            return decision_actions(Decision(status=400, reasons=("invalid_encoding",)))
+        return decision_actions(await engine.decide(facts))
+
+    return handle
