@@ -179,9 +179,10 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
         caches = tuple(JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers)
-        token_cache = TokenCache()
+        entries = config.server.token_cache_entries
+        token_cache = TokenCache(max_entries=entries) if entries else None
         for cache in caches:
-            cache.on_keys_removed = token_cache.clear
+            cache.on_keys_removed = token_cache.clear if token_cache else None
         verifier = Verifier(
             issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches}, cache=token_cache
         )

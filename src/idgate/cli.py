@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run HAProxy + idgate + test IdP + sample upstreams on loopback")
     demo.add_argument("--https-port", type=int, default=8443, help="HAProxy's HTTPS port (default 8443)")
     demo.add_argument("--check", action="store_true", help="send a few requests through the stack, then exit")
+    demo.add_argument("--mode", choices=["spoe", "auth_request"], default="spoe", help="how HAProxy asks idgate")
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config)
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.config, host=args.host, port=args.port, log_level=args.log_level)
     from idgate.demo import run_demo
 
-    return run_demo(https_port=args.https_port, check=args.check)
+    return run_demo(https_port=args.https_port, check=args.check, mode=args.mode)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ class ServerConfig(_Model):
     trusted_callers: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     # Seconds a single decision may take before it is answered as a deny (fail closed).
     decision_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    # Verified bearer tokens remembered until their exp (0 disables the cache: every request verifies in full).
+    token_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
 
     @field_validator("trusted_callers")
     @classmethod

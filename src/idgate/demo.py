@@ -17,6 +17,7 @@ import signal
 import ssl
 import threading
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -31,7 +32,7 @@ from idgate.devstack.service import IdgateService
 
 AUDIENCE = "https://api.idgate.test"
 CLIENT_SECRET = "idgate-test-secret-0123456789abcdef"  # noqa: S105 - the test IdP's static demo client
-IDP_PORT, IDGATE_PORT = 9443, 9180
+IDP_PORT, IDGATE_PORT, SPOA_PORT = 9443, 9180, 9181
 UPSTREAM_PORTS = {"app": 9101, "looker": 9102, "grafana": 9103}
 
 
@@ -76,7 +77,7 @@ def _check(
     return ok
 
 
-def run_demo(*, https_port: int = 8443, check: bool = False) -> int:
+def run_demo(*, https_port: int = 8443, check: bool = False, mode: Literal["spoe", "auth_request"] = "spoe") -> int:
     """Run the demo stack; ``https_port`` must stay 8443 for browser login (config/demo.yaml's redirect URI)."""
     repo = haproxy_dir().parent
     run = repo / ".run" / "demo"
@@ -119,6 +120,8 @@ def run_demo(*, https_port: int = 8443, check: bool = False) -> int:
         )
         settings = HaproxySettings(
             tls_pem=certs.pem,
+            mode=mode,
+            spoa_addr=f"127.0.0.1:{SPOA_PORT}",
             https_bind=f"127.0.0.1:{https_port}",
             auth_url=f"http://127.0.0.1:{IDGATE_PORT}/auth",
             upstream_app=upstreams["app"].address,
@@ -141,7 +144,7 @@ def run_demo(*, https_port: int = 8443, check: bool = False) -> int:
         }
         base = settings.https_url
         if check:
-            print(f"idgate demo --check against {base}")
+            print(f"idgate demo --check against {base} ({mode} mode)")
             return 0 if _check(base, ca, tokens, upstreams) else 1
         _print_banner(repo, run, base, settings, idp.issuer, tokens)
         stop = threading.Event()

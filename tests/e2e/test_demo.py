@@ -10,9 +10,10 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_check_serves_authenticated_requests_and_stops_cleanly() -> None:
+@pytest.mark.parametrize("mode", ["spoe", "auth_request"])
+def test_demo_check_serves_authenticated_requests_and_stops_cleanly(mode: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "idgate.cli", "demo", "--check"],
+        [sys.executable, "-m", "idgate.cli", "demo", "--check", "--mode", mode],
         capture_output=True,
         text=True,
         timeout=120,
