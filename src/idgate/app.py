@@ -182,7 +182,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         entries = config.server.token_cache_entries
         token_cache = TokenCache(max_entries=entries) if entries else None
         for cache in caches:
-            cache.on_keys_removed = token_cache.clear if token_cache else None
+            cache.on_keys_removed = token_cache.clear if token_cache is not None else None
         verifier = Verifier(
             issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches}, cache=token_cache
         )

@@ -50,7 +50,7 @@ class SpoaConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=9181, ge=1, le=65535)
     max_in_flight: int = Field(default=64, ge=1, le=4096)  # concurrent decisions per HAProxy connection
-    idle_timeout_seconds: float = Field(default=30, gt=0)
+    idle_timeout_seconds: float = Field(default=60, gt=0)  # above HAProxy's `timeout idle 30s`: HAProxy closes first
     read_timeout_seconds: float = Field(default=5, gt=0)  # a half frame then silence is cut after this
 
 

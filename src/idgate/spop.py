@@ -50,7 +50,7 @@ _HEADER = struct.Struct(">BI")
 
 
 class FrameType(IntEnum):
-    """SPOE.txt §3.2.2. HAProxy sends 1–3, agents send 101–103; 0 only appears in fragmented payloads."""
+    """SPOE.txt §3.2.2. HAProxy sends 1-3, agents send 101-103; 0 only appears in fragmented payloads."""
 
     UNSET = 0
     HAPROXY_HELLO = 1
@@ -156,10 +156,11 @@ class TypedInt:
     value: int
 
 
-Value: TypeAlias = None | bool | int | IPv4Address | IPv6Address | str | bytes | InvalidString
+Value: TypeAlias = bool | int | IPv4Address | IPv6Address | str | bytes | InvalidString | None
 """What ``decode_typed`` returns: NULL, BOOL, any integer type, IPV4, IPV6, STRING (or ``InvalidString``), BINARY."""
 EncodableValue: TypeAlias = Value | TypedInt
 
+_T_NULL, _T_BOOL, _T_INT32, _T_UINT32, _T_INT64, _T_UINT64, _T_IPV4, _T_IPV6, _T_STRING, _T_BINARY = range(10)
 _INT_RANGES: Final[Mapping[DataType, tuple[int, int]]] = {
     DataType.INT32: (-(1 << 31), (1 << 31) - 1),
     DataType.UINT32: (0, (1 << 32) - 1),
@@ -226,11 +227,16 @@ def encode_name(name: str) -> bytes:
 
 def decode_bytes(buf: bytes, offset: int) -> tuple[bytes, int]:
     """``<LENGTH:varint><BYTES>``; the length is checked against the bytes left before slicing."""
-    length, offset = decode_varint(buf, offset)
-    if length > len(buf) - offset:
-        raise SpopError(Status.INVALID, f"length {length} beyond the frame ({len(buf) - offset} bytes left)")
-    end = offset + length
-    return buf[offset:end], end
+    end = len(buf)
+    if offset < end and buf[offset] < 240:  # fast path: a one-byte length
+        length = buf[offset]
+        offset += 1
+    else:
+        length, offset = decode_varint(buf, offset)
+    if length > end - offset:
+        raise SpopError(Status.INVALID, f"length {length} beyond the frame ({end - offset} bytes left)")
+    stop = offset + length
+    return buf[offset:stop], stop
 
 
 def decode_name(buf: bytes, offset: int) -> tuple[str, int]:
@@ -284,39 +290,37 @@ def decode_typed(buf: bytes, offset: int) -> tuple[Value, int]:
         raise SpopError(Status.INVALID, "truncated typed data")
     byte = buf[offset]
     offset += 1
-    kind = byte & 0x0F
-    flags = byte & 0xF0
-    if kind == DataType.STRING and not flags:
+    if byte == _T_STRING:  # the common case first; plain int constants (enum lookups cost ~80 ns each)
         raw, offset = decode_bytes(buf, offset)
         try:
             return raw.decode("utf-8"), offset
         except UnicodeDecodeError:
             return InvalidString(raw), offset
-    if kind == DataType.BOOL:
+    kind = byte & 0x0F
+    flags = byte & 0xF0
+    if kind == _T_BOOL:
         if flags not in (0x00, 0x10):
             raise SpopError(Status.INVALID, f"bad BOOL flags 0x{flags:02x}")
         return flags == 0x10, offset
     if flags:
         raise SpopError(Status.INVALID, f"flags 0x{flags:02x} on data type {kind}")
-    if kind == DataType.NULL:
+    if kind == _T_NULL:
         return None, offset
-    if DataType.INT32 <= kind <= DataType.UINT64:
+    if _T_INT32 <= kind <= _T_UINT64:
         raw_int, offset = decode_varint(buf, offset)
-        if kind == DataType.INT32 or kind == DataType.INT64:
-            number = raw_int - (1 << 64) if raw_int >> 63 else raw_int
-        else:
-            number = raw_int
+        signed = kind in (_T_INT32, _T_INT64) and raw_int >> 63
+        number = raw_int - (1 << 64) if signed else raw_int
         low, high = _INT_RANGES[DataType(kind)]
         if not low <= number <= high:
             raise SpopError(Status.INVALID, f"{number} out of range for {DataType(kind).name}")
         return number, offset
-    if kind == DataType.BINARY:
+    if kind == _T_BINARY:
         return decode_bytes(buf, offset)
-    if kind == DataType.IPV4:
+    if kind == _T_IPV4:
         if offset + 4 > len(buf):
             raise SpopError(Status.INVALID, "truncated IPV4")
         return IPv4Address(buf[offset : offset + 4]), offset + 4
-    if kind == DataType.IPV6:
+    if kind == _T_IPV6:
         if offset + 16 > len(buf):
             raise SpopError(Status.INVALID, "truncated IPV6")
         return IPv6Address(buf[offset : offset + 16]), offset + 16
@@ -458,9 +462,7 @@ def _frame(kind: FrameType, stream_id: int, frame_id: int, payload: bytes, flags
 def encode_action(action: Action) -> bytes:
     if isinstance(action, SetVar):
         return (
-            bytes((ActionType.SET_VAR, 3, Scope(action.scope)))
-            + encode_name(action.name)
-            + encode_typed(action.value)
+            bytes((ActionType.SET_VAR, 3, Scope(action.scope))) + encode_name(action.name) + encode_typed(action.value)
         )
     if isinstance(action, UnsetVar):
         return bytes((ActionType.UNSET_VAR, 2, Scope(action.scope))) + encode_name(action.name)
@@ -558,7 +560,16 @@ def decode_notify(header: FrameHeader, body: bytes, offset: int) -> Notify:
         offset += 1
         args: list[tuple[str, Value]] = []
         for _ in range(count):
-            arg_name, offset = decode_name(body, offset)
+            size = body[offset] if offset < end else 255
+            if size < 240 and offset + 1 + size <= end:  # inlined decode_name for short names (the hot path)
+                raw = body[offset + 1 : offset + 1 + size]
+                offset += 1 + size
+                try:
+                    arg_name = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SpopError(Status.INVALID, "name is not UTF-8") from None
+            else:
+                arg_name, offset = decode_name(body, offset)
             value, offset = decode_typed(body, offset)
             args.append((arg_name, value))
         messages.append(Message(name=name, args=tuple(args)))
@@ -651,7 +662,7 @@ def decode_wire(data: bytes, *, max_frame_size: int = MAX_FRAME_SIZE) -> Frame:
 
 
 def negotiate(hello: HaproxyHello, *, max_frame_size: int, capabilities: str = "pipelining") -> AgentHello:
-    """Our AGENT-HELLO for ``hello`` (§3.2.4–3.2.5): SPOP 2.0 if HAProxy offers any 2.x, max-frame-size the smaller
+    """Our AGENT-HELLO for ``hello`` (§3.2.4-3.2.5): SPOP 2.0 if HAProxy offers any 2.x, max-frame-size the smaller
     of both (refused below 256), and our own capabilities. Raises ``SpopError`` with the status to disconnect with."""
     majors: set[int] = set()
     for item in split_list(hello.supported_versions):

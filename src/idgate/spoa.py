@@ -1,0 +1,451 @@
+"""An SPOP 2.0 agent (SPOA) on asyncio streams: HAProxy's SPOE filter asks, ``handler`` answers with set-var actions.
+
+Behaviour (HAProxy ``doc/SPOE.txt`` §3; the codec is ``idgate.spop``):
+
+- HELLO: SPOP "2.0" if HAProxy offers any 2.x (else status 8); max-frame-size = min(HAProxy's, ours), refused
+  below 256 (status 9); we announce only ``pipelining`` (ACKs in any order on the same connection), never ``async``
+  or ``fragmentation`` (HAProxy 3.1 removed both). A health-check HELLO gets AGENT-HELLO, then the socket closes.
+- Before HELLO only HAPROXY-HELLO is valid (anything else: status 4). After it: NOTIFY → one ACK echoing its
+  stream-id and frame-id; HAPROXY-DISCONNECT → AGENT-DISCONNECT (status 0) and close; a fragment (type 0 or no
+  FIN) → status 10; a second HELLO or an agent-side type → status 4; any other type is skipped (§3.2.2 "Unknown
+  frames may be silently skipped") and logged.
+- The 4-byte length is read and checked (status 3 beyond the negotiated maximum) before the body is read. Once a
+  frame's first byte arrived, the rest must arrive within ``read_timeout`` (else status 2 and close); between
+  frames the connection may idle ``idle_timeout`` seconds (then AGENT-DISCONNECT status 0 and close).
+- Up to ``max_in_flight`` NOTIFYs per connection run concurrently; at the limit the agent stops reading until one
+  finishes (no unbounded queue). ACKs are written as they complete; those finished in the same loop iteration share
+  one write, and past 64 KiB of unsent output the writers wait for the socket (at most ``read_timeout``, then the
+  connection is dropped).
+- ``close()`` stops listening, lets every connection answer what it already read, then sends AGENT-DISCONNECT
+  status 0 and closes.
+- Fail closed: a duplicated argument name, an unknown message or a missing argument (with ``messages``), a
+  ``MessageError`` raised by the handler, any other handler exception, a handler slower than ``handler_timeout``
+  or an ACK that would not fit the frame size → the ACK carries ``deny_actions(reason)`` and nothing else (the
+  actions of the NOTIFY's other messages are dropped). The connection stays up. Configure HAProxy to deny unless
+  the agent set a positive verdict.
+- Log lines are JSON on the ``idgate.spoa`` logger; argument values are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from idgate.errors import IdgateError
+from idgate.spop import (
+    FLAG_FIN,
+    MAX_FRAME_SIZE,
+    MIN_FRAME_SIZE,
+    Action,
+    AgentDisconnect,
+    FrameType,
+    HaproxyHello,
+    Notify,
+    Scope,
+    SetVar,
+    SpopError,
+    Status,
+    Value,
+    decode_header,
+    decode_notify,
+    decode_payload,
+    encode_ack,
+    encode_frame,
+    frame_length,
+    negotiate,
+)
+
+log = logging.getLogger("idgate.spoa")
+
+Handler = Callable[[str, Mapping[str, Value]], Awaitable[Sequence[Action]]]
+DenyActions = Callable[[str], Sequence[Action]]
+CAPABILITIES = "pipelining"
+_KNOWN_TYPES = frozenset(int(kind) for kind in FrameType)
+_HIGH_WATER = 64 * 1024
+
+
+class MessageError(IdgateError):
+    """Raised by a handler to deny one message; ``reason`` (ASCII snake_case) goes to ``deny_actions``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def default_deny_actions(reason: str) -> tuple[Action, ...]:
+    """``txn.<var-prefix>.decision = "deny"`` and ``txn.<var-prefix>.reason = reason``."""
+    return (
+        SetVar(scope=Scope.TRANSACTION, name="decision", value="deny"),
+        SetVar(scope=Scope.TRANSACTION, name="reason", value=reason),
+    )
+
+
+def message_args(
+    name: str, args: Sequence[tuple[str, Value]], expected: Mapping[str, Collection[str]] | None
+) -> dict[str, Value]:
+    """The argument mapping handed to the handler; ``MessageError`` for a duplicated name (always) and, when the
+    expected table is given, for an unknown message or a missing argument. Extra arguments are passed through."""
+    result = dict(args)
+    if len(result) != len(args):
+        raise MessageError("duplicate_argument", name)
+    if expected is not None:
+        required = expected.get(name)
+        if required is None:
+            raise MessageError("unknown_message", name)
+        for arg in required:
+            if arg not in result:
+                raise MessageError("missing_argument", f"{name}.{arg}")
+    return result
+
+
+@dataclass(kw_only=True, slots=True)
+class SpoaStats:
+    """Cumulative counters for metrics."""
+
+    connections: int = 0
+    healthchecks: int = 0
+    notifies: int = 0
+    denies: int = 0
+    handler_errors: int = 0
+    handler_timeouts: int = 0
+    protocol_errors: int = 0
+
+
+def _event(level: int, event: str, **fields: object) -> None:
+    if log.isEnabledFor(level):
+        log.log(level, json.dumps({"event": event, **fields}, ensure_ascii=True, default=str))
+
+
+class _Timeout(Exception):
+    """The rest of a started frame did not arrive within ``read_timeout``."""
+
+
+class _Connection:
+    """One HAProxy connection: the read loop runs in the stream's own task, NOTIFYs in child tasks."""
+
+    def __init__(self, agent: SpoaAgent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.agent = agent
+        self.reader = reader
+        self.writer = writer
+        self.frame_size = agent.max_frame_size
+        self.slots = asyncio.Semaphore(agent.max_in_flight)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.write_lock = asyncio.Lock()
+        self.outbox: list[bytes] = []
+        self.flush_pending = False
+        self.stopping = False
+        self.broken = False
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+
+    async def read_frame(self, wait: float | None) -> bytes | None:
+        """One frame body; ``None`` on EOF between frames or after ``wait`` idle seconds (``TimeoutError``)."""
+        reader = self.reader
+        loop = asyncio.get_running_loop()
+        started = False
+        try:
+            async with asyncio.timeout(wait) as deadline:
+                first = await reader.readexactly(1)
+                started = True
+                deadline.reschedule(loop.time() + self.agent.read_timeout)
+                length = frame_length(first + await reader.readexactly(3), self.frame_size)
+                return await reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            return None  # EOF, between frames or inside one: nothing left to answer
+        except TimeoutError:
+            if started:
+                raise _Timeout from None
+            raise
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+
+    async def send(self, data: bytes) -> None:
+        """Queue one whole frame; frames finished in the same loop iteration go out in one write (one syscall).
+        Past the transport's high-water mark, wait for the socket to drain (bounded by ``read_timeout``)."""
+        if self.broken:
+            return
+        self.outbox.append(data)
+        if not self.flush_pending:
+            self.flush_pending = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        if self.writer.transport.get_write_buffer_size() > _HIGH_WATER:
+            async with self.write_lock:
+                try:
+                    async with asyncio.timeout(self.agent.read_timeout):
+                        await self.writer.drain()
+                except (ConnectionError, TimeoutError, RuntimeError):
+                    self.broken = True
+                    self.writer.transport.abort()
+
+    def flush(self) -> None:
+        self.flush_pending = False
+        if self.outbox and not self.broken:
+            data = b"".join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
+            self.writer.write(data)
+        self.outbox.clear()
+
+    async def disconnect(self, status: Status, message: str) -> None:
+        await self.send(encode_frame(AgentDisconnect(status_code=status, message=message[:200])))
+
+    # -- main loop -------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        agent = self.agent
+        try:
+            try:
+                if not await self.hello():
+                    return
+                await self.serve()
+            except SpopError as exc:
+                agent.stats.protocol_errors += 1
+                _event(
+                    logging.WARNING, "spoa_protocol_error", peer=self.peer, status=int(exc.status), detail=exc.message
+                )
+                self.cancel_tasks()
+                await self.disconnect(exc.status, exc.message)
+            except _Timeout:
+                agent.stats.protocol_errors += 1
+                _event(logging.WARNING, "spoa_read_timeout", peer=self.peer, timeout=agent.read_timeout)
+                self.cancel_tasks()
+                await self.disconnect(Status.TIMEOUT, "incomplete frame")
+            except ConnectionError as exc:
+                _event(logging.INFO, "spoa_connection_lost", peer=self.peer, error=repr(exc)[:200])
+        finally:
+            self.cancel_tasks()
+            self.flush()  # queued frames go out before the close
+            with contextlib.suppress(Exception):
+                self.writer.close()
+                await self.writer.wait_closed()
+
+    async def hello(self) -> bool:
+        """The HELLO exchange; False when the connection must end after it (EOF, health check)."""
+        agent = self.agent
+        try:
+            body = await self.read_frame(agent.read_timeout)
+        except TimeoutError:
+            raise _Timeout from None
+        if body is None:
+            return False
+        header, offset = decode_header(body)
+        if header.type != FrameType.HAPROXY_HELLO:
+            raise SpopError(Status.INVALID, f"frame type {header.type} before HAPROXY-HELLO")
+        hello = decode_payload(header, body, offset)
+        assert isinstance(hello, HaproxyHello)
+        answer = negotiate(hello, max_frame_size=agent.max_frame_size, capabilities=CAPABILITIES)
+        await self.send(encode_frame(answer))
+        if hello.healthcheck:
+            agent.stats.healthchecks += 1
+            return False
+        agent.stats.connections += 1
+        self.frame_size = answer.max_frame_size
+        _event(
+            logging.DEBUG,
+            "spoa_hello",
+            peer=self.peer,
+            engine_id=hello.engine_id,
+            max_frame_size=answer.max_frame_size,
+            haproxy_capabilities=hello.capabilities,
+        )
+        return True
+
+    async def serve(self) -> None:
+        agent = self.agent
+        slots = self.slots
+        while True:
+            await slots.acquire()
+            if self.stopping:
+                slots.release()
+                await self.finish(Status.NORMAL, "agent shutting down")
+                return
+            try:
+                body = await self.read_frame(agent.idle_timeout)
+            except TimeoutError:
+                slots.release()
+                if self.tasks:
+                    continue  # still answering: not idle
+                await self.finish(Status.NORMAL, "idle timeout")
+                return
+            if body is None:
+                slots.release()
+                if self.stopping:
+                    await self.finish(Status.NORMAL, "agent shutting down")
+                return
+            header, offset = decode_header(body)
+            kind = header.type
+            if kind == FrameType.NOTIFY and header.flags & FLAG_FIN:
+                notify = decode_notify(header, body, offset)
+                task = asyncio.create_task(self.answer(notify))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+                continue
+            slots.release()
+            if kind == FrameType.HAPROXY_DISCONNECT:
+                frame = decode_payload(header, body, offset)
+                _event(logging.INFO, "spoa_haproxy_disconnect", peer=self.peer, frame=repr(frame)[:300])
+                self.cancel_tasks()
+                await self.disconnect(Status.NORMAL, "normal")
+                return
+            if kind in _KNOWN_TYPES or not header.flags & FLAG_FIN:
+                decode_payload(header, body, offset)  # raises the right status (fragment, invalid)
+                raise SpopError(Status.INVALID, f"unexpected frame type {kind}")
+            _event(logging.WARNING, "spoa_unknown_frame_skipped", peer=self.peer, type=kind, length=len(body))
+
+    async def finish(self, status: Status, message: str) -> None:
+        """Let in-flight NOTIFYs answer (each is bounded by handler_timeout), then AGENT-DISCONNECT."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=self.agent.handler_timeout + 1.0)
+        await self.disconnect(status, message)
+
+    def cancel_tasks(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def stop(self) -> None:
+        """Graceful shutdown: no more reading; the loop answers what is in flight and disconnects."""
+        self.stopping = True
+        pause_reading = getattr(self.writer.transport, "pause_reading", None)  # uvloop's is no asyncio.ReadTransport
+        if pause_reading is not None:
+            pause_reading()  # no feed_data after feed_eof
+        self.reader.feed_eof()
+
+    # -- answering -------------------------------------------------------------------------------------------------
+
+    async def answer(self, notify: Notify) -> None:
+        try:
+            data = await self.agent.decide(notify, self.frame_size)
+            await self.send(data)
+        finally:
+            self.slots.release()
+
+
+class SpoaAgent:
+    """The SPOP server. ``handler(message_name, args)`` returns the actions for one message.
+
+    ``messages`` (optional, recommended) maps each message name the agent answers to the argument names it must
+    carry; an unknown message or a missing argument is then denied without calling the handler. A duplicated
+    argument name is always denied. Argument values are ``idgate.spop.Value``: a STRING that is not UTF-8 arrives as
+    ``spop.InvalidString`` and the handler should deny it.
+    """
+
+    def __init__(
+        self,
+        *,
+        handler: Handler,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        max_in_flight: int = 64,
+        idle_timeout: float = 30.0,
+        read_timeout: float = 5.0,
+        handler_timeout: float = 2.0,
+        deny_actions: DenyActions = default_deny_actions,
+        messages: Mapping[str, Collection[str]] | None = None,
+    ) -> None:
+        if not MIN_FRAME_SIZE <= max_frame_size <= MAX_FRAME_SIZE:
+            raise ValueError(f"max_frame_size must be in [{MIN_FRAME_SIZE}, {MAX_FRAME_SIZE}]")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        if min(idle_timeout, read_timeout, handler_timeout) <= 0:
+            raise ValueError("timeouts must be > 0")
+        self.handler = handler
+        self.max_frame_size = max_frame_size
+        self.max_in_flight = max_in_flight
+        self.idle_timeout = idle_timeout
+        self.read_timeout = read_timeout
+        self.handler_timeout = handler_timeout
+        self.deny_actions = deny_actions
+        self.messages = messages
+        self.stats = SpoaStats()
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], _Connection] = {}
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (after ``start``)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("agent not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (port 0: a free port, see ``.port``)."""
+        if self._server is not None:
+            raise RuntimeError("agent already started")
+        self._server = await asyncio.start_server(self._accept, host, port, limit=MAX_FRAME_SIZE + 4)
+
+    async def close(self) -> None:
+        """Stop listening; every connection answers its in-flight NOTIFYs, gets AGENT-DISCONNECT status 0, closes."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for connection in list(self._connections.values()):
+            connection.stop()
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=self.handler_timeout + 2.0)
+        for task in list(self._connections):
+            task.cancel()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+
+    async def __aenter__(self) -> SpoaAgent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connection = _Connection(self, reader, writer)
+        self._connections[task] = connection
+        try:
+            await connection.run()
+        except Exception as exc:  # never let one connection's bug reach the loop's exception handler
+            _event(logging.ERROR, "spoa_connection_error", peer=connection.peer, error=repr(exc)[:300])
+        finally:
+            self._connections.pop(task, None)
+
+    async def decide(self, notify: Notify, frame_size: int) -> bytes:
+        """The ACK bytes for ``notify``: the handler's actions, or the deny actions on any failure."""
+        self.stats.notifies += 1
+        reason = ""
+        try:
+            async with asyncio.timeout(self.handler_timeout) as deadline:
+                actions: list[Action] = []
+                for message in notify.messages:
+                    args = message_args(message.name, message.args, self.messages)
+                    actions.extend(await self.handler(message.name, args))
+                data = encode_ack(notify.stream_id, notify.frame_id, actions)
+                if len(data) - 4 <= frame_size:
+                    return data
+                reason = "ack_too_large"
+                _event(logging.ERROR, "spoa_deny", reason=reason, length=len(data) - 4, max=frame_size)
+        except MessageError as exc:
+            reason = exc.reason
+            _event(logging.WARNING, "spoa_deny", reason=reason, detail=exc.detail[:200], stream_id=notify.stream_id)
+        except TimeoutError as exc:
+            if deadline.expired():
+                reason = "handler_timeout"
+                self.stats.handler_timeouts += 1
+                _event(logging.ERROR, "spoa_deny", reason=reason, timeout=self.handler_timeout)
+            else:
+                reason = "handler_error"
+                self.stats.handler_errors += 1
+                _event(logging.ERROR, "spoa_deny", reason=reason, error=repr(exc)[:300])
+        except Exception as exc:
+            reason = "handler_error"
+            self.stats.handler_errors += 1
+            _event(logging.ERROR, "spoa_deny", reason=reason, error=repr(exc)[:300])
+        self.stats.denies += 1
+        try:
+            data = encode_ack(notify.stream_id, notify.frame_id, self.deny_actions(reason))
+            if len(data) - 4 <= frame_size:
+                return data
+        except Exception as exc:
+            _event(logging.ERROR, "spoa_deny_actions_failed", error=repr(exc)[:300])
+        return encode_ack(notify.stream_id, notify.frame_id, ())
