@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import subprocess
 import sys
 import time
@@ -238,6 +239,13 @@ def test_idgate_down_fails_closed_then_recovers(fresh: Stack) -> None:
             elapsed = time.monotonic() - started
             assert response.status_code == 503
             assert elapsed < AUTH_TIMEOUT_MS / 1000 + 0.5
+        if fresh.mode == "spoe":
+            time.sleep(1.5)  # `option spop-check` (inter 1s, fall 1) marks the agent down: no more waiting
+            started = time.monotonic()
+            assert get(fresh, "/app/after-check", token).status_code == 503
+            assert time.monotonic() - started < 0.25
+            log = fresh.haproxy.log_text()
+            assert re.search(r"/app/after-check HTTP/1.1\" idgate=- .* spoe_err=[1-9]", log), log[-2000:]
         assert fresh.upstream_hits() == 0
     finally:
         fresh.idgate.start()
