@@ -304,3 +304,14 @@ async def test_metrics_count_decisions_and_cache_hits() -> None:
     assert "idgate_token_cache_hits_total 2.0" in text and "idgate_token_cache_misses_total 1.0" in text
     assert "idgate_token_cache_hit_ratio 0.6666" in text
     assert 'idgate_jwks_ready{issuer="test"} 1.0' in text and "idgate_decision_seconds_bucket" in text
+
+
+@pytest.mark.anyio
+async def test_an_unexpected_error_is_a_503_deny_never_an_allow() -> None:
+    class Broken(Verifier):
+        async def verify(self, token: str) -> Any:
+            raise RuntimeError("a bug")
+
+    broken = DecisionEngine(config=config(), verifier=Broken(issuers={}), audit=AuditLog())
+    d = await broken.decide(facts("/app", f"Bearer {token()}"))
+    assert (d.status, d.reasons, d.allow, d.headers) == (503, ("internal_error",), False, {})
