@@ -191,7 +191,9 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         sso = _sso(config, caches, clients[login_issuer.ca_file]) if login_issuer else None
         assertions = _assertion_signer(config)
         metrics = Metrics()
-        metrics.watch(tokens=token_cache, caches=caches, assertions=lambda: assertions)
+        metrics.watch(
+            tokens=token_cache, caches=caches, assertions=lambda: assertions, sessions=sso.sessions if sso else None
+        )
         app.state.runtime = Runtime(
             config=config,
             engine=DecisionEngine(

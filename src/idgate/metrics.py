@@ -8,6 +8,7 @@ Read at scrape time from the components' own counters (no work per request):
     idgate_jwks_fetches_total{issuer}, idgate_jwks_fetch_failures_total{issuer}, idgate_jwks_keys_skipped_total{issuer},
     idgate_jwks_ready{issuer}
     idgate_assertions_minted_total, idgate_assertions_reused_total
+    idgate_session_cache_hits_total / _misses_total (decoded session cookies)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from idgate.assertion import AssertionSigner
 from idgate.jwks import JwksCache
+from idgate.sso import SessionManager
 from idgate.token_cache import TokenCache
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -32,7 +34,9 @@ class _ComponentCollector(Collector):
         tokens: TokenCache | None,
         caches: Sequence[JwksCache],
         assertions: Callable[[], AssertionSigner | None],
+        sessions: SessionManager | None,
     ) -> None:
+        self._sessions = sessions
         self._tokens = tokens
         self._caches = caches
         self._assertions = assertions
@@ -58,6 +62,13 @@ class _ComponentCollector(Collector):
             skipped.add_metric(name, cache.stats.skipped_keys)
             ready.add_metric(name, 1.0 if cache.ready else 0.0)
         yield from (fetches, failures, skipped, ready)
+        if self._sessions is not None:
+            yield CounterMetricFamily(
+                "idgate_session_cache_hits", "Decoded-session cache hits", value=self._sessions.decoded_hits
+            )
+            yield CounterMetricFamily(
+                "idgate_session_cache_misses", "Decoded-session cache misses", value=self._sessions.decoded_misses
+            )
         signer = self._assertions()
         if signer is not None:
             stats = signer.stats
@@ -86,9 +97,12 @@ class Metrics:
         tokens: TokenCache | None,
         caches: Sequence[JwksCache],
         assertions: Callable[[], AssertionSigner | None] = lambda: None,
+        sessions: SessionManager | None = None,
     ) -> None:
         """Expose the components' own counters at scrape time."""
-        self.registry.register(_ComponentCollector(tokens=tokens, caches=caches, assertions=assertions))
+        self.registry.register(
+            _ComponentCollector(tokens=tokens, caches=caches, assertions=assertions, sessions=sessions)
+        )
 
     def exposition(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""

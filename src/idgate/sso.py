@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,6 +30,8 @@ from idgate.principal import principal_from_claims
 from idgate.session import RevocationStore, Session, is_revoked, session_keys
 
 _RECENT_SECONDS = 60.0
+_DECODED_SECONDS = 60.0
+_DECODED_MAX = 10_000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -63,6 +66,11 @@ class SessionManager:
         self._touch_interval = min(60.0, config.idle_timeout_seconds / 10)
         self._refreshing: dict[str, asyncio.Task[Session]] = {}
         self._recent: dict[str, tuple[Session, float]] = {}
+        # Decoded-session cache: Cookie header hash → (session, cached until). Skips the AEAD open and JSON parse
+        # only; lifetimes, revocation and refresh are checked on every request.
+        self._decoded: OrderedDict[bytes, tuple[Session, float]] = OrderedDict()
+        self.decoded_hits = 0
+        self.decoded_misses = 0
 
     @property
     def cookie_prefix(self) -> str:
@@ -131,24 +139,40 @@ class SessionManager:
         """Remember the session id as revoked until its absolute expiry."""
         await self._store.revoke(f"sid:{session.sid}", at=self._clock(), until=session.expires_at)
 
-    async def resolve(self, cookie_header: str | None) -> SessionOutcome:
-        """The live session behind ``cookie_header``; never raises for bad input."""
+    def _decode(self, cookie_header: str | None, now: float) -> tuple[Session | None, str | None]:
+        """The session sealed in ``cookie_header`` (cached briefly by header hash) or (None, reason)."""
+        key = hashlib.sha256(cookie_header.encode("utf-8", "surrogatepass")).digest() if cookie_header else b""
+        cached = self._decoded.get(key) if key else None
+        if cached is not None and now < cached[1]:
+            self.decoded_hits += 1
+            return cached[0], None
+        self.decoded_misses += 1
         payload, reason = self._cookies.decode(cookie_header)
         if payload is None:
+            return None, reason
+        session = Session.from_bytes(payload)
+        if session is None:
+            return None, "invalid_cookie"
+        self._decoded[key] = (session, now + _DECODED_SECONDS)
+        self._decoded.move_to_end(key)
+        while len(self._decoded) > _DECODED_MAX:
+            self._decoded.popitem(last=False)
+        return session, None
+
+    async def resolve(self, cookie_header: str | None) -> SessionOutcome:
+        """The live session behind ``cookie_header``; never raises for bad input."""
+        now = self._clock()
+        session, reason = self._decode(cookie_header, now)
+        if session is None:
             clear = () if reason == "no_cookie" else self.clear()
             return SessionOutcome(session=None, reason=reason, set_cookies=clear)
-        session = Session.from_bytes(payload)
-        now = self._clock()
-        reason = None
-        if session is None:
-            reason = "invalid_cookie"
-        elif now >= session.expires_at:
+        if now >= session.expires_at:
             reason = "session_expired"
         elif now - session.last_seen > self._config.idle_timeout_seconds:
             reason = "idle_timeout"
         elif await is_revoked(self._store, session):
             reason = "session_revoked"
-        if session is None or reason is not None:
+        if reason is not None:
             return SessionOutcome(session=None, reason=reason, set_cookies=self.clear())
         try:
             if now >= session.token_expires_at - self._config.refresh_before_seconds:

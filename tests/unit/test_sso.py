@@ -678,3 +678,17 @@ async def test_refresh_to_an_oversized_session_does_not_raise(harness: Harness) 
     advance_into_refresh_window(harness, session)
     outcome = await harness.manager.resolve(header)
     assert isinstance(outcome, SessionOutcome)
+
+
+@pytest.mark.anyio
+async def test_decoded_session_cache_skips_decryption_but_never_revocation(harness: Harness) -> None:
+    session, header = harness.login()
+    manager = harness.manager
+    assert (await manager.resolve(header)).session == session
+    assert (await manager.resolve(header)).session == session
+    assert (manager.decoded_hits, manager.decoded_misses) == (1, 1)
+    tampered = flip(header, 10)
+    assert (await manager.resolve(tampered)).reason == "invalid_cookie"  # a different header is decoded afresh
+    await manager.sign_out(session)
+    assert (await manager.resolve(header)).reason == "session_revoked"  # cached, yet revocation is still checked
+    assert manager.decoded_hits == 2
