@@ -34,20 +34,15 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
-import selectors
 import socket
-import subprocess
 import sys
-import time
-from types import TracebackType
-from typing import TypedDict, cast
+from typing import TypedDict
 
-import httpx
+from idgate.devstack.process import CONTROL_REQUESTS as CONTROL_REQUESTS
+from idgate.devstack.process import CONTROL_RESET as CONTROL_RESET
+from idgate.devstack.process import ReadyLineServer
 
-CONTROL_REQUESTS = "/__echo/requests"
-CONTROL_RESET = "/__echo/reset"
 MAX_HEAD_BYTES = 64 * 1024
 """Largest accepted request line + header block, in bytes (larger: 431 and close)."""
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -227,101 +222,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class EchoUpstream:
+class EchoUpstream(ReadyLineServer[EchoRecord]):
     """Runs the echo server as a subprocess (context manager), for pytest fixtures and the demo.
 
     ``port=0`` lets the child pick a free port; ``address`` / ``url`` tell which one once started.
     ``startup_timeout`` is in seconds. The child's stderr goes to this process's stderr.
     """
 
+    kind = "echo upstream"
+    ready_re = READY_RE
+
     def __init__(
         self, name: str = "echo", *, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0
     ) -> None:
-        self.name = name
-        self.host = host
-        self._port = port
-        self._startup_timeout = startup_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(name, host=host, port=port, startup_timeout=startup_timeout)
 
-    @property
-    def port(self) -> int:
-        """The listening TCP port (only meaningful once started)."""
-        return self._port
-
-    @property
-    def address(self) -> str:
-        """``host:port``, the form HAProxy's ``server`` line (``IDGATE_UPSTREAM_*``) takes."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self._port}"
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` of the echo, for talking to it directly (control calls)."""
-        return f"http://{self.address}"
-
-    def start(self) -> None:
-        """Start the child and wait (at most ``startup_timeout`` s) for its ready line."""
-        if self._proc is not None:
-            raise RuntimeError("echo upstream already started")
-        cmd = [sys.executable, "-m", "idgate.devstack.echo", "--host", self.host, "--port", str(self._port)]
-        cmd += ["--name", self.name]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # noqa: S603
-        self._proc = proc
-        assert proc.stdout is not None
-        deadline = time.monotonic() + self._startup_timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            line = b""
-            while not line.endswith(b"\n"):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sel.select(remaining):
-                    self.stop()
-                    raise RuntimeError(f"echo upstream {self.name!r}: no ready line in {self._startup_timeout} s")
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                if not chunk:
-                    code = proc.wait()
-                    self.stop()
-                    raise RuntimeError(f"echo upstream {self.name!r} exited with {code} before listening")
-                line += chunk
-        match = READY_RE.match(line.decode(errors="replace").strip())
-        if match is None:
-            self.stop()
-            raise RuntimeError(f"echo upstream {self.name!r}: unexpected ready line {line!r}")
-        self._port = int(match["port"])
-
-    def stop(self) -> None:
-        """Terminate the child (SIGTERM, then SIGKILL after 5 s); idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def requests(self) -> list[EchoRecord]:
-        """The records so far (``GET /__echo/requests``), oldest first."""
-        resp = httpx.get(self.url + CONTROL_REQUESTS, timeout=5.0)
-        resp.raise_for_status()
-        return cast(list[EchoRecord], resp.json())
-
-    def reset(self) -> None:
-        """Clear the records (``POST /__echo/reset``)."""
-        httpx.post(self.url + CONTROL_RESET, timeout=5.0).raise_for_status()
-
-    def __enter__(self) -> EchoUpstream:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def command(self) -> list[str]:
+        """The child's command line."""
+        cmd = [sys.executable, "-m", "idgate.devstack.echo", "--host", self.host, "--port", str(self.port)]
+        return [*cmd, "--name", self.name]
 
 
 if __name__ == "__main__":

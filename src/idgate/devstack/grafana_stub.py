@@ -70,17 +70,13 @@ import argparse
 import asyncio
 import contextlib
 import html
-import os
 import quopri
 import re
-import selectors
 import ssl
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, cast
 
 import httpx
@@ -91,6 +87,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from idgate.devstack.echo import CONTROL_REQUESTS, CONTROL_RESET, EchoRecord
+from idgate.devstack.process import ReadyLineServer
 
 __all__ = ["GrafanaRecord", "GrafanaStub", "GrafanaStubApp", "StubSettings", "StubUser", "main"]
 
@@ -565,31 +562,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _read_ready_line(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
-    """The child's first stdout line, or None when it exits or ``timeout`` seconds pass first."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(remaining):
-                return None
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                return None
-            line += chunk
-    return line.decode(errors="replace").strip()
-
-
-class GrafanaStub:
+class GrafanaStub(ReadyLineServer[GrafanaRecord]):
     """Runs the stub as a subprocess (context manager), mirroring ``EchoUpstream``.
 
     ``port=0`` lets the child pick a free port; ``address`` / ``url`` tell which one once started. The keyword
     arguments are those of ``StubSettings`` (``jwks_url=None``: proxy mode only). ``startup_timeout`` is in seconds.
     The child's stderr goes to this process's stderr.
     """
+
+    kind = "grafana stub"
+    ready_re = READY_RE
 
     def __init__(
         self,
@@ -610,6 +592,7 @@ class GrafanaStub:
         leeway: float = 60.0,
         headers_encoded: bool = False,
     ) -> None:
+        super().__init__(name, host=host, port=port, startup_timeout=startup_timeout)
         self.settings = StubSettings(
             name=name,
             jwks_url=jwks_url,
@@ -624,32 +607,11 @@ class GrafanaStub:
             leeway=leeway,
             headers_encoded=headers_encoded,
         )
-        self.name = name
-        self.host = host
-        self._port = port
-        self._startup_timeout = startup_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        """The listening TCP port (only meaningful once started)."""
-        return self._port
-
-    @property
-    def address(self) -> str:
-        """``host:port``, the form HAProxy's ``server`` line (``IDGATE_UPSTREAM_*``) takes."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self._port}"
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` of the stub, for talking to it directly."""
-        return f"http://{self.address}"
 
     def command(self) -> list[str]:
         """The child's command line."""
         s = self.settings
-        cmd = [sys.executable, "-m", "idgate.devstack.grafana_stub", "--host", self.host, "--port", str(self._port)]
+        cmd = [sys.executable, "-m", "idgate.devstack.grafana_stub", "--host", self.host, "--port", str(self.port)]
         cmd += ["--name", s.name, "--jwt-header", s.jwt_header, "--role-claim", s.role_claim]
         cmd += ["--username-claim", s.username_claim, "--cache-ttl", str(s.cache_ttl), "--leeway", str(s.leeway)]
         for flag, value in (
@@ -665,53 +627,6 @@ class GrafanaStub:
         if not s.refetch_on_unknown_kid:
             cmd.append("--no-refetch-on-unknown-kid")
         return cmd
-
-    def start(self) -> None:
-        """Start the child and wait (at most ``startup_timeout`` s) for its ready line."""
-        if self._proc is not None:
-            raise RuntimeError("grafana stub already started")
-        self._proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # noqa: S603
-        line = _read_ready_line(self._proc, self._startup_timeout)
-        match = READY_RE.match(line) if line is not None else None
-        if match is None:
-            code = self._proc.poll()
-            self.stop()
-            raise RuntimeError(f"grafana stub {self.name!r}: no ready line (exit code {code}, got {line!r})")
-        self._port = int(match["port"])
-
-    def stop(self) -> None:
-        """Terminate the child (SIGTERM, then SIGKILL after 5 s); idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def requests(self) -> list[GrafanaRecord]:
-        """The records so far (``GET /__echo/requests``), oldest first."""
-        resp = httpx.get(self.url + CONTROL_REQUESTS, timeout=5.0)
-        resp.raise_for_status()
-        return cast(list[GrafanaRecord], resp.json())
-
-    def reset(self) -> None:
-        """Clear the records (``POST /__echo/reset``)."""
-        httpx.post(self.url + CONTROL_RESET, timeout=5.0).raise_for_status()
-
-    def __enter__(self) -> GrafanaStub:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
+
+from idgate.devstack.process import StartStop, stop_process
 
 CONFIG_NAME = "haproxy.cfg"
 LUA_NAME = "idgate-auth.lua"
@@ -212,7 +213,7 @@ def check_config(settings: HaproxySettings, config: Path | None = None) -> None:
         raise RuntimeError(f"haproxy -c -f {cfg} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
 
-class Haproxy:
+class Haproxy(StartStop):
     """A running HAProxy (``haproxy -W -db -f <cfg>``); context manager.
 
     ``start()`` returns once the HTTPS bind accepts TCP, or raises ``RuntimeError`` with the log after
@@ -288,26 +289,8 @@ class Haproxy:
     def stop(self) -> None:
         """Stop HAProxy (SIGUSR1, SIGTERM, SIGKILL); idempotent."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            if proc.poll() is not None:
-                return
-            proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=self._stop_grace)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    def __enter__(self) -> Haproxy:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        if proc is not None:
+            stop_process(proc, signals=(signal.SIGUSR1, signal.SIGTERM), grace=self._stop_grace)
 
 
 def main(argv: list[str] | None = None) -> int:

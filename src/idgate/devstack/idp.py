@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,11 +27,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 from urllib.parse import quote
 
 import httpx
+
+from idgate.devstack.process import StartStop, stop_process
 
 __all__ = ["IdpConfig", "KeyRotation", "TestIdp", "find_testidp_dir", "free_port"]
 
@@ -215,7 +215,7 @@ class _Running:
     discovery: dict[str, Any] = field(default_factory=dict)
 
 
-class TestIdp:
+class TestIdp(StartStop):
     """A running test IdP (context manager): starts ``node server.mjs`` and waits for discovery.
 
     ``start()`` raises ``RuntimeError`` (with the tail of Node's output) if the process dies or discovery
@@ -231,18 +231,6 @@ class TestIdp:
         self._running: _Running | None = None
 
     # ---------------------------------------------------------------------------------------- lifecycle
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Install npm dependencies if needed, start the IdP and wait until discovery answers."""
@@ -321,13 +309,7 @@ class TestIdp:
         if running is None:
             return
         try:
-            if running.process.poll() is None:
-                running.process.send_signal(signal.SIGTERM)
-                try:
-                    running.process.wait(timeout=_STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    running.process.kill()
-                    running.process.wait()
+            stop_process(running.process, grace=_STOP_GRACE_S)
         finally:
             running.client.close()
             running.log.close()

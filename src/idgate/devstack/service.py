@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
+from idgate.devstack.process import StartStop, stop_process
 
-class IdgateService:
+
+class IdgateService(StartStop):
     """``python -m idgate serve --config CONFIG --port PORT`` with output in ``log_path``.
 
     ``start()`` waits (up to ``ready_timeout`` seconds) for ``/readyz`` to answer 200, i.e. for every issuer's
@@ -90,20 +91,5 @@ class IdgateService:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s."""
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=5)
-
-    def __enter__(self) -> IdgateService:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        if self._proc is not None:
+            stop_process(self._proc)
