@@ -120,7 +120,8 @@ class DecisionEngine:
         """Decide ``facts``; never raises for bad input, and logs one audit line."""
         started = time.perf_counter()
         try:
-            decision = await asyncio.wait_for(self._decide(facts), self._timeout)
+            async with asyncio.timeout(self._timeout):  # no extra task, unlike wait_for
+                decision = await self._decide(facts)
         except TimeoutError:
             decision = Decision(status=503, reasons=("decision_timeout",))
         except Exception:  # a bug must never become an allow or a bare 500: fail closed, loudly

@@ -30,6 +30,8 @@ _PLAIN_QP = frozenset(range(33, 127)) - {ord("=")}
 
 def percent_encode(value: str) -> str:
     """UTF-8 percent-encoding of every byte outside printable ASCII, and of ``%`` and ``"``."""
+    if value.isascii() and value.isprintable() and "%" not in value and '"' not in value:
+        return value  # the common case, without a per-byte loop
     return "".join(chr(b) if b in _PLAIN_PERCENT else f"%{b:02X}" for b in value.encode("utf-8"))
 
 
@@ -39,6 +41,8 @@ def quoted_printable(value: str) -> str:
     Spaces stay literal except a trailing one (RFC 2045 §6.7 rule 3), so plain ASCII names without ``=`` read
     the same whether or not Grafana's ``headers_encoded`` is on.
     """
+    if value.isascii() and value.isprintable() and "=" not in value and not value.endswith(" "):
+        return value  # the common case, without a per-byte loop
     data = value.encode("utf-8")
     last = len(data) - 1
     return "".join(chr(b) if b in _PLAIN_QP or (b == 0x20 and i != last) else f"={b:02X}" for i, b in enumerate(data))

@@ -14,6 +14,7 @@ Read at scrape time from the components' own counters (no work per request):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -82,13 +83,17 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._decisions = Counter("idgate_decisions", "Decisions by answer status", ["status"], registry=self.registry)
+        self._by_status: dict[int, Any] = {}
         self._latency = Histogram(
             "idgate_decision_seconds", "Decision latency in seconds", buckets=LATENCY_BUCKETS, registry=self.registry
         )
 
     def observe(self, *, status: int, seconds: float) -> None:
         """Count one decision."""
-        self._decisions.labels(str(status)).inc()
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self._decisions.labels(str(status))
+        child.inc()
         self._latency.observe(seconds)
 
     def watch(
