@@ -16,9 +16,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint_and_format() -> None:
-    lint = run("ruff", "check", "src", "tests")
+    lint = run("ruff", "check", "src", "tests", "bench")
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = run("ruff", "format", "--check", "src", "tests")
+    fmt = run("ruff", "format", "--check", "src", "tests", "bench")
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 

@@ -40,6 +40,11 @@ class IdgateService(StartStop):
         return f"http://{self.host}:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """PID of the running ``idgate serve`` child, else ``None``."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
     def running(self) -> bool:
         """True while the child process is alive."""
         return self._proc is not None and self._proc.poll() is None

@@ -1,0 +1,279 @@
+"""idgate's benchmark: every variant in one run, same token, same upstream, same load; one table. See bench/README.md.
+
+Usage: bench/run [--quick] [--duration S] [--connections N] [--threads N] [--repeats R] [--only a,b_warm,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+from ibench import checks
+from ibench.load import Load, RunResult, per_client_rate, run_fixed_rate, run_wrk
+from ibench.procs import CpuMeter, haproxy_frontend_requests, rss_kib
+from ibench.report import FixedRate, IdgateStats, Outcome, refusal_lines, render, targets
+from ibench.stack import BENCH_DIR, UPSTREAM_FRONTEND, VARIANTS, Env, Services, start_env
+
+from idgate.devstack.haproxy import haproxy_binary
+
+RESULTS = BENCH_DIR / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
+    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections (default 32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured seconds before each run (default 1)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 s per run, 1 round")
+    parser.add_argument("--only", default="", help="comma-separated variant keys: " + ",".join(v.key for v in VARIANTS))
+    parser.add_argument("--no-fixed-rate", action="store_true", help="skip the h2load fixed-rate latency comparison")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.repeats = 3, 1
+    keys = {v.key for v in VARIANTS}
+    args.only = [k for k in args.only.split(",") if k]
+    if unknown := set(args.only) - keys:
+        parser.error(f"unknown variant(s) {sorted(unknown)}; known: {sorted(keys)}")
+    return args
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds the ExitStack: every child is stopped
+
+
+# -- start-up ------------------------------------------------------------------------------------------------------
+
+
+def launch_all(stack: ExitStack, env: Env, services: Services, only: list[str]) -> dict[str, Outcome]:
+    """Start every selected variant; one that fails to start or to answer the real token is marked FAILED."""
+    selected = [v for v in VARIANTS if not only or v.key in only]
+    hostile = checks.hostile_tokens(env) if any(v.auth for v in selected) else {}
+    outcomes: dict[str, Outcome] = {}
+    for variant in selected:
+        outcome = Outcome(key=variant.key, label=variant.label, auth=variant.auth)
+        outcomes[variant.key] = outcome
+        try:
+            outcome.url = variant.launch(stack, env, services)
+            outcome.failure = checks.check_valid(env, outcome.url)
+            if variant.auth and not outcome.failure:
+                outcome.probes = checks.refusals(env, outcome.url, hostile)
+        except Exception as exc:
+            outcome.failure = f"start-up failed: {str(exc).strip()[:400]}"
+        say(f"{variant.label}: {'FAILED: ' + outcome.failure if outcome.failure else 'up at ' + outcome.url}")
+    return outcomes
+
+
+# -- measuring -----------------------------------------------------------------------------------------------------
+
+
+def upstream_count(env: Env) -> int:
+    return haproxy_frontend_requests(env.upstream_socket, UPSTREAM_FRONTEND)
+
+
+def measure_once(env: Env, outcome: Outcome, load: Load, warmup: int) -> RunResult:
+    """Warm up, then one measured wrk run; the upstream must have seen at least every 200 wrk counted."""
+    if warmup:
+        run_wrk(outcome.url, env.token, load, duration=warmup)
+    before = upstream_count(env)
+    with CpuMeter() as meter:
+        result = run_wrk(outcome.url, env.token, load)
+    result = replace(result, others_pct=meter.share.others_pct, steal_pct=meter.share.steal_pct)
+    reached = upstream_count(env) - before
+    if not result.failure and reached < result.ok:
+        detail = f"the upstream saw {reached:,} requests for {result.ok:,} 200s"
+        return replace(result, failure=detail)
+    return result
+
+
+def measure(env: Env, outcomes: dict[str, Outcome], load: Load, args: argparse.Namespace) -> None:
+    """``args.repeats`` rounds, each over every variant that is up, in the same order."""
+    for round_no in range(1, args.repeats + 1):
+        for outcome in outcomes.values():
+            if outcome.failure:
+                continue
+            result = measure_once(env, outcome, load, args.warmup)
+            outcome.runs.append(result)
+            status = f"FAILED: {result.failure}" if result.failure else f"{result.rps:,.0f} req/s"
+            noise = f"others {result.others_pct:.0f} % CPU, steal {result.steal_pct:.0f} %"
+            say(f"round {round_no}/{args.repeats} {outcome.label}: {status}, p99 {result.p99_ms:.2f} ms ({noise})")
+
+
+def fixed_rate(env: Env, outcomes: dict[str, Outcome], load: Load, args: argparse.Namespace) -> FixedRate:
+    """h2load at 50 % of (b) warm's median req/s against (a), (b) warm and (f), interleaved, ``args.repeats`` times."""
+    if args.no_fixed_rate:
+        return FixedRate(note="--no-fixed-rate")
+    pair = [outcomes.get("a"), outcomes.get("b_warm")]
+    if any(o is None or o.summary is None for o in pair):
+        return FixedRate(note="needs (a) and (b) warm measured successfully")
+    peak = outcomes["b_warm"].summary
+    assert peak is not None
+    rate = per_client_rate(peak.rps / 2, load.connections) * load.connections  # what h2load will really send
+    keys = ["a", "b_warm"] + (["f"] if (f := outcomes.get("f")) and f.summary else [])  # (f): where the gap comes from
+    fixed = FixedRate(rate=rate, runs={key: [] for key in keys})
+    for round_no in range(1, args.repeats + 1):
+        for key in fixed.runs:
+            log = env.root / f"h2load-{key}-{round_no}.log"
+            url = outcomes[key].url
+            with CpuMeter() as meter:
+                result = run_fixed_rate(
+                    url, env.token, rate=fixed.rate, connections=load.connections, duration=load.duration, log=log
+                )
+            result = replace(result, others_pct=meter.share.others_pct, steal_pct=meter.share.steal_pct)
+            fixed.runs[key].append(result)
+            status = f"FAILED: {result.failure}" if result.failure else f"p99 {result.p99_ms:.2f} ms"
+            say(f"fixed rate {fixed.rate:,.0f} req/s round {round_no} {outcomes[key].label}: {status}")
+    return fixed
+
+
+def idgate_stats(services: Services) -> list[IdgateStats]:
+    stats = []
+    for name, handle in services.idgates.items():
+        metrics = handle.metrics()
+        stats.append(
+            IdgateStats(
+                name=name,
+                rss_start_kib=handle.rss_at_start_kib,
+                rss_end_kib=rss_kib(handle.pid),
+                hit_ratio=metrics.get("idgate_token_cache_hit_ratio"),
+                hits=int(metrics.get("idgate_token_cache_hits_total", 0)),
+                misses=int(metrics.get("idgate_token_cache_misses_total", 0)),
+            )
+        )
+    return stats
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)  # noqa: S603
+    except OSError:
+        return "not installed"
+    return ((proc.stdout or proc.stderr).strip().splitlines() or ["?"])[0]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.machine()
+
+
+def source_state() -> str:
+    """The commit measured, and whether src/ or haproxy/ had uncommitted changes."""
+    repo = str(BENCH_DIR.parent)
+    sha = first_line(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
+    dirty = first_line(["git", "-C", repo, "status", "--porcelain", "--", "src", "haproxy"]) not in ("?", "")
+    return f"idgate {sha}{' + uncommitted changes in src/ or haproxy/' if dirty else ''}"
+
+
+def versions() -> dict[str, str]:
+    return {
+        "idgate": source_state(),
+        "haproxy": first_line([haproxy_binary(), "-v"]),
+        "apache": first_line(["apache2", "-v"]),
+        "wrk": first_line(["wrk", "-v"]),
+        "h2load": first_line(["h2load", "--version"]),
+        "python": platform.python_version(),
+        "cpu": f"{os.cpu_count()} x {cpu_model()}",
+        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+
+
+def header(args: argparse.Namespace, info: dict[str, str]) -> str:
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, HTTPS keep-alive, HTTP/1.1"
+    return (
+        f"idgate bench, {when}; {load}; {args.repeats} interleaved round(s), {args.warmup} s warm-up each; "
+        f"median (min-max) of the rounds; one RS256 token from a real login\n"
+        f"{info['idgate']} | {info['haproxy']} | {info['apache']} | {info['wrk']} | {info['h2load']}\n"
+        f"Python {info['python']} | {info['cpu']} | load average at start {info['loadavg']}"
+    )
+
+
+def write_results(args: argparse.Namespace, info: dict[str, str], text: str, payload: dict[str, object]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "latest.json"
+    document = {"args": {k: v for k, v in vars(args).items()}, "versions": info, "table": text, **payload}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    (RESULTS / "latest.txt").write_text(text + "\n")
+    return path
+
+
+def run(args: argparse.Namespace, root: Path) -> int:
+    info = versions()  # before starting anything: the load average says whether something else is running
+    load = Load(threads=args.threads, connections=args.connections, duration=args.duration)
+    with ExitStack() as stack:
+        say(f"starting the IdP, the upstream and every variant (logs in {root}) ...")
+        env = start_env(stack, root)
+        services = Services(stack, env)
+        outcomes = launch_all(stack, env, services, args.only)
+        measure(env, outcomes, load, args)
+        fixed = fixed_rate(env, outcomes, load, args)
+        stats = idgate_stats(services)
+    checked = targets(outcomes, fixed)
+    text = render(outcomes, fixed, stats, checked, header(args, info))
+    text += "\n\nhostile tokens (signed with the IdP's real key unless noted), HTTP status per variant:\n"
+    text += "\n".join(refusal_lines(outcomes))
+    print(text, flush=True)
+    payload = {
+        "variants": {k: o.to_json() for k, o in outcomes.items()},
+        "fixed_rate": {
+            "rate": round(fixed.rate, 1),
+            "note": fixed.note,
+            "runs": {k: [r.to_json() for r in runs] for k, runs in fixed.runs.items()},
+            "p99_ms": {k: (s.p99_ms if (s := fixed.summary(k)) else None) for k in fixed.runs},
+        },
+        "idgate": [s.__dict__ for s in stats],
+        "targets": [t.__dict__ for t in checked],
+        "median_ratio_to_a": _ratios(outcomes),
+    }
+    say(f"\nwrote {write_results(args, info, text, payload)}")
+    return 0 if all(not o.failure_reason for o in outcomes.values()) else 1
+
+
+def _ratios(outcomes: dict[str, Outcome]) -> dict[str, float | None]:
+    base = outcomes.get("a")
+    base_rps = base.summary.rps if base and base.summary else None
+    return {k: (round(s.rps / base_rps, 3) if base_rps and (s := o.summary) else None) for k, o in outcomes.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    root = Path(tempfile.mkdtemp(prefix="idgate-bench-"))
+    try:
+        return run(args, root)
+    except KeyboardInterrupt:
+        say("interrupted: every process was stopped")
+        return 130
+    finally:
+        if args.keep:
+            say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

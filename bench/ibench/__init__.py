@@ -1,0 +1,1 @@
+"""bench/run's pieces: process launchers, load generators, sanity checks and the report."""
