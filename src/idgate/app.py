@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from idgate.assertion import AssertionSigner
+from idgate.assertion import AssertionSigner, split_pem
 from idgate.audit import AuditLog
 from idgate.config import Config
 from idgate.cookies import CookieJarSettings, KeyRing, SessionCookies
@@ -64,7 +64,7 @@ def _assertion_signer(config: Config) -> AssertionSigner | None:
         return None
     pems: tuple[bytes, ...] = ()
     if config.assertion.keys_file:
-        pems = tuple(_pem_blocks(Path(config.assertion.keys_file).read_bytes()))
+        pems = tuple(split_pem(Path(config.assertion.keys_file).read_bytes()))
     return AssertionSigner(
         issuer=config.assertion.issuer,
         lifetime_seconds=config.assertion.lifetime_seconds,
@@ -72,17 +72,6 @@ def _assertion_signer(config: Config) -> AssertionSigner | None:
         algorithm=config.assertion.algorithm,
         private_keys_pem=pems,
     )
-
-
-def _pem_blocks(data: bytes) -> list[bytes]:
-    """Split a PEM bundle into its private-key blocks (the first one signs)."""
-    blocks, current = [], b""
-    for line in data.splitlines(keepends=True):
-        current += line
-        if line.startswith(b"-----END"):
-            blocks.append(current.strip() + b"\n")
-            current = b""
-    return blocks
 
 
 def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClient) -> Sso | None:

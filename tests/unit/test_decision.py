@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -315,3 +316,32 @@ async def test_an_unexpected_error_is_a_503_deny_never_an_allow() -> None:
     broken = DecisionEngine(config=config(), verifier=Broken(issuers={}), audit=AuditLog())
     d = await broken.decide(facts("/app", f"Bearer {token()}"))
     assert (d.status, d.reasons, d.allow, d.headers) == (503, ("internal_error",), False, {})
+
+
+@pytest.mark.anyio
+async def test_assertion_keys_file_signs_and_is_published(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from idgate.assertion import key_id
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (tmp_path / "assertion.pem").write_bytes(pem)
+    raw = config().model_dump(mode="json", exclude_none=True)
+    raw["assertion"] = {"issuer": "https://idgate.test", "keys_file": str(tmp_path / "assertion.pem")}
+    raw["upstreams"]["grafana"]["assertion_audience"] = "grafana"
+    app = create_app(parse_config(raw, environ={}), transport=idp())
+    async with app.router.lifespan_context(app):
+        asgi = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=asgi, base_url="http://idgate.test") as c:
+            await ready(c)
+            jwks = (await c.get("/.idgate/jwks.json")).json()
+            ok = await c.get(
+                "/auth", headers=FACTS | {"x-idgate-path": "/grafana", "authorization": f"Bearer {token()}"}
+            )
+    assert jwks["keys"][0]["kid"] == key_id(key.public_key())
+    assertion = ok.headers["x-idgate-assertion"]
+    assert jwt.get_unverified_header(assertion)["kid"] == key_id(key.public_key())
+    claims = jwt.decode(assertion, key.public_key(), algorithms=["ES256"], audience="grafana")
+    assert (claims["iss"], claims["sub"], claims["role"]) == ("https://idgate.test", "alice", "Viewer")
