@@ -37,9 +37,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from idgate.devstack.certs import issue_dev_certs
 
 PUBLIC_MODE = 0o644
 PRIVATE_MODE = 0o640
@@ -59,20 +60,10 @@ def _write(path: Path, data: bytes, *, mode: int, gid: int | None) -> None:
     os.replace(tmp, path)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _sans(dns: Sequence[str], ips: Sequence[str]) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
-    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
-    return names
 
 
 def _tls_is_current(tls_dir: Path, dns: Sequence[str], ips: Sequence[str], renew_days: int) -> bool:
@@ -97,59 +88,11 @@ def _tls_is_current(tls_dir: Path, dns: Sequence[str], ips: Sequence[str], renew
 
 def write_tls(tls_dir: Path, *, dns: Sequence[str], ips: Sequence[str], days: int, gid: int | None) -> None:
     """A new CA and a server certificate for ``dns`` + ``ips``, valid ``days`` days; the CA key is not kept."""
-    now = dt.datetime.now(dt.UTC)
-    not_before, not_after = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("idgate compose CA"))
-        .issuer_name(_name("idgate compose CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(dns[0] if dns else "idgate"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(_sans(dns, ips)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = _pem_key(key)
-    _write(tls_dir / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM), mode=PUBLIC_MODE, gid=gid)
-    _write(tls_dir / "server.key", key_pem, mode=PRIVATE_MODE, gid=gid)
-    _write(tls_dir / "server.pem", cert_pem + key_pem, mode=PRIVATE_MODE, gid=gid)
-    _write(tls_dir / "server.crt", cert_pem, mode=PUBLIC_MODE, gid=gid)
+    issued = issue_dev_certs(dns_names=dns, ip_addresses=ips, days=days, ca_name="idgate compose CA")
+    _write(tls_dir / "ca.pem", issued.ca, mode=PUBLIC_MODE, gid=gid)
+    _write(tls_dir / "server.key", issued.key, mode=PRIVATE_MODE, gid=gid)
+    _write(tls_dir / "server.pem", issued.cert + issued.key, mode=PRIVATE_MODE, gid=gid)
+    _write(tls_dir / "server.crt", issued.cert, mode=PUBLIC_MODE, gid=gid)
 
 
 def write_secrets(secrets_dir: Path, *, gid: int | None) -> list[str]:

@@ -44,13 +44,17 @@ class _JsonLineFormatter(logging.Formatter):
         )
 
 
+def _print_problems(heading: str, exc: ConfigError) -> None:
+    print(f"{heading} {len(exc.problems)} problem(s):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
 def _check_config(path: str) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+        _print_problems(f"{path}:", exc)
         return 1
     print(f"{path}: OK\n{summarize(config)}")
     return 0
@@ -64,9 +68,7 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"idgate: refusing to start, {path} has {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+        _print_problems(f"idgate: refusing to start, {path} has", exc)
         return 1
     configure_logging(log_level)
     uv_config = uvicorn.Config(
