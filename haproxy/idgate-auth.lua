@@ -56,6 +56,7 @@ local ANSWER_VARS = {
     { "x-idgate-assertion", "txn.idgate.assertion" },
     { "x-idgate-cookie-rewrite", "txn.idgate.cookie_rewrite" },
     { "x-idgate-cookie", "txn.idgate.cookie" },
+    { "x-idgate-strip-authorization", "txn.idgate.strip_authorization" },
 }
 
 -- Set-Cookie values idgate may answer (a refreshed, re-issued or cleared session: one per cookie chunk); each

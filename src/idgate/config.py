@@ -18,6 +18,8 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 CLAIM_PATH_RE = re.compile(r"^[A-Za-z0-9_:/\-]+(\.[A-Za-z0-9_:/\-]+)*$")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+GRPC_METHOD_RE = re.compile(rf"/(?:{_IDENT}\.)*{_IDENT}/(?:{_IDENT}|\*)")
 
 
 class _Model(BaseModel):
@@ -264,15 +266,31 @@ class AllowRule(_Model):
 
 
 class RouteConfig(_Model):
-    """host + path → upstream, and either ``public: true`` or an ``allow`` rule. First match wins."""
+    """host + path → upstream, and either ``public: true`` or an ``allow`` rule. First match wins.
+
+    ``grpc`` instead of ``path``/``match`` names one gRPC method, ``/pkg.Service/Method``, or every method of a
+    service, ``/pkg.Service/*`` (the ``:path`` of a gRPC call, gRPC over HTTP/2 "Path"). It matches on the path
+    alone, whatever the content type, so a request dressed as non-gRPC cannot slip past a method's rule to a
+    later route. ``authorization: strip`` removes the client's Authorization header (the bearer token) before
+    the upstream; ``pass`` (default) forwards it.
+    """
 
     name: str
     host: str = "*"
     path: str = "/"
     match: Literal["prefix", "exact"] = "prefix"
+    grpc: str | None = None
     upstream: str
     public: bool = False
     allow: AllowRule | None = None
+    authorization: Literal["pass", "strip"] = "pass"
+
+    @field_validator("grpc")
+    @classmethod
+    def _grpc(cls, value: str | None) -> str | None:
+        if value is not None and not GRPC_METHOD_RE.fullmatch(value):
+            raise ValueError(f"grpc {value!r} must be /pkg.Service/Method or /pkg.Service/* (gRPC identifiers)")
+        return value
 
     @field_validator("path")
     @classmethod
@@ -291,6 +309,8 @@ class RouteConfig(_Model):
 
     @model_validator(mode="after")
     def _rule(self) -> RouteConfig:
+        if self.grpc is not None and {"path", "match"} & self.model_fields_set:
+            raise ValueError(f"route {self.name!r}: grpc and path/match are exclusive")
         if self.public and self.allow is not None:
             raise ValueError(f"route {self.name!r}: public and allow are exclusive")
         if not self.public and (

@@ -233,7 +233,9 @@ def summarize(config: Config) -> str:
     lines.append("routes (first match wins, no match = deny):")
     for r in config.routes:
         rule = "public" if r.public else _describe_allow(r.allow)
-        lines.append(f"  {r.name}: {r.host}{r.path} ({r.match}) → {r.upstream}  [{rule}]")
+        where = f"{r.host} gRPC {r.grpc}" if r.grpc else f"{r.host}{r.path} ({r.match})"
+        token = ", Authorization stripped" if r.authorization == "strip" else ""
+        lines.append(f"  {r.name}: {where} → {r.upstream}  [{rule}{token}]")
     return "\n".join(lines)
 
 

@@ -199,6 +199,8 @@ class DecisionEngine:
                     "role": grant.roles[-1] if grant.roles else None,
                 },
             )
+        if route.authorization == "strip":
+            headers["x-idgate-strip-authorization"] = "1"  # HAProxy removes Authorization before the upstream
         if self._sessions is not None:
             # idgate's own cookies never reach the upstream; HAProxy rewrites Cookie from these two values
             rest = without_cookies(facts.cookie, prefix=self._sessions.cookie_prefix)

@@ -6,7 +6,8 @@ Matching works on canonical facts only:
   different upstreams could read differently are refused with ``invalid_path`` (400): dot segments (raw or
   encoded), encoded ``/`` or ``\\``, ``\\``, ``;`` (matrix parameters), control characters, NUL.
 Paths are case-sensitive (RFC 3986 §6.2.2.1). Prefix routes match on segment boundaries: ``/admin`` matches
-``/admin`` and ``/admin/x`` but not ``/administrator``. First match wins; no match is a deny.
+``/admin`` and ``/admin/x`` but not ``/administrator``. gRPC routes match ``/pkg.Service/Method`` exactly, or
+``/pkg.Service/*`` for any one method segment (gRPC over HTTP/2, "Path"). First match wins; no match is a deny.
 """
 
 from __future__ import annotations
@@ -77,7 +78,14 @@ class Policy:
         for route in self._routes:
             if route.host != "*" and route.host != host:
                 continue
-            if route.match == "exact":
+            if route.grpc is not None:
+                if route.grpc.endswith("/*"):
+                    service = route.grpc[:-1]  # "/pkg.Service/"
+                    if path.startswith(service) and len(path) > len(service) and "/" not in path[len(service) :]:
+                        return route
+                elif path == route.grpc:
+                    return route
+            elif route.match == "exact":
                 if path == route.path:
                     return route
             elif route.path == "/" or path == route.path.rstrip("/") or path.startswith(route.path.rstrip("/") + "/"):

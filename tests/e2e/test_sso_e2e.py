@@ -68,11 +68,15 @@ def test_api_calls_get_401_never_a_redirect(fresh: Stack) -> None:
             {"accept": "application/json"},
             {"accept": "text/html", "x-requested-with": "XMLHttpRequest"},
             {"accept": "text/html", "sec-fetch-mode": "cors"},
-            {"accept": "text/html", "content-type": "application/grpc"},
             {},
         ):
             response = client.get(fresh.url + "/grafana/api/dashboards", headers=headers)
             assert response.status_code == 401, headers
+        # a gRPC call gets its refusal as a gRPC status (HTTP 200, trailers-only), never a login redirect
+        grpc = client.get(
+            fresh.url + "/grafana/d/x", headers={"accept": "text/html", "content-type": "application/grpc"}
+        )
+        assert (grpc.status_code, grpc.headers["grpc-status"]) == (200, "16") and "location" not in grpc.headers
         post = client.post(fresh.url + "/grafana/d/x", headers=HTML)
         assert post.status_code == 401
         nav = client.get(fresh.url + "/grafana/d/x?a=1&b=2", headers=HTML)

@@ -23,6 +23,7 @@ from idgate.devstack import navigate
 from idgate.devstack.certs import DevCerts, generate_dev_certs
 from idgate.devstack.echo import EchoUpstream
 from idgate.devstack.grafana_stub import GrafanaStub
+from idgate.devstack.grpc_echo import GrpcUpstream
 from idgate.devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
 from idgate.devstack.idp import IdpConfig, TestIdp
 from idgate.devstack.login import Tokens, login
@@ -32,9 +33,12 @@ from idgate.devstack.service import IdgateService
 Mode = Literal["spoe", "auth_request"]
 AUDIENCE = "https://api.idgate.test"
 AUTH_TIMEOUT_MS = 500
+HTTP_TIMEOUT_SECONDS = 3  # HAProxy's plain HTTP inactivity timeout in the test stack (IDGATE_TIMEOUT)
+STREAM_TIMEOUT_SECONDS = 6  # its gRPC stream inactivity timeout (IDGATE_STREAM_TIMEOUT)
 
 
 ASSERTION_ISSUER = "https://idgate.test"
+GRPC_AUDIENCE = "demo-echo"
 CLIENT_SECRET = "idgate-test-secret-0123456789abcdef"
 
 
@@ -84,6 +88,10 @@ def stack_config(
                 "roles": ["looker_viewer", "looker_admin"],
                 "from_groups": {"looker-analysts": ["looker_viewer"]},
             },
+            "echo": {
+                "roles": ["echo_user", "echo_admin"],
+                "from_groups": {"staff": ["echo_user"], "grafana-admins": ["echo_admin"]},
+            },
         },
         "upstreams": {
             "app": {"profile": "generic"},
@@ -94,8 +102,18 @@ def stack_config(
                 "assertion_audience": "grafana",
             },
             "looker": {"profile": "looker", "role_set": "looker"},
+            "grpc": {"profile": "generic", "role_set": "echo", "assertion_audience": GRPC_AUDIENCE},
         },
         "routes": [
+            {"name": "echo-admin", "grpc": "/demo.Echo/Admin", "upstream": "grpc", "allow": {"roles": ["echo_admin"]}},
+            {
+                "name": "echo-stream",
+                "grpc": "/demo.Echo/Ticks",
+                "upstream": "grpc",
+                "allow": {"authenticated": True},
+                "authorization": "strip",
+            },
+            {"name": "echo", "grpc": "/demo.Echo/*", "upstream": "grpc", "allow": {"roles": ["echo_user"]}},
             {"name": "public", "path": "/public", "upstream": "app", "public": True},
             {
                 "name": "grafana",
@@ -119,7 +137,7 @@ class Stack:
     idgate: IdgateService
     haproxy: Haproxy
     settings: HaproxySettings
-    upstreams: dict[str, EchoUpstream | GrafanaStub]
+    upstreams: dict[str, EchoUpstream | GrafanaStub | GrpcUpstream]
     redirect_uri: str
 
     @property
@@ -129,6 +147,12 @@ class Stack:
     @property
     def url(self) -> str:
         return self.settings.https_url
+
+    @property
+    def grpc(self) -> GrpcUpstream:
+        upstream = self.upstreams["grpc"]
+        assert isinstance(upstream, GrpcUpstream)
+        return upstream
 
     def client(self, **kw: Any) -> httpx.Client:
         """An httpx client that trusts the dev CA and never follows redirects."""
@@ -191,7 +215,7 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
                 )
             )
         )
-        upstreams: dict[str, EchoUpstream | GrafanaStub] = {
+        upstreams: dict[str, EchoUpstream | GrafanaStub | GrpcUpstream] = {
             "app": EchoUpstream("app"),
             "looker": EchoUpstream("looker"),
             "grafana": GrafanaStub(
@@ -201,6 +225,8 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
                 expect_aud="grafana",
                 headers_encoded=True,
             ),
+            # TLS from HAProxy to the gRPC service (IDGATE_UPSTREAM_GRPC_TLS=on), verified against the dev CA
+            "grpc": GrpcUpstream("grpc", tls_cert=certs.cert, tls_key=certs.key, ca_file=certs.ca),
         }
         for upstream in upstreams.values():
             upstream.start()
@@ -217,6 +243,11 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
             upstream_app=upstreams["app"].address,
             upstream_grafana=upstreams["grafana"].address,
             upstream_looker=upstreams["looker"].address,
+            upstream_grpc=upstreams["grpc"].address,
+            upstream_grpc_ca=certs.ca,
+            h2c_bind=f"127.0.0.1:{free_tcp_port()}",
+            timeout=f"{HTTP_TIMEOUT_SECONDS}s",
+            stream_timeout=f"{STREAM_TIMEOUT_SECONDS}s",
             stats_socket=root / "haproxy.sock",
         )
         try:

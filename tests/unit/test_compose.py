@@ -19,6 +19,7 @@ import re
 import stat
 import subprocess
 import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,14 @@ from idgate.assertion import AssertionSigner, split_pem
 from idgate.config import Config
 from idgate.config_load import parse_config
 from idgate.cookies import KeyRing
+from idgate.policy import Policy
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
 SPOE_CONF = REPO / "haproxy" / "spoe-idgate.conf"
-SERVICES = {"certs", "idp", "idgate", "echo", "grafana", "haproxy", "prometheus"}
+SERVICES = {"certs", "idp", "idgate", "echo", "grpc", "grafana", "haproxy", "prometheus"}
 IDGATE_GID = 10001
 TEST_IDP_DEFAULT_SECRET = "idgate-test-secret-0123456789abcdef"  # server.mjs's built-in fallback, never used here
 
@@ -246,18 +248,81 @@ def raw_idgate_yaml() -> dict[str, Any]:
     return doc
 
 
-def haproxy_variables() -> tuple[dict[str, str], set[str]]:
-    """presetenv defaults of haproxy.cfg, and every variable haproxy.cfg or spoe-idgate.conf reads."""
+@dataclass(frozen=True)
+class ConfigVariables:
+    """The environment variables an HAProxy config file reads, and its presetenv defaults."""
+
+    defaults: dict[str, str]
+    required: set[str]  # read somewhere not guarded by ``.if defined(NAME)`` of the same NAME: needs a default
+    guarded: set[str]  # read somewhere inside such a guard
+
+    @property
+    def used(self) -> set[str]:
+        return self.required | self.guarded
+
+    @property
+    def optional(self) -> set[str]:
+        """Read only inside ``.if defined(NAME)`` ... ``.endif`` of its own NAME: unset means the block is skipped."""
+        return self.guarded - self.required
+
+    def __or__(self, other: ConfigVariables) -> ConfigVariables:
+        return ConfigVariables(
+            self.defaults | other.defaults, self.required | other.required, self.guarded | other.guarded
+        )
+
+
+_CONDITIONAL = re.compile(r"\.(if|elif|else|endif)\b\s*(.*)")
+
+
+def config_variables(text: str) -> ConfigVariables:
+    """presetenv defaults and variables read by one HAProxy config text, minding its conditional blocks.
+
+    Only a branch whose whole condition is ``defined(NAME)`` guards NAME (nested blocks included); its ``.else`` /
+    ``.elif`` branches do not, nor does a guard of another name. A ``.elif``'s own condition is read outside the
+    branches before it. Unbalanced ``.if`` / ``.endif`` is an error.
+    """
     defaults: dict[str, str] = {}
-    used: set[str] = set()
-    for path in (HAPROXY_CFG, SPOE_CONF):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.lstrip().startswith("#"):
-                continue
-            if m := re.match(r'\s*presetenv\s+(\w+)\s+"([^"]*)"', line):
-                defaults[m[1]] = m[2]
-            used |= {a or b for a, b in re.findall(r'\$\{(\w+)\}|"\$(\w+)"', line)}
-    return defaults, used
+    required: set[str] = set()
+    guarded: set[str] = set()
+    open_branches: list[str | None] = []  # per open .if: the variable its current branch is guarded by, if any
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            continue
+        directive = _CONDITIONAL.fullmatch(stripped)
+        if directive:
+            keyword = directive[1]
+            if keyword == "if":
+                open_branches.append(None)
+            else:
+                assert open_branches, f"line {number}: .{keyword} without .if"
+                if keyword == "endif":
+                    open_branches.pop()
+                else:
+                    open_branches[-1] = None
+        if m := re.match(r'\s*presetenv\s+(\w+)\s+"([^"]*)"', line):
+            defaults[m[1]] = m[2]
+        for name in {a or b for a, b in re.findall(r'\$\{(\w+)\}|"\$(\w+)"', line)}:
+            (guarded if name in open_branches else required).add(name)
+        if directive and directive[1] in ("if", "elif"):
+            guard = re.fullmatch(r"defined\((\w+)\)", directive[2].strip())
+            open_branches[-1] = guard[1] if guard else None
+    assert not open_branches, f"{len(open_branches)} .if without .endif"
+    return ConfigVariables(defaults, required, guarded)
+
+
+def haproxy_variables() -> ConfigVariables:
+    """presetenv defaults of haproxy.cfg, and the variables haproxy.cfg or spoe-idgate.conf read."""
+    first, second = (config_variables(path.read_text(encoding="utf-8")) for path in (HAPROXY_CFG, SPOE_CONF))
+    return first | second
+
+
+def python_healthcheck(service: Mapping[str, Any]) -> str:
+    """The code of a ``["CMD", "python", "-c", CODE]`` healthcheck (the idgate image has Python, nothing else)."""
+    test = [str(c) for c in service["healthcheck"]["test"]]
+    assert test[:3] == ["CMD", "python", "-c"] and len(test) == 4, test
+    compile(test[3], "<healthcheck>", "exec")
+    return test[3]
 
 
 def must_differ(name: str, default: str) -> bool:
@@ -324,7 +389,7 @@ def test_published_ports_bind_loopback_only(services: dict[str, dict[str, Any]])
     for name, entries in published.items():
         for port in entries:
             assert port.host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback"
-    for name in ("idgate", "echo", "grafana", "certs"):
+    for name in ("idgate", "echo", "grpc", "grafana", "certs"):
         assert not services[name].get("ports"), f"{name} must only be reachable through HAProxy"
 
 
@@ -339,6 +404,7 @@ def test_dependencies_wait_for_health(services: dict[str, dict[str, Any]]) -> No
         "idgate": {"condition": "service_healthy"},
         "echo": {"condition": "service_healthy"},
         "grafana": {"condition": "service_healthy"},
+        "grpc": {"condition": "service_healthy"},
     }
     assert services["idgate"]["depends_on"]["idp"] == {"condition": "service_healthy"}
 
@@ -351,21 +417,74 @@ def test_idgate_healthcheck_is_readyz(services: dict[str, dict[str, Any]], idgat
 # ----------------------------------------------------------------------------------------- HAProxy
 
 
+def test_config_variables_understands_defined_guards() -> None:
+    text = """
+global
+    presetenv A "1"
+    # "${COMMENTED}" is not read
+.if defined(OPT)
+    bind "${OPT}" name plain
+.if streq("$A",x)
+    bind "${OPT}" name nested
+.endif
+.elif defined(ALT)
+    bind "${ALT}"
+.else
+    bind "${ELSE}"
+.endif
+.if defined(ELSE)
+    bind "${ELSE}"
+.endif
+.if defined(X)
+    bind "${Y}"
+.endif
+.if defined(BOTH)
+    bind "${BOTH}"
+.endif
+    bind "${BOTH}"
+.if defined(LATE)
+.elif streq("$LATE",x)
+.endif
+"""
+    variables = config_variables(text)
+    assert variables.defaults == {"A": "1"}
+    assert variables.optional == {"OPT", "ALT"}
+    assert variables.required == {"A", "ELSE", "Y", "BOTH", "LATE"}
+    for broken in (".endif\n", ".if defined(A)\n", ".else\n"):
+        with pytest.raises(AssertionError):
+            config_variables(broken)
+
+
 def test_haproxy_reads_only_variables_with_defaults() -> None:
-    defaults, used = haproxy_variables()
-    assert used, "no variable found in haproxy.cfg"
-    assert used <= set(defaults), f"read without a presetenv default: {sorted(used - set(defaults))}"
+    variables = haproxy_variables()
+    assert variables.used, "no variable found in haproxy.cfg"
+    missing = variables.required - set(variables.defaults)
+    assert not missing, f"read without a presetenv default or a .if defined() guard: {sorted(missing)}"
+    # the h2c listener is the one optional piece: unset means no such listener
+    assert variables.optional == {"IDGATE_H2C_BIND"}, sorted(variables.optional)
+    assert not variables.optional & set(variables.defaults), "a presetenv default makes .if defined() always true"
+    cfg = HAPROXY_CFG.read_text(encoding="utf-8")
+    assert re.search(
+        r'^\.if defined\(IDGATE_H2C_BIND\)\n(?:\t#.*\n)*\tbind "\$\{IDGATE_H2C_BIND\}" name h2c proto h2\n\.endif$',
+        cfg,
+        re.M,
+    )
 
 
 def test_haproxy_variables_that_must_differ_are_set(haproxy_env: dict[str, str]) -> None:
-    defaults, used = haproxy_variables()
-    needed = {name for name in used if must_differ(name, defaults[name])}
+    variables = haproxy_variables()
+    defaults = variables.defaults
+    needed = {name for name in variables.required if must_differ(name, defaults[name])}
     assert {"IDGATE_HTTPS_BIND", "IDGATE_AUTH_URL", "IDGATE_SPOA_ADDR", "IDGATE_TLS_CERT"} <= needed
+    assert "IDGATE_UPSTREAM_GRPC" in needed
     for name in sorted(needed):
         assert name in haproxy_env, f"{name} is not set for the haproxy service"
         assert haproxy_env[name] != defaults[name], f"{name} keeps its loopback/dev default {defaults[name]}"
         assert "127.0.0.1" not in haproxy_env[name] and "localhost" not in haproxy_env[name]
-    assert set(haproxy_env) <= set(defaults), f"unknown variables: {sorted(set(haproxy_env) - set(defaults))}"
+    for name in sorted(variables.optional & set(haproxy_env)):
+        assert "127.0.0.1" not in haproxy_env[name] and "localhost" not in haproxy_env[name], name
+    known = set(defaults) | variables.optional
+    assert set(haproxy_env) <= known, f"unknown variables: {sorted(set(haproxy_env) - known)}"
 
 
 def test_haproxy_runs_the_shipped_config(services: dict[str, dict[str, Any]]) -> None:
@@ -392,6 +511,22 @@ def test_haproxy_binds_are_published(services: dict[str, dict[str, Any]], haprox
         assert port in targets, f"{name} port {port} is not published"
     https_port = split_addr(haproxy_env["IDGATE_HTTPS_BIND"])[1]
     assert int(haproxy_env["IDGATE_HTTPS_PORT"]) == targets[https_port].published
+
+
+def test_haproxy_h2c_listener_stays_inside_the_network(
+    services: dict[str, dict[str, Any]], haproxy_env: dict[str, str]
+) -> None:
+    """The stack turns the optional cleartext HTTP/2 listener on, for gRPC callers on the network only."""
+    assert "IDGATE_H2C_BIND" in haproxy_env
+    host, port = split_addr(haproxy_env["IDGATE_H2C_BIND"])
+    assert host == "0.0.0.0", "other containers reach it as haproxy:PORT"
+    published = {p.target for p in ports(services["haproxy"])}
+    assert port not in published, "the cleartext (no TLS) listener must not be published"
+    tls_binds = {split_addr(haproxy_env[n])[1] for n in ("IDGATE_HTTPS_BIND", "IDGATE_HTTP_BIND", "IDGATE_STATS_BIND")}
+    assert published == tls_binds, "HAProxy publishes exactly its HTTPS, HTTP and stats binds"
+    assert port not in tls_binds
+    readme = (COMPOSE_DIR / "README.md").read_text(encoding="utf-8")
+    assert f"--target haproxy:{port}" in readme
 
 
 def test_haproxy_reaches_idgate(
@@ -428,6 +563,39 @@ def test_haproxy_upstreams_are_services(services: dict[str, dict[str, Any]], hap
     assert grafana_host == "grafana"
     assert int(environment(services["grafana"]).get("GF_SERVER_HTTP_PORT", "3000")) == grafana_port
     assert split_addr(haproxy_env["IDGATE_UPSTREAM_LOOKER"])[0] in services
+    assert f"('127.0.0.1', {app_port})" in python_healthcheck(services[app_host])
+
+
+def test_grpc_service_is_haproxys_grpc_upstream(
+    services: dict[str, dict[str, Any]], haproxy_env: dict[str, str]
+) -> None:
+    host, port = split_addr(haproxy_env["IDGATE_UPSTREAM_GRPC"])
+    assert host == "grpc"
+    grpc = services[host]
+    assert grpc["image"] == "idgate:local" and "build" not in grpc
+    command = [str(c) for c in grpc["command"]]
+    assert command[:4] == ["python", "-m", "idgate.devstack.grpc_echo", "serve"]
+    assert command[command.index("--host") + 1] == "0.0.0.0" and int(command[command.index("--port") + 1]) == port
+    assert command[command.index("--name") + 1] == "grpc"
+    assert (REPO / "src" / "idgate" / "devstack" / "grpc_echo.py").is_file()
+    # plaintext h2c on the network: no TLS on either side of be_grpc
+    assert "--tls-cert" not in command
+    assert (
+        haproxy_env.get("IDGATE_UPSTREAM_GRPC_TLS", haproxy_variables().defaults["IDGATE_UPSTREAM_GRPC_TLS"]) == "off"
+    )
+    # the image has no gRPC tools: the healthcheck opens a TCP connection to the served port, with Python
+    check = python_healthcheck(grpc)
+    assert f"('127.0.0.1', {port})" in check and "socket.create_connection" in check
+    assert grpc.get("read_only") is True and "ALL" in grpc.get("cap_drop", [])
+    assert "user" not in grpc, "keep the image's non-root user"
+    assert not any(m.source in ("tls", "secrets") for m in mounts(grpc)), "the demo service needs no secrets"
+
+
+def test_every_idgate_upstream_has_a_haproxy_backend(idgate_config: Config) -> None:
+    cfg = HAPROXY_CFG.read_text(encoding="utf-8")
+    for name in idgate_config.upstreams:
+        assert f"\nbackend be_{name}\n" in cfg, f"idgate's upstream {name} would end in be_notfound"
+    assert re.search(r"\nbackend be_grpc\n(?:\t.*\n|\.(?:if|else|endif).*\n)*\tserver grpc \S+ proto h2\n", cfg)
 
 
 def test_haproxy_certificate_comes_from_certs(
@@ -459,6 +627,60 @@ def test_idgate_config_validates_with_the_generated_secrets(idgate_config: Confi
     assert signer.jwks()["keys"], "the generated assertion key is published"
     assert idgate_config.dev_mode is False
     assert idgate_config.upstreams["grafana"].assertion_audience
+
+
+def test_idgate_grpc_routes(idgate_config: Config) -> None:
+    """The gRPC routes of config/demo.yaml, ahead of the catch-all "/" that would otherwise take every method."""
+    policy = Policy(config=idgate_config)
+    admin = policy.match("localhost", "/demo.Echo/Admin")
+    assert admin is not None and admin.allow is not None
+    assert (admin.name, admin.grpc, admin.upstream) == ("echo-admin", "/demo.Echo/Admin", "grpc")
+    assert admin.allow.roles == ("echo_admin",) and not admin.allow.authenticated and not admin.allow.groups
+    assert admin.authorization == "pass"
+    for method in ("Whoami", "Ticks", "Chat"):
+        route = policy.match("localhost", f"/demo.Echo/{method}")
+        assert route is not None and route.allow is not None
+        assert (route.name, route.grpc, route.upstream) == ("echo", "/demo.Echo/*", "grpc")
+        assert route.allow.authenticated and route.authorization == "strip"
+    app = policy.match("localhost", "/app/")
+    assert app is not None and app.name == "app" and app.path == "/"
+    routes = idgate_config.routes
+    catch_all = min(i for i, r in enumerate(routes) if r.grpc is None and r.path == "/" and r.match == "prefix")
+    assert all(i < catch_all for i, r in enumerate(routes) if r.grpc is not None)
+    assert {r.upstream for r in routes if r.grpc is not None} == {"grpc"}
+    assert all(r.grpc is not None for r in routes if r.upstream == "grpc")
+    # the test IdP's users (README): alice is echo_admin, bob echo_user, carol nothing but signed in
+    upstream = idgate_config.upstreams["grpc"]
+    assert policy.roles_for(upstream, ("grafana-admins", "staff", "looker-analysts")) == ("echo_user", "echo_admin")
+    assert policy.roles_for(upstream, ("staff",)) == ("echo_user",)
+    assert policy.roles_for(upstream, ()) == ()
+    assert upstream.assertion_audience == "demo-echo"
+
+
+def test_readme_gets_a_token_and_calls_grpc_through_haproxy(
+    services: dict[str, dict[str, Any]],
+    haproxy_env: dict[str, str],
+    idgate_config: Config,
+    raw_idgate_yaml: dict[str, Any],
+) -> None:
+    readme = (COMPOSE_DIR / "README.md").read_text(encoding="utf-8")
+    https = {p.target: p for p in ports(services["haproxy"])}[split_addr(haproxy_env["IDGATE_HTTPS_BIND"])[1]]
+    assert f"python -m idgate.devstack.grpc_echo call --target localhost:{https.published} --ca" in readme
+    # the token snippet runs in the idgate container: its issuer, client, redirect URI, resource, secret and CA
+    issuer, raw_issuer, login = idgate_config.issuers[0], raw_idgate_yaml["issuers"][0], idgate_config.login
+    assert login is not None
+    assert "docker compose -f compose/docker-compose.yml exec -T idgate python -c" in readme
+    for expected in (
+        f'issuer="{issuer.issuer}"',
+        f'client_id="{issuer.client_id}"',
+        f'redirect_uri="{login.redirect_uris[0]}"',
+        f'resource="{login.resource}"',
+        f'Path("{raw_issuer["client_secret_file"]}")',
+        f'verify="{raw_issuer["ca_file"]}"',
+    ):
+        assert expected in readme, expected
+    mounted = {m.target for m in mounts(services["idgate"])}
+    assert {"/run/secrets/idgate", "/run/idgate/tls"} <= mounted
 
 
 def test_idgate_config_keeps_secrets_out_of_line(raw_idgate_yaml: dict[str, Any]) -> None:
@@ -729,7 +951,9 @@ def test_dockerfile_runs_idgate_serve_as_non_root() -> None:
     users = [arg.split(":")[0] for op, arg in final if op == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
     runs = " ".join(arg for op, arg in final if op == "RUN")
-    assert 'pip install ".[speed]"' in runs
+    assert 'pip install ".[speed,grpc]"' in runs, "the compose stack's grpc service needs the grpc extra"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert any(re.match(r"grpcio\b", requirement) for requirement in extras["grpc"])
     assert re.search(r"useradd .*--uid 10001", runs)
     entrypoint = [json.loads(arg) for op, arg in final if op == "ENTRYPOINT"]
     (cmd,) = [json.loads(arg) for op, arg in final if op == "CMD"]
@@ -761,7 +985,7 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_secret() -> None:
     copied = [arg.split()[:-1] for op, arg in dockerfile_instructions() if op == "COPY"]
     sources = [s for group in copied for s in group if not s.startswith("--")]
     assert sources == ["pyproject.toml", "README.md", "src"]
-    for source in [*sources, "src/idgate/cli.py", "src/idgate/devstack/echo.py"]:
+    for source in [*sources, "src/idgate/cli.py", "src/idgate/devstack/echo.py", "src/idgate/devstack/grpc_echo.py"]:
         assert (REPO / source).exists() and not _dockerignore_excludes(source), source
     for path in (".run/demo/secrets/session_keys", ".venv/bin/python", ".git/config", "testidp/node_modules/x/y.js"):
         assert _dockerignore_excludes(path), path

@@ -46,7 +46,7 @@ def test_base_config_is_valid() -> None:
 
 def test_shipped_example_and_demo_configs_are_valid() -> None:
     config = load_config(REPO / "config" / "idgate.example.yaml")
-    assert {u for u in config.upstreams} == {"app", "grafana", "looker"}
+    assert {u for u in config.upstreams} == {"app", "grafana", "looker", "grpc"}
 
 
 def test_every_problem_is_listed_at_once() -> None:
@@ -182,3 +182,50 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("a: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml")
+
+
+@pytest.mark.parametrize(
+    "grpc",
+    [
+        "demo.Echo/Whoami",
+        "/demo.Echo",
+        "/demo.Echo/",
+        "/demo.Echo/*/x",
+        "/demo..Echo/M",
+        "/1demo.Echo/M",
+        "/demo.Echo/Who-ami",
+        "/demo.Echo/*\n",
+        "/demo.Echo/M?x",
+        "/*/M",
+    ],
+)
+def test_grpc_routes_need_a_method_or_service_wildcard(grpc: str) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["routes"][1] = {"name": "rpc", "grpc": grpc, "upstream": "app", "allow": {"authenticated": True}}
+    assert any("routes.1.grpc" in p and "/pkg.Service/Method" in p for p in problems_of(doc)), problems_of(doc)
+
+
+def test_grpc_route_excludes_path_and_authorization_is_pass_or_strip() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["routes"].append(
+        {"name": "rpc", "grpc": "/a.B/*", "path": "/a.B", "upstream": "app", "allow": {"authenticated": True}}
+    )
+    doc["routes"].append(
+        {"name": "rpc2", "grpc": "/B/M", "upstream": "app", "authorization": "drop", "allow": {"authenticated": True}}
+    )
+    found = "\n".join(problems_of(doc))
+    assert "grpc and path/match are exclusive" in found
+    assert "routes.3.authorization" in found
+    doc["routes"] = [
+        *doc["routes"][:2],
+        {
+            "name": "rpc",
+            "grpc": "/pkg.v1.Svc/*",
+            "upstream": "app",
+            "authorization": "strip",
+            "allow": {"groups": ["g"]},
+        },
+    ]
+    config = parse_config(doc, environ={})
+    assert config.routes[2].grpc == "/pkg.v1.Svc/*" and config.routes[2].authorization == "strip"
+    assert "rpc: * gRPC /pkg.v1.Svc/* → app  [groups=['g'], Authorization stripped]" in summarize(config)

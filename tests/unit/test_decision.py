@@ -147,6 +147,40 @@ async def test_request_outcomes(f: RequestFacts, status: int, reason: str) -> No
 
 
 @pytest.mark.anyio
+async def test_grpc_method_policy_and_authorization_strip() -> None:
+    doc = config().model_dump(mode="json")
+    doc["issuers"][0].pop("client_secret")
+    doc["routes"] = [
+        {"name": "reset", "grpc": "/demo.Echo/Reset", "upstream": "app", "allow": {"groups": ["ops"]}},
+        {
+            "name": "echo",
+            "grpc": "/demo.Echo/*",
+            "upstream": "app",
+            "allow": {"authenticated": True},
+            "authorization": "strip",
+        },
+    ]
+    gate = engine(parse_config(doc, environ={}), idp())
+    bearer = f"Bearer {token()}"
+    allowed = await gate.decide(facts("/demo.Echo/Whoami", bearer, method="POST"))
+    assert allowed.status == 200 and allowed.route == "echo"
+    assert allowed.headers["x-idgate-strip-authorization"] == "1"
+    denied = await gate.decide(facts("/demo.Echo/Reset", bearer, method="POST"))
+    assert (denied.status, denied.reasons, denied.route) == (403, ("missing_role_or_group",), "reset")
+    admin = await gate.decide(facts("/demo.Echo/Reset", f"Bearer {token(groups=['ops'])}", method="POST"))
+    assert admin.status == 200 and "x-idgate-strip-authorization" not in admin.headers
+    anonymous = await gate.decide(facts("/demo.Echo/Whoami", method="POST"))
+    assert (anonymous.status, anonymous.reasons) == (401, ("missing_credentials",))
+
+
+def test_grpc_calls_are_never_navigations() -> None:
+    page = {"method": "GET", "host": "h", "path": "/", "accept": "text/html"}
+    assert RequestFacts(**page).is_navigation()
+    for content_type in ("application/grpc", "application/grpc+proto", "application/grpc-web+proto"):
+        assert not RequestFacts(**page, content_type=content_type).is_navigation()
+
+
+@pytest.mark.anyio
 async def test_public_route_passes_no_identity_even_with_a_token() -> None:
     d = await decide(facts("/public", f"Bearer {token()}"))
     assert d.allow and d.headers == {} and d.principal is None

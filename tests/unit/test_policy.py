@@ -41,6 +41,21 @@ CONFIG = parse_config(
     environ={},
 )
 POLICY = Policy(config=CONFIG)
+GRPC_POLICY = Policy(
+    config=parse_config(
+        {
+            "issuers": [{"name": "i", "issuer": "https://idp.test", "audiences": ["a"]}],
+            "upstreams": {"grpc": {}, "app": {}},
+            "routes": [
+                {"name": "reset", "grpc": "/demo.Echo/Reset", "upstream": "grpc", "allow": {"groups": ["admins"]}},
+                {"name": "echo", "grpc": "/demo.Echo/*", "upstream": "grpc", "allow": {"authenticated": True}},
+                {"name": "bare", "grpc": "/Health/Check", "upstream": "grpc", "public": True},
+                {"name": "web", "path": "/", "upstream": "app", "allow": {"groups": ["staff"]}},
+            ],
+        },
+        environ={},
+    )
+)
 
 
 def principal(groups: tuple[str, ...] = (), **kw: str | None) -> Principal:
@@ -189,3 +204,23 @@ def test_encoders_are_ascii_and_reversible() -> None:
 def test_quoted_printable_keeps_plain_ascii_readable() -> None:
     assert quoted_printable("Alice Admin") == "Alice Admin"
     assert quoted_printable("a=b ") == "a=3Db=20"
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/demo.Echo/Reset", "reset"),  # the method's own rule comes first
+        ("/demo.Echo/Whoami", "echo"),
+        ("/demo.Echo/Reset2", "echo"),
+        ("/demo.Echo/", "web"),  # no method: not a call of the service
+        ("/demo.Echo", "web"),
+        ("/demo.Echo/A/B", "web"),  # one method segment only
+        ("/demo.EchoX/Whoami", "web"),
+        ("/demo.echo/Whoami", "web"),  # gRPC names are case-sensitive
+        ("/Health/Check", "bare"),
+        ("/Health/Check/x", "web"),
+    ],
+)
+def test_grpc_routes_match_a_method_or_any_method_of_a_service(path: str, route: str) -> None:
+    matched = GRPC_POLICY.match("any.test", path)
+    assert matched is not None and matched.name == route

@@ -131,14 +131,21 @@ class HaproxySettings:
     upstream_app: str = "127.0.0.1:9101"
     upstream_grafana: str = "127.0.0.1:3000"
     upstream_looker: str = "127.0.0.1:9102"
+    upstream_grpc: str = "127.0.0.1:50051"
+    upstream_grpc_ca: Path | None = None  # set: TLS (ALPN h2) to the gRPC upstream, verified against this CA
+    upstream_grpc_name: str = "localhost"  # the name the gRPC upstream's certificate must carry (SNI too)
+    h2c_bind: str | None = None  # a cleartext HTTP/2 listener for in-cluster gRPC callers
+    timeout: str = "30s"  # inactivity timeout of plain HTTP exchanges (HAProxy time format)
+    stream_timeout: str = "5m"  # inactivity timeout of long-lived (gRPC) streams
     stats_socket: Path = field(default_factory=_default_stats_socket)
     lua_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.auth_timeout_ms <= 0:
             raise ValueError("auth_timeout_ms must be positive")
-        for bind in (self.https_bind, self.http_bind, self.stats_bind):
-            split_bind(bind)
+        for bind in (self.https_bind, self.http_bind, self.stats_bind, self.h2c_bind):
+            if bind is not None:
+                split_bind(bind)
 
     @property
     def redirect_port(self) -> int:
@@ -150,6 +157,14 @@ class HaproxySettings:
         """``https://host:port`` to reach the HTTPS frontend directly (loopback for a wildcard bind)."""
         host, port = split_bind(self.https_bind)
         return f"https://{_url_host(host)}:{port}"
+
+    @property
+    def h2c_target(self) -> str | None:
+        """``host:port`` of the cleartext HTTP/2 listener, for a gRPC channel; None without one."""
+        if self.h2c_bind is None:
+            return None
+        host, port = split_bind(self.h2c_bind)
+        return f"{_url_host(host)}:{port}"
 
     @property
     def http_url(self) -> str:
@@ -166,24 +181,39 @@ class HaproxySettings:
     def env(self) -> dict[str, str]:
         """The ``IDGATE_*`` environment variables for the shipped config: name -> value."""
         lua_dir = self.lua_dir if self.lua_dir is not None else haproxy_dir()
-        return {
-            "IDGATE_MODE": self.mode,
-            "IDGATE_SPOA_ADDR": self.spoa_addr,
-            "IDGATE_SPOE_CONF": str((Path(lua_dir) / "spoe-idgate.conf").resolve()),
-            "IDGATE_HTTPS_BIND": self.https_bind,
-            "IDGATE_HTTP_BIND": self.http_bind,
-            "IDGATE_STATS_BIND": self.stats_bind,
-            "IDGATE_HTTPS_PORT": str(self.redirect_port),
-            "IDGATE_TLS_CERT": str(Path(self.tls_pem).resolve()),
-            "IDGATE_AUTH_URL": self.auth_url,
-            "IDGATE_SERVICE_ADDR": self.service_addr or urllib.parse.urlsplit(self.auth_url).netloc,
-            "IDGATE_AUTH_TIMEOUT_MS": str(self.auth_timeout_ms),
-            "IDGATE_UPSTREAM_APP": self.upstream_app,
-            "IDGATE_UPSTREAM_GRAFANA": self.upstream_grafana,
-            "IDGATE_UPSTREAM_LOOKER": self.upstream_looker,
-            "IDGATE_STATS_SOCKET": str(self.stats_socket),
-            "IDGATE_LUA_DIR": str(Path(lua_dir).resolve()),
-        }
+        grpc_tls = {"IDGATE_UPSTREAM_GRPC_TLS": "off"}
+        if self.upstream_grpc_ca is not None:
+            grpc_tls = {
+                "IDGATE_UPSTREAM_GRPC_TLS": "on",
+                "IDGATE_UPSTREAM_GRPC_CA": str(Path(self.upstream_grpc_ca).resolve()),
+                "IDGATE_UPSTREAM_GRPC_NAME": self.upstream_grpc_name,
+            }
+        h2c = {"IDGATE_H2C_BIND": self.h2c_bind} if self.h2c_bind is not None else {}
+        return (
+            grpc_tls
+            | h2c
+            | {
+                "IDGATE_MODE": self.mode,
+                "IDGATE_SPOA_ADDR": self.spoa_addr,
+                "IDGATE_SPOE_CONF": str((Path(lua_dir) / "spoe-idgate.conf").resolve()),
+                "IDGATE_HTTPS_BIND": self.https_bind,
+                "IDGATE_HTTP_BIND": self.http_bind,
+                "IDGATE_STATS_BIND": self.stats_bind,
+                "IDGATE_HTTPS_PORT": str(self.redirect_port),
+                "IDGATE_TLS_CERT": str(Path(self.tls_pem).resolve()),
+                "IDGATE_AUTH_URL": self.auth_url,
+                "IDGATE_SERVICE_ADDR": self.service_addr or urllib.parse.urlsplit(self.auth_url).netloc,
+                "IDGATE_AUTH_TIMEOUT_MS": str(self.auth_timeout_ms),
+                "IDGATE_UPSTREAM_APP": self.upstream_app,
+                "IDGATE_UPSTREAM_GRAFANA": self.upstream_grafana,
+                "IDGATE_UPSTREAM_LOOKER": self.upstream_looker,
+                "IDGATE_UPSTREAM_GRPC": self.upstream_grpc,
+                "IDGATE_TIMEOUT": self.timeout,
+                "IDGATE_STREAM_TIMEOUT": self.stream_timeout,
+                "IDGATE_STATS_SOCKET": str(self.stats_socket),
+                "IDGATE_LUA_DIR": str(Path(lua_dir).resolve()),
+            }
+        )
 
 
 def _url_host(host: str) -> str:
