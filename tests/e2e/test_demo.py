@@ -20,6 +20,15 @@ def test_demo_check_serves_authenticated_requests_and_stops_cleanly(mode: str) -
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("  ok  ") == 7 and "BAD" not in run.stdout
+    assert run.stdout.count("  ok  ") == 12 and "BAD" not in run.stdout
+    for call in (
+        "alice     gRPC Whoami  (TLS) → OK",
+        "alice     gRPC Admin   (TLS) → OK",
+        "bob       gRPC Admin   (TLS) → PERMISSION_DENIED",
+        "anonymous gRPC Whoami  (TLS) → UNAUTHENTICATED",
+        "bob       gRPC Ticks   (h2c) → OK",
+    ):
+        assert f"ok  {call}" in run.stdout
+    assert "upstream grpc got /demo.Echo/Admin with {'x-auth-user': 'alice'" in run.stdout
     assert "ok  browser login as alice" in run.stdout  # ok requires authMode jwt: the stub verified the assertion
     assert "'x-webauth-role': 'Admin'" in run.stdout and "'x-webauth-role': 'Viewer'" in run.stdout
