@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,6 +81,7 @@ ANSWERS: dict[str, Answer] = {
         401, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "token_expired"), ("WWW-Authenticate", CHALLENGE)]
     ),
     "forbidden": Answer(403, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "policy_denied")]),
+    "odd-reason": Answer(403, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "a b,c%d/é")]),
     "malformed": Answer(400, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "duplicate_authorization")]),
     "login": Answer(302, [("X-Idgate-Decision", "deny"), ("Location", LOGIN_URL)]),
     "slow": Answer(200, [*ALLOW.items(), ("X-Idgate-Upstream", "app")], delay_s=SLOW_ANSWER_S),
@@ -551,3 +553,43 @@ def test_stats_and_metrics(stack: Stack) -> None:
     with httpx.Client(base_url=stack.settings.stats_url, timeout=5.0) as c:
         assert "haproxy_process_nbthread" in c.get("/metrics").text
         assert c.get("/stats").status_code == 200
+
+
+GRPC_HEADERS = {"content-type": "application/grpc+proto", "te": "trailers"}
+
+
+@pytest.mark.parametrize(
+    ("route", "grpc_status", "grpc_message"),
+    [
+        ("unauthenticated", "16", "token_expired"),
+        ("login", "16", "-"),  # idgate never redirects gRPC; if it did, still UNAUTHENTICATED, never a redirect
+        ("forbidden", "7", "policy_denied"),
+        ("malformed", "3", "duplicate_authorization"),
+        ("status500", "14", "auth_unavailable"),
+        ("dup-user", "14", "auth_unavailable"),
+        ("deny200", "14", "auth_unavailable"),
+        ("nosuch", "12", "no_upstream"),
+        ("noupstream", "12", "no_upstream"),
+    ],
+)
+def test_grpc_refusals_are_trailers_only_grpc_statuses(
+    stack: Stack, route: str, grpc_status: str, grpc_message: str
+) -> None:
+    with stack.client(http2=True) as c:
+        r = c.post(f"/{route}/Method", headers=[*GRPC_HEADERS.items(), *SPOOFED], content=b"\x00\x00\x00\x00\x00")
+    assert r.http_version == "HTTP/2" and r.status_code == 200 and r.content == b""
+    assert r.headers["content-type"] == "application/grpc" and "location" not in r.headers
+    assert r.headers["grpc-status"] == grpc_status
+    assert r.headers.get("grpc-message", "-") in (grpc_message, "")
+    assert all(up.requests() == [] for up in stack.echoes.values())
+
+
+def test_grpc_message_is_percent_encoded(stack: Stack) -> None:
+    """grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2): whatever the reason holds, the header is valid."""
+    with stack.client(http2=True) as c:
+        r = c.post("/odd-reason/x", headers=GRPC_HEADERS)
+    message = r.headers["grpc-message"]
+    # the fake sends its header in latin-1 (http.server): HAProxy encodes the bytes it got
+    assert re.fullmatch(r"[\x20-\x7e]*", message) and urllib.parse.unquote_to_bytes(message) == "a b,c%d/é".encode(
+        "latin-1"
+    )

@@ -335,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream-app", default=HaproxySettings.upstream_app)
     parser.add_argument("--upstream-grafana", default=HaproxySettings.upstream_grafana)
     parser.add_argument("--upstream-looker", default=HaproxySettings.upstream_looker)
+    parser.add_argument("--upstream-grpc", default=HaproxySettings.upstream_grpc)
+    parser.add_argument("--h2c-bind", default=None, help="cleartext HTTP/2 listener for gRPC (default: none)")
     parser.add_argument("--check", action="store_true", help="only run haproxy -c and exit")
     args = parser.parse_args(argv)
     settings = HaproxySettings(
@@ -347,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         upstream_app=args.upstream_app,
         upstream_grafana=args.upstream_grafana,
         upstream_looker=args.upstream_looker,
+        upstream_grpc=args.upstream_grpc,
+        h2c_bind=args.h2c_bind,
     )
     try:
         if args.check:
