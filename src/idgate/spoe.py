@@ -6,8 +6,8 @@ The message (``haproxy/spoe-idgate.conf``) carries: ``method``, ``host``, ``path
 ``accept``, ``requested_with``, ``fetch_mode``, ``content_type``; absent headers arrive as NULL.
 The answer sets, in scope ``txn`` with prefix ``idgate`` (HAProxy: ``txn.idgate.<name>``): ``status``,
 ``decision`` (``allow``/``deny``), ``reason``, ``upstream``, the identity slots (``user`` … ``issuer``,
-``assertion``), ``www_authenticate``, ``location``, ``cookie_rewrite``/``cookie`` and ``set_cookie_0..7`` — the
-variables the auth_request mode's Lua action sets from the ``/auth`` answer.
+``assertion``), ``www_authenticate``, ``location``, ``cookie_rewrite``/``cookie``, ``strip_authorization`` and
+``set_cookie_0..7`` — the variables the auth_request mode's Lua action sets from the ``/auth`` answer.
 A value that is not valid UTF-8 is answered 400 ``invalid_encoding``; every other failure path (unknown message,
 missing or duplicated argument, handler error or timeout) is the agent's deny, which HAProxy turns into 503.
 """

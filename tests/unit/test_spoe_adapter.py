@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from pathlib import Path
 
 import pytest
 
 from idgate.decision import Decision
+from idgate.identity import HEADER_OF_SLOT
 from idgate.spoe import decision_actions, facts_from_args, spoe_handler
 from idgate.spop import InvalidString, Scope, SetVar
 
@@ -103,3 +106,35 @@ def test_decision_actions_deny_never_carries_identity() -> None:
         "upstream": "app",
         "www_authenticate": 'Bearer error="invalid_token"',
     }
+
+
+def test_every_variable_the_agent_or_the_lua_action_sets_is_registered_and_the_same_in_both_modes() -> None:
+    """SPOE drops a variable not listed in register-var-names; the Lua action sets only its ANSWER_VARS. A name
+    missing on either side would silently change what HAProxy does in one mode only."""
+    haproxy = Path(__file__).resolve().parents[2] / "haproxy"
+    conf = (haproxy / "spoe-idgate.conf").read_text()
+    registered = {n for line in re.findall(r"register-var-names (.+)", conf) for n in line.split()}
+    lua = (haproxy / "idgate-auth.lua").read_text()
+    lua_vars = set(re.findall(r'"txn\.idgate\.(\w+)"', lua))
+    headers = {
+        **HEADER_OF_SLOT,
+        "assertion": "x-idgate-assertion",
+        "cookie_rewrite": "x-idgate-cookie-rewrite",
+        "cookie": "x-idgate-cookie",
+        "strip_authorization": "x-idgate-strip-authorization",
+    }
+    decision = Decision(
+        status=302,
+        reasons=("r",),
+        upstream="app",
+        headers=dict.fromkeys(headers.values(), "v"),
+        www_authenticate="Bearer",
+        location="/x",
+        set_cookies=tuple(f"c{i}=v" for i in range(8)),
+    )
+    sent = set(as_vars(decision_actions(decision))) | set(
+        as_vars(decision_actions(Decision(status=200, reasons=("r",), headers=dict.fromkeys(headers.values(), "v"))))
+    )
+    assert sent <= registered, sorted(sent - registered)
+    assert registered - {f"set_cookie_{i}" for i in range(8)} <= lua_vars | {"status"}
+    assert set(headers) <= lua_vars
