@@ -1,18 +1,16 @@
 """idgate's benchmark: every variant in one run, same token, same upstream, same load; one table. See bench/README.md.
 
-Usage: bench/run [--quick] [--duration S] [--connections N] [--threads N] [--repeats R] [--only a,b_warm,...]
+Usage: bench/run [--quick] [--duration S] [--connections N] [--threads N] [--streams M] [--repeats R] [--only a,g,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
-import os
-import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -20,13 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from ibench import checks
+from ibench import checks, rpc
+from ibench.info import versions
 from ibench.load import Load, RunResult, per_client_rate, run_fixed_rate, run_wrk
 from ibench.procs import CpuMeter, haproxy_frontend_requests, rss_kib
-from ibench.report import FixedRate, IdgateStats, Outcome, refusal_lines, render, targets
-from ibench.stack import BENCH_DIR, UPSTREAM_FRONTEND, VARIANTS, Env, Services, start_env
-
-from idgate.devstack.haproxy import haproxy_binary
+from ibench.report import FixedRate, IdgateStats, Outcome, grpc_overhead, refusal_lines, render, targets
+from ibench.stack import BENCH_DIR, GRPC_UPSTREAM_FRONTEND, UPSTREAM_FRONTEND, Env, Services, start_env
+from ibench.variants import VARIANTS, Variant
 
 RESULTS = BENCH_DIR / "results"
 
@@ -36,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--streams", type=int, default=10, help="gRPC: concurrent calls per connection (h2load -m, 10)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured seconds before each run (default 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 s per run, 1 round")
@@ -63,19 +62,27 @@ def on_signal(signum: int, frame: FrameType | None) -> None:
 # -- start-up ------------------------------------------------------------------------------------------------------
 
 
+def selected_variants(only: list[str]) -> list[Variant]:
+    return [v for v in VARIANTS if not only or v.key in only]
+
+
 def launch_all(stack: ExitStack, env: Env, services: Services, only: list[str]) -> dict[str, Outcome]:
     """Start every selected variant; one that fails to start or to answer the real token is marked FAILED."""
-    selected = [v for v in VARIANTS if not only or v.key in only]
+    selected = selected_variants(only)
     hostile = checks.hostile_tokens(env) if any(v.auth for v in selected) else {}
     outcomes: dict[str, Outcome] = {}
     for variant in selected:
-        outcome = Outcome(key=variant.key, label=variant.label, auth=variant.auth)
+        outcome = Outcome(key=variant.key, label=variant.label, auth=variant.auth, grpc=variant.grpc)
         outcomes[variant.key] = outcome
         try:
             outcome.url = variant.launch(stack, env, services)
-            outcome.failure = checks.check_valid(env, outcome.url)
+            if variant.grpc:
+                outcome.failure = rpc.check_valid(env, outcome.url, auth=variant.auth)
+            else:
+                outcome.failure = checks.check_valid(env, outcome.url)
             if variant.auth and not outcome.failure:
-                outcome.probes = checks.refusals(env, outcome.url, hostile)
+                probe = rpc.refusals if variant.grpc else checks.refusals
+                outcome.probes = probe(env, outcome.url, hostile)
         except Exception as exc:
             outcome.failure = f"start-up failed: {str(exc).strip()[:400]}"
         say(f"{variant.label}: {'FAILED: ' + outcome.failure if outcome.failure else 'up at ' + outcome.url}")
@@ -89,6 +96,10 @@ def upstream_count(env: Env) -> int:
     return haproxy_frontend_requests(env.upstream_socket, UPSTREAM_FRONTEND)
 
 
+def grpc_upstream_count(env: Env) -> int:
+    return haproxy_frontend_requests(env.upstream_socket, GRPC_UPSTREAM_FRONTEND)
+
+
 def measure_once(env: Env, outcome: Outcome, load: Load, warmup: int) -> RunResult:
     """Warm up, then one measured wrk run; the upstream must have seen at least every 200 wrk counted."""
     if warmup:
@@ -96,8 +107,8 @@ def measure_once(env: Env, outcome: Outcome, load: Load, warmup: int) -> RunResu
     before = upstream_count(env)
     with CpuMeter() as meter:
         result = run_wrk(outcome.url, env.token, load)
-    result = replace(result, others_pct=meter.share.others_pct, steal_pct=meter.share.steal_pct)
     reached = upstream_count(env) - before
+    result = replace(result, others_pct=meter.share.others_pct, steal_pct=meter.share.steal_pct, upstream_hits=reached)
     if not result.failure and reached < result.ok:
         detail = f"the upstream saw {reached:,} requests for {result.ok:,} 200s"
         return replace(result, failure=detail)
@@ -105,16 +116,23 @@ def measure_once(env: Env, outcome: Outcome, load: Load, warmup: int) -> RunResu
 
 
 def measure(env: Env, outcomes: dict[str, Outcome], load: Load, args: argparse.Namespace) -> None:
-    """``args.repeats`` rounds, each over every variant that is up, in the same order."""
+    """``args.repeats`` rounds, each over every variant that is up, in the same order (HTTP ones, then gRPC ones)."""
+    grpc_load = rpc.GrpcLoad(connections=args.connections, streams=args.streams, duration=args.duration)
     for round_no in range(1, args.repeats + 1):
         for outcome in outcomes.values():
             if outcome.failure:
                 continue
-            result = measure_once(env, outcome, load, args.warmup)
+            if outcome.grpc:
+                count = functools.partial(grpc_upstream_count, env)
+                result = rpc.measure_once(outcome.url, env, grpc_load, count, args.warmup)
+                latency, unit = f"mean {result.mean_ms:.2f} ms", "calls/s"
+            else:
+                result = measure_once(env, outcome, load, args.warmup)
+                latency, unit = f"p99 {result.p99_ms:.2f} ms", "req/s"
             outcome.runs.append(result)
-            status = f"FAILED: {result.failure}" if result.failure else f"{result.rps:,.0f} req/s"
+            status = f"FAILED: {result.failure}" if result.failure else f"{result.rps:,.0f} {unit}"
             noise = f"others {result.others_pct:.0f} % CPU, steal {result.steal_pct:.0f} %"
-            say(f"round {round_no}/{args.repeats} {outcome.label}: {status}, p99 {result.p99_ms:.2f} ms ({noise})")
+            say(f"round {round_no}/{args.repeats} {outcome.label}: {status}, {latency} ({noise})")
 
 
 def fixed_rate(env: Env, outcomes: dict[str, Outcome], load: Load, args: argparse.Namespace) -> FixedRate:
@@ -164,40 +182,11 @@ def idgate_stats(services: Services) -> list[IdgateStats]:
 # -- report --------------------------------------------------------------------------------------------------------
 
 
-def first_line(argv: list[str]) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)  # noqa: S603
-    except OSError:
-        return "not installed"
-    return ((proc.stdout or proc.stderr).strip().splitlines() or ["?"])[0]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.machine()
-
-
-def source_state() -> str:
-    """The commit measured, and whether src/ or haproxy/ had uncommitted changes."""
-    repo = str(BENCH_DIR.parent)
-    sha = first_line(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
-    dirty = first_line(["git", "-C", repo, "status", "--porcelain", "--", "src", "haproxy"]) not in ("?", "")
-    return f"idgate {sha}{' + uncommitted changes in src/ or haproxy/' if dirty else ''}"
-
-
-def versions() -> dict[str, str]:
-    return {
-        "idgate": source_state(),
-        "haproxy": first_line([haproxy_binary(), "-v"]),
-        "apache": first_line(["apache2", "-v"]),
-        "wrk": first_line(["wrk", "-v"]),
-        "h2load": first_line(["h2load", "--version"]),
-        "python": platform.python_version(),
-        "cpu": f"{os.cpu_count()} x {cpu_model()}",
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-    }
+def grpc_title(args: argparse.Namespace) -> str:
+    return (
+        f"gRPC unary calls: h2load -t1 -c{args.connections} -m{args.streams} -n <{args.duration} s at the warm-up's "
+        f"rate>, TLS, HTTP/2, POST {rpc.METHOD} (one message each way); every call must reach the upstream"
+    )
 
 
 def header(args: argparse.Namespace, info: dict[str, str]) -> str:
@@ -225,15 +214,18 @@ def run(args: argparse.Namespace, root: Path) -> int:
     load = Load(threads=args.threads, connections=args.connections, duration=args.duration)
     with ExitStack() as stack:
         say(f"starting the IdP, the upstream and every variant (logs in {root}) ...")
-        env = start_env(stack, root)
+        env = start_env(stack, root, grpc_echo=any(v.grpc for v in selected_variants(args.only)))
         services = Services(stack, env)
         outcomes = launch_all(stack, env, services, args.only)
         measure(env, outcomes, load, args)
         fixed = fixed_rate(env, outcomes, load, args)
         stats = idgate_stats(services)
     checked = targets(outcomes, fixed)
-    text = render(outcomes, fixed, stats, checked, header(args, info))
-    text += "\n\nhostile tokens (signed with the IdP's real key unless noted), HTTP status per variant:\n"
+    text = render(outcomes, fixed, stats, checked, header(args, info), grpc_title(args))
+    text += (
+        "\n\nhostile tokens (signed with the IdP's real key unless noted), HTTP status per variant "
+        "(gRPC variants: grpc-status of a grpcio call, 0 OK, 16 UNAUTHENTICATED, 7 PERMISSION_DENIED):\n"
+    )
     text += "\n".join(refusal_lines(outcomes))
     print(text, flush=True)
     payload = {
@@ -246,16 +238,20 @@ def run(args: argparse.Namespace, root: Path) -> int:
         },
         "idgate": [s.__dict__ for s in stats],
         "targets": [t.__dict__ for t in checked],
-        "median_ratio_to_a": _ratios(outcomes),
+        "median_ratio_to_a": _ratios(outcomes, "a", grpc=False),
+        "median_ratio_to_g": _ratios(outcomes, "g", grpc=True),
+        "grpc_overhead_ratio": {f"{k} / g": (round(r, 3) if r else None) for k, r in grpc_overhead(outcomes).items()},
     }
     say(f"\nwrote {write_results(args, info, text, payload)}")
     return 0 if all(not o.failure_reason for o in outcomes.values()) else 1
 
 
-def _ratios(outcomes: dict[str, Outcome]) -> dict[str, float | None]:
-    base = outcomes.get("a")
+def _ratios(outcomes: dict[str, Outcome], base_key: str, *, grpc: bool) -> dict[str, float | None]:
+    """Median req/s (calls/s) over ``base_key``'s, for the HTTP variants or the gRPC ones."""
+    base = outcomes.get(base_key)
     base_rps = base.summary.rps if base and base.summary else None
-    return {k: (round(s.rps / base_rps, 3) if base_rps and (s := o.summary) else None) for k, o in outcomes.items()}
+    same = {k: o for k, o in outcomes.items() if o.grpc == grpc}
+    return {k: (round(s.rps / base_rps, 3) if base_rps and (s := o.summary) else None) for k, o in same.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

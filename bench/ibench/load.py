@@ -1,4 +1,5 @@
-"""Load generators: wrk (closed loop, peak throughput) and h2load --rps (fixed rate, latency at a given load).
+"""Load generators: wrk (closed loop, peak throughput) and h2load --rps (fixed rate, latency at a given load); the
+gRPC load (h2load, HTTP/2) is in ``ibench.rpc``.
 
 Both results carry their own success check: every response must be 200 and no socket error may occur, otherwise
 ``failure`` says why (a variant that answers 401 quickly must not look fast).
@@ -37,6 +38,10 @@ class RunResult:
     p50_ms: float
     p99_ms: float
     failure: str = ""
+    mean_ms: float = math.nan
+    """Mean latency (gRPC runs: h2load reports no percentiles without a per-request log, so p50/p99 are NaN)."""
+    upstream_hits: int | None = None
+    """How many requests the upstream's counter grew by during the run (None: not read)."""
     others_pct: float = 0.0
     """CPU used by processes outside this benchmark during the run, in % of all cores (noise indicator)."""
     steal_pct: float = 0.0
@@ -47,12 +52,19 @@ class RunResult:
             "rps": round(self.rps, 1),
             "requests": self.requests,
             "ok": self.ok,
-            "p50_ms": round(self.p50_ms, 3),
-            "p99_ms": round(self.p99_ms, 3),
+            "p50_ms": ms_or_none(self.p50_ms),
+            "p99_ms": ms_or_none(self.p99_ms),
+            "mean_ms": ms_or_none(self.mean_ms),
+            "upstream_hits": self.upstream_hits,
             "failure": self.failure,
             "others_cpu_pct": round(self.others_pct, 1),
             "steal_cpu_pct": round(self.steal_pct, 1),
         }
+
+
+def ms_or_none(value: float) -> float | None:
+    """A latency for JSON: rounded, None when not measured (NaN)."""
+    return None if math.isnan(value) else round(value, 3)
 
 
 def failed(reason: str) -> RunResult:
@@ -104,6 +116,7 @@ def wrk_result(data: dict[str, Any]) -> RunResult:
         ok=ok,
         p50_ms=int(data["p50_us"]) / 1000,
         p99_ms=int(data["p99_us"]) / 1000,
+        mean_ms=float(data["mean_us"]) / 1000,
         failure="; ".join(problems),
     )
 
@@ -177,4 +190,5 @@ def h2load_result(log_text: str, summary: str) -> RunResult:
         ok=ok,
         p50_ms=quantiles[49],
         p99_ms=quantiles[98],
+        mean_ms=statistics.fmean(elapsed_ms),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from ibench.load import RunResult
+from ibench.load import RunResult, ms_or_none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -17,6 +17,7 @@ class Summary:
     rps_max: float
     p50_ms: float
     p99_ms: float
+    mean_ms: float
     runs: int
     others_pct: float
     """Largest share of the machine's CPU used by other processes during any of the runs (%)."""
@@ -33,6 +34,7 @@ def summarize(runs: list[RunResult]) -> Summary | None:
         rps_max=max(rps),
         p50_ms=statistics.median(r.p50_ms for r in good),
         p99_ms=statistics.median(r.p99_ms for r in good),
+        mean_ms=statistics.median(r.mean_ms for r in good),
         runs=len(good),
         others_pct=max(r.others_pct + r.steal_pct for r in runs),
     )
@@ -40,11 +42,14 @@ def summarize(runs: list[RunResult]) -> Summary | None:
 
 @dataclass(kw_only=True)
 class Outcome:
-    """One variant in this run. ``failure``: it could not be started or the real token was not answered 200."""
+    """One variant in this run. ``failure``: it could not be started or the real token was not answered 200 (gRPC:
+    a grpcio call with it did not come back OK). ``grpc``: measured in gRPC calls (h2load), not HTTP requests (wrk);
+    its ``probes`` are grpc-status codes, not HTTP statuses."""
 
     key: str
     label: str
     auth: bool
+    grpc: bool = False
     url: str = ""
     failure: str = ""
     runs: list[RunResult] = field(default_factory=list)
@@ -69,12 +74,14 @@ class Outcome:
         return {
             "label": self.label,
             "auth": self.auth,
+            "grpc": self.grpc,
             "failure": self.failure_reason,
             "rps_median": round(s.rps, 1) if s else None,
             "rps_min": round(s.rps_min, 1) if s else None,
             "rps_max": round(s.rps_max, 1) if s else None,
-            "p50_ms": round(s.p50_ms, 3) if s else None,
-            "p99_ms": round(s.p99_ms, 3) if s else None,
+            "p50_ms": ms_or_none(s.p50_ms) if s else None,
+            "p99_ms": ms_or_none(s.p99_ms) if s else None,
+            "mean_ms": ms_or_none(s.mean_ms) if s else None,
             "runs": [r.to_json() for r in self.runs],
             "refusals": self.probes,
         }
@@ -179,7 +186,51 @@ def variant_row(outcome: Outcome, base: float | None) -> str:
 def variant_table(outcomes: dict[str, Outcome]) -> list[str]:
     base = _rps(outcomes, "a")
     head = f"{'variant':<{LABEL_WIDTH}} {'req/s':>8}  {'min-max':>15}  {'p50 ms':>7}  {'p99 ms':>7}  vs (a)  noise %"
-    return [head, "-" * len(head), *(variant_row(o, base) for o in outcomes.values())]
+    rows = [variant_row(o, base) for o in outcomes.values() if not o.grpc]
+    return [head, "-" * len(head), *rows] if rows else []
+
+
+def grpc_row(outcome: Outcome, base: float | None) -> str:
+    s = outcome.summary
+    if s is None:
+        return f"{outcome.label:<{LABEL_WIDTH}} FAILED: {outcome.failure_reason}"
+    spread = f"{s.rps_min:,.0f}-{s.rps_max:,.0f}"
+    ratio = f"{s.rps / base:6.2f}" if base else "     -"
+    return (
+        f"{outcome.label:<{LABEL_WIDTH}} {s.rps:>8,.0f}  {spread:>15}  {s.mean_ms:>7.2f}  {ratio}  {s.others_pct:>7.0f}"
+    )
+
+
+GRPC_RATIOS = {"h_warm": "(h) idgate SPOE warm", "i_warm": "(i) idgate auth_request warm"}
+"""The gRPC overhead ratios reported: variant key -> its name in the ratio's label; each over (g)."""
+
+
+def grpc_overhead(outcomes: dict[str, Outcome]) -> dict[str, float | None]:
+    """Variant key -> its median calls/s over (g)'s median calls/s, for each selected one (None: not measured)."""
+    base = _rps(outcomes, "g")
+    ratios: dict[str, float | None] = {}
+    for key in GRPC_RATIOS:
+        if key in outcomes:
+            rps = _rps(outcomes, key)
+            ratios[key] = rps / base if rps is not None and base else None
+    return ratios
+
+
+def grpc_table(outcomes: dict[str, Outcome], title: str) -> list[str]:
+    """The gRPC variants' rows, then the gRPC overhead ratios; nothing when none was selected."""
+    selected = [o for o in outcomes.values() if o.grpc]
+    if not selected:
+        return []
+    base = _rps(outcomes, "g")
+    head = f"{'gRPC variant':<{LABEL_WIDTH}} {'calls/s':>8}  {'min-max':>15}  {'mean ms':>7}  vs (g)  noise %"
+    lines = [title, head, "-" * len(head), *(grpc_row(o, base) for o in selected)]
+    for key, ratio in grpc_overhead(outcomes).items():
+        name = f"gRPC overhead ratio {GRPC_RATIOS[key]} / (g) no auth"
+        if ratio is None:
+            lines.append(f"{name}: {_missing(outcomes, key, 'g')}")
+        else:
+            lines.append(f"{name}: {ratio:.3f} ({_rps(outcomes, key):,.0f} / {base:,.0f} calls/s, medians)")
+    return lines
 
 
 def fixed_rate_lines(fixed: FixedRate) -> list[str]:
@@ -224,23 +275,27 @@ def render(
     stats: list[IdgateStats],
     checks: list[Target],
     header: str,
+    grpc_title: str,
 ) -> str:
     legend = (
         "noise %: the most CPU (of all cores) that processes outside this benchmark, plus hypervisor steal, "
         "took during any one of the variant's runs"
     )
-    lines = [header, "", *variant_table(outcomes), legend, "", *fixed_rate_lines(fixed), *idgate_lines(stats), ""]
+    http, grpc = variant_table(outcomes), grpc_table(outcomes, grpc_title)
+    tables = [*http, *([""] if http and grpc else []), *grpc]
+    lines = [header, "", *tables, legend, "", *fixed_rate_lines(fixed), *idgate_lines(stats), ""]
     lines += ["targets:", *target_lines(checks)]
     return "\n".join(lines)
 
 
 def refusal_lines(outcomes: dict[str, Outcome]) -> list[str]:
-    """Which hostile tokens each variant answered with 200 (should be none for auth variants)."""
+    """Which hostile tokens each variant let through (should be none for auth variants): HTTP 200, or for a gRPC
+    variant grpc-status 0."""
     lines = []
     for o in outcomes.values():
         if not o.probes:
             continue
-        let_through = [name for name, code in o.probes.items() if code == 200]
+        let_through = [name for name, code in o.probes.items() if code == (0 if o.grpc else 200)]
         verdict = "refuses all" if not let_through else "lets through: " + ", ".join(let_through)
         codes = " ".join(f"{name}={code}" for name, code in o.probes.items())
         lines.append(f"{o.label:<{LABEL_WIDTH}} {verdict}  [{codes}]")

@@ -1,4 +1,4 @@
-"""What bench/run starts: the shared environment (certs, IdP, token, upstream) and each variant's front proxy.
+"""What bench/run starts: the shared environment (certs, IdP, token, upstream) and the front proxies variants use.
 
 Every process is entered into one ``contextlib.ExitStack``, so it is stopped on normal exit, on an exception and on
 Ctrl-C. Ports are picked free at start.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
+import struct
 import sys
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import yaml
 
 from ibench.procs import Proc, rss_kib
 from idgate.devstack.certs import DevCerts, generate_dev_certs
+from idgate.devstack.grpc_echo import GrpcUpstream
 from idgate.devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
 from idgate.devstack.idp import IdpConfig, TestIdp
 from idgate.devstack.login import login
@@ -30,12 +31,20 @@ AUDIENCE = "https://api.idgate.test"
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REDIRECT_URI = "https://127.0.0.1:9/.idgate/callback"  # registered at the IdP; the login stops before it
 UPSTREAM_FRONTEND = "fe_upstream"
+GRPC_UPSTREAM_FRONTEND = "fe_grpc_upstream"
+GRPC_REPLY_PAYLOAD = b'{"bench":"ok"}'
+"""The payload of the one message the upstream answers every bench gRPC call with."""
 Mode = Literal["spoe", "auth_request"]
 
 
 def loopback() -> str:
     """A free loopback ``host:port``."""
     return f"127.0.0.1:{free_tcp_port()}"
+
+
+def grpc_message(payload: bytes) -> bytes:
+    """One gRPC length-prefixed message: flag 0 (not compressed), 4-byte big-endian length, the payload."""
+    return b"\x00" + struct.pack(">I", len(payload)) + payload
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,13 +57,17 @@ class Env:
     token: str
     upstream_addr: str
     upstream_socket: Path
+    grpc_upstream_addr: str
+    """The upstream's h2c listener: answers every gRPC call with ``grpc_reply``, except /demo.Echo/* (grpcio echo)."""
+    grpc_reply: bytes
 
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.certs.ca))
 
 
-def start_env(stack: ExitStack, root: Path) -> Env:
-    """Certificates, the test IdP (HTTPS), ONE real access token for alice, the upstream HAProxy."""
+def start_env(stack: ExitStack, root: Path, *, grpc_echo: bool) -> Env:
+    """Certificates, the test IdP (HTTPS), ONE real access token for alice, the upstream HAProxy (HTTP and h2c) and,
+    with ``grpc_echo``, the grpcio echo service behind the upstream's /demo.Echo/ (the gRPC variants' sanity calls)."""
     certs = generate_dev_certs(root / "tls")
     idp = stack.enter_context(
         TestIdp(
@@ -81,9 +94,18 @@ def start_env(stack: ExitStack, root: Path) -> Env:
         resource=AUDIENCE,
         verify=ssl.create_default_context(cafile=str(certs.ca)),
     )
-    upstream_addr, upstream_socket = loopback(), root / "upstream.sock"
+    reply = grpc_message(GRPC_REPLY_PAYLOAD)
+    (root / "grpc-reply.bin").write_bytes(reply)
+    echo_addr = stack.enter_context(GrpcUpstream("bench-echo")).address if grpc_echo else "127.0.0.1:1"
+    os.environ.update(BENCH_GRPC_REPLY=str(root / "grpc-reply.bin"), BENCH_GRPC_ECHO=echo_addr)
+    # ports picked right before HAProxy binds them: free_tcp_port() only says they were free a moment ago
+    upstream_addr, upstream_socket, grpc_addr = loopback(), root / "upstream.sock", loopback()
     settings = HaproxySettings(
-        tls_pem=certs.pem, https_bind=upstream_addr, upstream_app=upstream_addr, stats_socket=upstream_socket
+        tls_pem=certs.pem,
+        https_bind=upstream_addr,
+        upstream_app=upstream_addr,
+        upstream_grpc=grpc_addr,
+        stats_socket=upstream_socket,
     )
     stack.enter_context(
         Haproxy(settings, config=BENCH_DIR / "haproxy-upstream.cfg", log_path=root / "haproxy-upstream.log")
@@ -98,14 +120,25 @@ def start_env(stack: ExitStack, root: Path) -> Env:
         token=tokens.access_token,
         upstream_addr=upstream_addr,
         upstream_socket=upstream_socket,
+        grpc_upstream_addr=grpc_addr,
+        grpc_reply=reply,
     )
 
 
 # -- idgate and the null agent, shared by several variants ----------------------------------------------------------
 
 
+GRPC_ROUTES = ("/bench.Echo/*", "/demo.Echo/Whoami")
+"""gRPC methods routed to upstream ``grpc``: the load's service, and the echo method of the sanity calls."""
+
+
 def idgate_config(env: Env, *, spoa_port: int, cache_entries: int) -> dict[str, object]:
-    """The bench's idgate config: one issuer, one upstream, route ``/`` for any authenticated caller."""
+    """The bench's idgate config: one issuer; upstreams ``app`` and ``grpc``; gRPC routes for the bench's methods, then
+    route ``/``, each for any authenticated caller."""
+    grpc_routes = [
+        {"name": f"rpc-{n}", "grpc": method, "upstream": "grpc", "allow": {"authenticated": True}}
+        for n, method in enumerate(GRPC_ROUTES, 1)
+    ]
     return {
         "server": {"host": "127.0.0.1", "token_cache_entries": cache_entries},
         "spoa": {"host": "127.0.0.1", "port": spoa_port},
@@ -118,8 +151,8 @@ def idgate_config(env: Env, *, spoa_port: int, cache_entries: int) -> dict[str, 
                 "algorithms": ["RS256"],
             }
         ],
-        "upstreams": {"app": {"profile": "generic"}},
-        "routes": [{"name": "all", "path": "/", "upstream": "app", "allow": {"authenticated": True}}],
+        "upstreams": {"app": {"profile": "generic"}, "grpc": {"profile": "generic"}},
+        "routes": [*grpc_routes, {"name": "all", "path": "/", "upstream": "app", "allow": {"authenticated": True}}],
     }
 
 
@@ -202,7 +235,8 @@ class Services:
 def shipped_haproxy(
     stack: ExitStack, env: Env, name: str, *, mode: Mode, spoa_addr: str = "127.0.0.1:1", auth_url: str = ""
 ) -> str:
-    """The SHIPPED haproxy/haproxy.cfg in ``mode``, upstream app = the bench upstream; returns its https URL."""
+    """The SHIPPED haproxy/haproxy.cfg in ``mode``, upstreams app and grpc = the bench upstream; returns its https
+    URL."""
     https = loopback()
     settings = HaproxySettings(
         tls_pem=env.certs.pem,
@@ -213,6 +247,7 @@ def shipped_haproxy(
         stats_bind=loopback(),
         auth_url=auth_url or "http://127.0.0.1:1/auth",
         upstream_app=env.upstream_addr,
+        upstream_grpc=env.grpc_upstream_addr,
         stats_socket=env.root / f"haproxy-{name}.sock",
     )
     stack.enter_context(Haproxy(settings, log_path=env.root / f"haproxy-{name}.log"))
@@ -220,12 +255,14 @@ def shipped_haproxy(
 
 
 def bench_haproxy(stack: ExitStack, env: Env, name: str, config: str) -> str:
-    """One of bench/'s own HAProxy configs (TLS front, upstream app = the bench upstream); returns its https URL."""
+    """One of bench/'s own HAProxy configs (TLS front, upstreams app and grpc = the bench upstream); returns its https
+    URL."""
     https = loopback()
     settings = HaproxySettings(
         tls_pem=env.certs.pem,
         https_bind=https,
         upstream_app=env.upstream_addr,
+        upstream_grpc=env.grpc_upstream_addr,
         stats_socket=env.root / f"haproxy-{name}.sock",
     )
     stack.enter_context(Haproxy(settings, config=BENCH_DIR / config, log_path=env.root / f"haproxy-{name}.log"))
@@ -259,56 +296,3 @@ def apache(stack: ExitStack, env: Env) -> str:
     argv = [binary, "-f", str(BENCH_DIR / "apache-openidc.conf"), "-DFOREGROUND"]
     stack.enter_context(Proc(argv, log_path=run_dir / "apache-stdout.log", ready_addr=addr, env=apache_env))
     return f"https://{addr}/"
-
-
-# -- the variants --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class Variant:
-    """One way of putting a proxy in front of the upstream. ``auth``: it must refuse bad tokens.
-    ``launch`` starts what it needs and returns the URL wrk hits."""
-
-    key: str
-    label: str
-    auth: bool
-    launch: Callable[[ExitStack, Env, Services], str]
-
-
-def _idgate_variant(mode: Mode, cache: Literal["warm", "cold"]) -> Callable[[ExitStack, Env, Services], str]:
-    def launch(stack: ExitStack, env: Env, services: Services) -> str:
-        idgate = services.idgate(cache)
-        name = f"{'b' if mode == 'spoe' else 'c'}-{cache}"
-        return shipped_haproxy(stack, env, name, mode=mode, spoa_addr=idgate.spoa_addr, auth_url=idgate.auth_url)
-
-    return launch
-
-
-def _null_spoe(stack: ExitStack, env: Env, services: Services) -> str:
-    return shipped_haproxy(stack, env, "f-null-spoa", mode="spoe", spoa_addr=services.null_agent())
-
-
-VARIANTS: tuple[Variant, ...] = (
-    Variant(
-        key="a",
-        label="(a) HAProxy, no auth",
-        auth=False,
-        launch=lambda stack, env, _: bench_haproxy(stack, env, "a-noauth", "haproxy-noauth.cfg"),
-    ),
-    Variant(key="b_warm", label="(b) idgate SPOE, warm", auth=True, launch=_idgate_variant("spoe", "warm")),
-    Variant(key="b_cold", label="(b) idgate SPOE, cold", auth=True, launch=_idgate_variant("spoe", "cold")),
-    Variant(
-        key="c_warm", label="(c) idgate auth_request, warm", auth=True, launch=_idgate_variant("auth_request", "warm")
-    ),
-    Variant(
-        key="c_cold", label="(c) idgate auth_request, cold", auth=True, launch=_idgate_variant("auth_request", "cold")
-    ),
-    Variant(
-        key="d",
-        label="(d) HAProxy jwt_verify (C)",
-        auth=True,
-        launch=lambda stack, env, _: bench_haproxy(stack, env, "d-jwt", "haproxy-jwt.cfg"),
-    ),
-    Variant(key="e", label="(e) Apache mod_auth_openidc", auth=True, launch=lambda stack, env, _: apache(stack, env)),
-    Variant(key="f", label="(f) SPOE null agent (ceiling)", auth=False, launch=_null_spoe),
-)
