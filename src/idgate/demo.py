@@ -26,7 +26,8 @@ import httpx
 from idgate.devstack.certs import generate_dev_certs
 from idgate.devstack.echo import EchoUpstream
 from idgate.devstack.grafana_stub import GrafanaStub
-from idgate.devstack.grpc_echo import EchoStub, GrpcUpstream, echo_stub, open_channel
+from idgate.devstack.grpc_client import EchoStub, echo_stub, open_channel
+from idgate.devstack.grpc_echo import GrpcUpstream
 from idgate.devstack.haproxy import Haproxy, HaproxySettings, haproxy_dir
 from idgate.devstack.idp import IdpConfig, TestIdp
 from idgate.devstack.login import login

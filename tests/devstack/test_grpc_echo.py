@@ -23,20 +23,19 @@ import pytest
 from cryptography import x509
 
 from idgate.devstack.certs import generate_dev_certs
-from idgate.devstack.grpc_echo import (
+from idgate.devstack.grpc_client import (
     ADMIN,
     CHAT,
     CONTROL_RESET_METHOD,
-    READY_RE,
     TICKS,
     WHOAMI,
     EchoStub,
-    GrpcUpstream,
     echo_stub,
     json_deserializer,
     json_serializer,
     open_channel,
 )
+from idgate.devstack.grpc_echo import READY_RE, GrpcUpstream
 
 MODULE = "idgate.devstack.grpc_echo"
 

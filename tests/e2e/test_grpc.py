@@ -20,7 +20,7 @@ import jwt
 import pytest
 from stack import AUDIENCE, GRPC_AUDIENCE, HTTP_TIMEOUT_SECONDS, STREAM_TIMEOUT_SECONDS, Stack
 
-from idgate.devstack.grpc_echo import EchoStub, GrpcRecord, echo_stub, open_channel
+from idgate.devstack.grpc_client import EchoStub, GrpcRecord, echo_stub, open_channel
 
 pytestmark = pytest.mark.e2e
 CALL_TIMEOUT = 10.0

@@ -27,7 +27,8 @@ Control calls, on the upstream's own port (never through HAProxy), not recorded:
 ``grpc-echo N listening on HOST:PORT`` once listening (port 0: a free one) and exits 0 on SIGTERM/SIGINT; plaintext
 h2c unless TLS files are given. ``... call --target HOST:PORT [options] METHOD [JSON]`` makes one call and prints
 each response as a JSON line, exit 0 (see ``--help``); on a gRPC error it prints ``status=CODE message=DETAILS`` to
-stderr and exits 1. ``GrpcUpstream`` runs ``serve`` as a subprocess, for pytest fixtures and the demo::
+stderr and exits 1 (the client side lives in ``idgate.devstack.grpc_client``). ``GrpcUpstream`` runs ``serve`` as a
+subprocess, for pytest fixtures and the demo::
 
     with GrpcUpstream("grpc") as up, up.channel() as channel:
         echo_stub(channel).whoami({"hi": 1}, metadata=[("x-user", "alice")])
@@ -38,28 +39,37 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import functools
-import json
 import re
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypedDict, cast
+from typing import Any, NoReturn, cast
 
 # grpcio ships no type information: everything taken from it is ``Any`` here.
 import grpc  # type: ignore[import-untyped,unused-ignore]
 
+from idgate.devstack.grpc_client import (
+    ADMIN,
+    CHAT,
+    CONTROL_REQUESTS_METHOD,
+    CONTROL_RESET_METHOD,
+    CONTROL_SERVICE,
+    ECHO_SERVICE,
+    TICKS,
+    WHOAMI,
+    GrpcRecord,
+    callable_for,
+    json_deserializer,
+    json_serializer,
+    open_channel,
+    run_call,
+)
 from idgate.devstack.process import CONTROL_TIMEOUT_SECONDS, ReadyLineServer
 
-ECHO_SERVICE = "demo.Echo"
-WHOAMI, ADMIN, TICKS, CHAT = (f"/{ECHO_SERVICE}/{m}" for m in ("Whoami", "Admin", "Ticks", "Chat"))
-CONTROL_SERVICE = "idgate.devstack.Control"
-CONTROL_REQUESTS_METHOD = f"/{CONTROL_SERVICE}/Requests"
-CONTROL_RESET_METHOD = f"/{CONTROL_SERVICE}/Reset"
 MAX_TICKS = 1000
 MAX_WAIT_SECONDS = 600.0
 """Largest accepted ``interval`` / ``delay``, in seconds."""
@@ -68,30 +78,6 @@ MAX_WORKERS = 32
 STOP_GRACE_SECONDS = 1.0
 """On SIGTERM/SIGINT, calls in flight get this long (seconds) before they are cancelled."""
 READY_RE = re.compile(r"^grpc-echo (?P<name>\S+) listening on (?P<host>\S+):(?P<port>\d+)$")
-
-Metadata = Sequence[tuple[str, str | bytes]]
-"""Call metadata as grpcio takes it: ``(key, value)`` pairs, lower-case keys, bytes values for ``-bin`` keys."""
-Kind = Literal["unary", "stream", "bidi"]
-_KINDS: dict[str, Kind] = {WHOAMI: "unary", ADMIN: "unary", TICKS: "stream", CHAT: "bidi"}
-
-
-class GrpcRecord(TypedDict):
-    """One recorded ``demo.Echo`` call, as answered by Whoami/Admin and listed by the Requests control call."""
-
-    method: str
-    metadata: list[list[str]]
-    """``[[key, value], ...]``: the invocation metadata in order; ``-bin`` values base64-encoded."""
-    authority: str | None
-
-
-def json_serializer(value: Any) -> bytes:
-    """Encode one message: ``value`` as compact JSON, UTF-8. Raises ``TypeError`` for non-JSON values."""
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def json_deserializer(data: bytes) -> Any:
-    """Decode one message (empty: ``None``). Raises ``ValueError`` if it is not UTF-8 JSON."""
-    return json.loads(data) if data else None
 
 
 def _abort(context: Any, message: str) -> NoReturn:
@@ -245,93 +231,6 @@ def serve(name: str, host: str, port: int, *, tls_cert: Path | None = None, tls_
     server.stop(STOP_GRACE_SECONDS).wait()
 
 
-def open_channel(target: str, *, ca_file: Path | None = None, server_name: str | None = None) -> Any:
-    """A ``grpc.Channel`` to ``target`` (``host:port``): TLS trusting ``ca_file`` (PEM) if given, else plaintext.
-
-    ``server_name`` sets the ``:authority`` (and, with TLS, the name the certificate must match). Close it after use
-    (it is a context manager).
-    """
-    options = [("grpc.default_authority", server_name)] if server_name else []
-    if ca_file is None:
-        return grpc.insecure_channel(target, options=options)
-    if server_name:
-        options.append(("grpc.ssl_target_name_override", server_name))
-    creds = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
-    return grpc.secure_channel(target, creds, options=options)
-
-
-def _callable(channel: Any, method: str, kind: Kind) -> Any:
-    factory = {"unary": channel.unary_unary, "stream": channel.unary_stream, "bidi": channel.stream_stream}[kind]
-    return factory(method, request_serializer=json_serializer, response_deserializer=json_deserializer)
-
-
-class EchoStub:
-    """Client of ``demo.Echo`` on ``channel``. ``timeout`` is in seconds; failures raise ``grpc.RpcError``, for
-    streams while iterating (the returned iterators are grpcio calls, so ``cancel()`` works too)."""
-
-    def __init__(self, channel: Any) -> None:
-        self._calls = {method: _callable(channel, method, kind) for method, kind in _KINDS.items()}
-
-    def whoami(self, request: Any = None, *, metadata: Metadata = (), timeout: float | None = None) -> GrpcRecord:
-        """Call Whoami; the record the server kept of this call."""
-        return cast(GrpcRecord, self._calls[WHOAMI](request, metadata=metadata, timeout=timeout))
-
-    def admin(self, request: Any = None, *, metadata: Metadata = (), timeout: float | None = None) -> GrpcRecord:
-        """Call Admin; the record the server kept of this call."""
-        return cast(GrpcRecord, self._calls[ADMIN](request, metadata=metadata, timeout=timeout))
-
-    def ticks(
-        self, count: int = 3, interval: float = 0.0, *, metadata: Metadata = (), timeout: float | None = None
-    ) -> Iterator[dict[str, int]]:
-        """Call Ticks: ``count`` messages ``{"tick": i}``, ``interval`` seconds apart (and before the first)."""
-        request = {"count": count, "interval": interval}
-        return cast(Iterator[dict[str, int]], self._calls[TICKS](request, metadata=metadata, timeout=timeout))
-
-    def chat(
-        self, messages: Iterable[Any], *, metadata: Metadata = (), timeout: float | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Call Chat with ``messages`` (``{"say": ..., "delay": s}``); ``{"echo": say}`` for each, in order."""
-        return cast(Iterator[dict[str, Any]], self._calls[CHAT](iter(messages), metadata=metadata, timeout=timeout))
-
-
-def echo_stub(channel: Any) -> EchoStub:
-    """A ``demo.Echo`` client on ``channel`` (see ``open_channel``)."""
-    return EchoStub(channel)
-
-
-def _call(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    method = args.method if args.method.startswith("/") else f"/{ECHO_SERVICE}/{args.method}"
-    kind = _KINDS.get(method)
-    if kind is None and not args.method.startswith("/"):
-        parser.error(f"unknown method {args.method!r}: use Whoami, Admin, Ticks, Chat or /pkg.Service/Method")
-    kind = kind or "unary"
-    try:
-        request = json.loads(args.json) if args.json is not None else [{"say": "hello"}] if kind == "bidi" else {}
-    except ValueError as exc:
-        parser.error(f"request is not JSON: {exc}")
-    if kind == "bidi" and not isinstance(request, list):
-        parser.error("Chat takes a JSON list of requests")
-    metadata: list[tuple[str, str | bytes]] = [("authorization", f"Bearer {args.token}")] if args.token else []
-    for item in args.metadata:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--metadata takes key=value, not {item!r}")
-        try:
-            metadata.append((key.lower(), base64.b64decode(value, validate=True) if key.endswith("-bin") else value))
-        except binascii.Error:
-            parser.error(f"--metadata {key}: a -bin value must be base64")
-    with open_channel(args.target, ca_file=args.ca, server_name=args.server_name) as channel:
-        call = _callable(channel, method, kind)
-        try:
-            result = call(iter(request) if kind == "bidi" else request, metadata=metadata, timeout=args.timeout)
-            for response in [result] if kind == "unary" else result:
-                print(json.dumps(response), flush=True)
-        except grpc.RpcError as exc:
-            print(f"status={exc.code().name} message={exc.details()}", file=sys.stderr)
-            return 1
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``serve`` or ``call``). Returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m idgate.devstack.grpc_echo", description=__doc__.split("\n")[0])
@@ -353,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("json", metavar="JSON", nargs="?", help="the request (Chat: a list of requests)")
     args = parser.parse_args(argv)
     if args.command == "call":
-        return _call(cli, args)
+        return run_call(cli, args)
     if (args.tls_cert is None) != (args.tls_key is None):
         srv.error("--tls-cert and --tls-key go together")
     serve(args.name, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
@@ -402,7 +301,7 @@ class GrpcUpstream(ReadyLineServer[GrpcRecord]):
 
     def _control(self, method: str) -> Any:
         with self.channel() as channel:
-            return _callable(channel, method, "unary")(None, timeout=CONTROL_TIMEOUT_SECONDS)
+            return callable_for(channel, method, "unary")(None, timeout=CONTROL_TIMEOUT_SECONDS)
 
     def requests(self) -> list[GrpcRecord]:
         """The records so far (``Control/Requests``), oldest first. Raises ``grpc.RpcError`` on failure."""
