@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from stack import AUDIENCE, AUTH_TIMEOUT_MS, Stack
+from stack import AUTH_TIMEOUT_MS, Stack, access_claims
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -36,20 +36,6 @@ def get(stack: Stack, path: str, token: str | None = None, **headers: str) -> ht
         headers["authorization"] = f"Bearer {token}"
     with stack.client() as client:
         return client.get(stack.url + path, headers=headers)
-
-
-def claims(stack: Stack, **overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    return {
-        "iss": stack.idp.issuer,
-        "aud": AUDIENCE,
-        "sub": "alice",
-        "iat": now,
-        "exp": now + 300,
-        "email": "alice@example.test",
-        "groups": ["staff"],
-        "client_id": "idgate",
-    } | overrides
 
 
 def test_valid_token_reaches_the_upstream_with_exactly_the_injected_identity(fresh: Stack) -> None:
@@ -107,21 +93,22 @@ def _bad_tokens(stack: Stack) -> dict[str, tuple[str, str]]:
     tampered_claims = json.loads(base64.urlsafe_b64decode(payload + "==")) | {"groups": ["grafana-admins", "root"]}
     pem = stack.idp.public_key_pem()
     hs_header = b64(json.dumps({"alg": "HS256", "typ": "at+jwt"}).encode())
-    hs_body = b64(json.dumps(claims(stack)).encode())
+    good_claims = access_claims(stack)
+    hs_body = b64(json.dumps(good_claims).encode())
     hs_sig = b64(hmac.new(pem, f"{hs_header}.{hs_body}".encode(), hashlib.sha256).digest())
     none_header = b64(json.dumps({"alg": "none", "typ": "at+jwt"}).encode())
     return {
-        "expired": (stack.idp.sign(at, claims(stack, iat=now - 900, exp=now - 600)), "expired"),
-        "wrong_aud": (stack.idp.sign(at, claims(stack, aud="https://other.test")), "invalid_audience"),
-        "wrong_iss": (stack.idp.sign(at, claims(stack, iss="https://evil.test")), "invalid_issuer"),
-        "iss_trailing_slash": (stack.idp.sign(at, claims(stack, iss=stack.idp.issuer + "/")), "invalid_issuer"),
+        "expired": (stack.idp.sign(at, access_claims(stack, iat=now - 900, exp=now - 600)), "expired"),
+        "wrong_aud": (stack.idp.sign(at, access_claims(stack, aud="https://other.test")), "invalid_audience"),
+        "wrong_iss": (stack.idp.sign(at, access_claims(stack, iss="https://evil.test")), "invalid_issuer"),
+        "iss_trailing_slash": (stack.idp.sign(at, access_claims(stack, iss=stack.idp.issuer + "/")), "invalid_issuer"),
         "alg_none": (f"{none_header}.{hs_body}.", "alg_not_allowed"),
         "alg_none_sig": (f"{none_header}.{hs_body}.c2ln", "alg_not_allowed"),
         "hs256_with_public_key": (f"{hs_header}.{hs_body}.{hs_sig}", "alg_not_allowed"),
-        "unknown_kid": (stack.idp.sign(at | {"kid": "no-such-key"}, claims(stack)), "unknown_kid"),
+        "unknown_kid": (stack.idp.sign(at | {"kid": "no-such-key"}, good_claims), "unknown_kid"),
         "tampered": (f"{head}.{b64(json.dumps(tampered_claims).encode())}.{sig}", "invalid_signature"),
         "id_token_as_bearer": (good.id_token, "invalid_typ"),
-        "jku_header": (stack.idp.sign(at | {"jku": "https://evil.test/jwks"}, claims(stack)), "forbidden_header"),
+        "jku_header": (stack.idp.sign(at | {"jku": "https://evil.test/jwks"}, good_claims), "forbidden_header"),
         "not_a_jwt": ("abc.def", "invalid_token"),
     }
 

@@ -18,7 +18,7 @@ import grpc
 import httpx
 import jwt
 import pytest
-from stack import AUDIENCE, GRPC_AUDIENCE, HTTP_TIMEOUT_SECONDS, STREAM_TIMEOUT_SECONDS, Stack
+from stack import GRPC_AUDIENCE, HTTP_TIMEOUT_SECONDS, STREAM_TIMEOUT_SECONDS, Stack, access_claims
 
 from idgate.devstack.grpc_client import EchoStub, GrpcRecord, echo_stub, open_channel
 
@@ -104,14 +104,16 @@ def test_unary_server_streaming_and_bidi_calls_reach_the_service_with_identity(f
 
 
 def _bad_tokens(stack: Stack) -> dict[str, tuple[tuple[tuple[str, str], ...], str]]:
+    """name → (metadata, the reason code grpc-message must carry)."""
     now = int(time.time())
-    claims = {"iss": stack.idp.issuer, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300}
-    claims |= {"groups": ["staff"], "client_id": "idgate"}
-    at = {"typ": "at+jwt"}
+
+    def forged(**overrides: Any) -> tuple[tuple[str, str], ...]:
+        return bearer(stack.idp.sign({"typ": "at+jwt"}, access_claims(stack, **overrides)))
+
     return {
         "missing": ((), "missing_credentials"),
-        "expired": (bearer(stack.idp.sign(at, claims | {"iat": now - 900, "exp": now - 600})), "expired"),
-        "wrong_audience": (bearer(stack.idp.sign(at, claims | {"aud": "https://other.test"})), "invalid_audience"),
+        "expired": (forged(iat=now - 900, exp=now - 600), "expired"),
+        "wrong_audience": (forged(aud="https://other.test"), "invalid_audience"),
         "not_bearer": ((("authorization", "Basic YWxpY2U6cHc="),), "unsupported_scheme"),
     }
 

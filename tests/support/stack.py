@@ -11,6 +11,7 @@ import base64
 import contextlib
 import os
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +267,22 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
             idgate.stop()
             for upstream in upstreams.values():
                 upstream.stop()
+
+
+def access_claims(stack: Stack, **overrides: Any) -> dict[str, Any]:
+    """Claims of a valid RFC 9068 access token for alice from the stack's IdP (5 min), with ``overrides``; sign them
+    with ``stack.idp.sign({"typ": "at+jwt"}, ...)`` to forge expired, wrong-audience, ... tokens with the real key."""
+    now = int(time.time())
+    return {
+        "iss": stack.idp.issuer,
+        "aud": AUDIENCE,
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 300,
+        "email": "alice@example.test",
+        "groups": ["staff"],
+        "client_id": "idgate",
+    } | overrides
 
 
 def browser_login(stack: Stack, client: httpx.Client, path: str, *, username: str = "alice") -> BrowserLogin:
