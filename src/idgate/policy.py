@@ -70,6 +70,8 @@ class Policy:
 
     def __init__(self, *, config: Config) -> None:
         self._routes = config.routes
+        # per route: the "/pkg.Service/" prefix of a "/pkg.Service/*" gRPC route, computed once, not per request
+        self._grpc_services = {r.name: r.grpc[:-1] for r in config.routes if r.grpc and r.grpc.endswith("/*")}
         self._upstreams = dict(config.upstreams)
         self._role_sets = dict(config.role_sets)
 
@@ -79,11 +81,11 @@ class Policy:
             if route.host != "*" and route.host != host:
                 continue
             if route.grpc is not None:
-                if route.grpc.endswith("/*"):
-                    service = route.grpc[:-1]  # "/pkg.Service/"
-                    if path.startswith(service) and len(path) > len(service) and "/" not in path[len(service) :]:
+                service = self._grpc_services.get(route.name)
+                if service is None:
+                    if path == route.grpc:
                         return route
-                elif path == route.grpc:
+                elif path.startswith(service) and len(path) > len(service) and "/" not in path[len(service) :]:
                     return route
             elif route.match == "exact":
                 if path == route.path:
