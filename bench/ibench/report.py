@@ -174,13 +174,14 @@ LABEL_WIDTH = 34
 
 
 def variant_row(outcome: Outcome, base: float | None) -> str:
+    """One table row: req/s (or calls/s), spread, latency (HTTP: p50 and p99; gRPC: h2load's mean), ratio, noise."""
     s = outcome.summary
     if s is None:
         return f"{outcome.label:<{LABEL_WIDTH}} FAILED: {outcome.failure_reason}"
     spread = f"{s.rps_min:,.0f}-{s.rps_max:,.0f}"
     ratio = f"{s.rps / base:6.2f}" if base else "     -"
-    row = f"{outcome.label:<{LABEL_WIDTH}} {s.rps:>8,.0f}  {spread:>15}  {s.p50_ms:>7.2f}  {s.p99_ms:>7.2f}  {ratio}"
-    return f"{row}  {s.others_pct:>7.0f}"
+    latency = f"{s.mean_ms:>7.2f}" if outcome.grpc else f"{s.p50_ms:>7.2f}  {s.p99_ms:>7.2f}"
+    return f"{outcome.label:<{LABEL_WIDTH}} {s.rps:>8,.0f}  {spread:>15}  {latency}  {ratio}  {s.others_pct:>7.0f}"
 
 
 def variant_table(outcomes: dict[str, Outcome]) -> list[str]:
@@ -188,17 +189,6 @@ def variant_table(outcomes: dict[str, Outcome]) -> list[str]:
     head = f"{'variant':<{LABEL_WIDTH}} {'req/s':>8}  {'min-max':>15}  {'p50 ms':>7}  {'p99 ms':>7}  vs (a)  noise %"
     rows = [variant_row(o, base) for o in outcomes.values() if not o.grpc]
     return [head, "-" * len(head), *rows] if rows else []
-
-
-def grpc_row(outcome: Outcome, base: float | None) -> str:
-    s = outcome.summary
-    if s is None:
-        return f"{outcome.label:<{LABEL_WIDTH}} FAILED: {outcome.failure_reason}"
-    spread = f"{s.rps_min:,.0f}-{s.rps_max:,.0f}"
-    ratio = f"{s.rps / base:6.2f}" if base else "     -"
-    return (
-        f"{outcome.label:<{LABEL_WIDTH}} {s.rps:>8,.0f}  {spread:>15}  {s.mean_ms:>7.2f}  {ratio}  {s.others_pct:>7.0f}"
-    )
 
 
 GRPC_RATIOS = {"h_warm": "(h) idgate SPOE warm", "i_warm": "(i) idgate auth_request warm"}
@@ -223,7 +213,7 @@ def grpc_table(outcomes: dict[str, Outcome], title: str) -> list[str]:
         return []
     base = _rps(outcomes, "g")
     head = f"{'gRPC variant':<{LABEL_WIDTH}} {'calls/s':>8}  {'min-max':>15}  {'mean ms':>7}  vs (g)  noise %"
-    lines = [title, head, "-" * len(head), *(grpc_row(o, base) for o in selected)]
+    lines = [title, head, "-" * len(head), *(variant_row(o, base) for o in selected)]
     for key, ratio in grpc_overhead(outcomes).items():
         name = f"gRPC overhead ratio {GRPC_RATIOS[key]} / (g) no auth"
         if ratio is None:
