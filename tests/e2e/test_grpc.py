@@ -20,7 +20,7 @@ import jwt
 import pytest
 from stack import GRPC_AUDIENCE, HTTP_TIMEOUT_SECONDS, STREAM_TIMEOUT_SECONDS, Stack, access_claims
 
-from idgate.devstack.grpc_client import EchoStub, GrpcRecord, echo_stub, open_channel
+from idgate.devstack.grpc_client import WHOAMI, EchoStub, GrpcRecord, echo_stub, open_channel
 
 pytestmark = pytest.mark.e2e
 CALL_TIMEOUT = 10.0
@@ -269,7 +269,12 @@ def test_the_h2c_listener_applies_the_same_policy(fresh: Stack) -> None:
         assert rpc_error(lambda: echo.whoami(timeout=CALL_TIMEOUT)).code() == grpc.StatusCode.UNAUTHENTICATED
         error = rpc_error(lambda: echo.admin(metadata=bearer(bob), timeout=CALL_TIMEOUT))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert len(fresh.grpc.requests()) == 1
+        _, call = channel.unary_unary(WHOAMI).with_call(b"{}", metadata=bearer(token), timeout=CALL_TIMEOUT)
+        assert "strict-transport-security" not in dict(call.initial_metadata())  # HSTS only over TLS
+    with open_channel(target(fresh), ca_file=fresh.certs.ca) as channel:
+        _, call = channel.unary_unary(WHOAMI).with_call(b"{}", metadata=bearer(token), timeout=CALL_TIMEOUT)
+        assert dict(call.initial_metadata())["strict-transport-security"].startswith("max-age=")
+    assert len(fresh.grpc.requests()) == 3
 
 
 def test_a_stream_outlives_the_http_timeouts_in_both_directions(fresh: Stack, echo: EchoStub) -> None:
