@@ -7,8 +7,8 @@
 # (client_secret_file, sessions.keys_file, assertion.keys_file) or environment variables (*_env), never inline.
 # Listens where the config's server.host/port (HTTP: /auth, /.idgate/*, /healthz, /readyz, /metrics) and spoa.host/port
 # (SPOE agent) say: set host 0.0.0.0 in a container. compose/docker-compose.yml runs it with HAProxy and friends.
-# The image also serves the demo tools (python -m idgate.devstack.echo, ...), which the compose stack uses; the `grpc`
-# extra (grpcio) is installed for the gRPC demo service, python -m idgate.devstack.grpc_echo serve (and its `call`).
+# The image also serves the demo tools (python -m idgate_devstack.echo, ...), which the compose stack uses; the `grpc`
+# extra (grpcio) is installed for the gRPC demo service, python -m idgate_devstack.grpc_echo serve (and its `call`).
 
 FROM python:3.11-slim
 

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from ibench.stack import BENCH_DIR
-from idgate.devstack.haproxy import haproxy_binary
+from idgate_devstack.haproxy import haproxy_binary
 
 
 def first_line(argv: list[str]) -> str:

@@ -1,7 +1,7 @@
 """Variant (f): an SPOA agent that does no work -- the SPOE protocol ceiling for a Python agent.
 
 ``python bench/ibench/null_agent.py --port N`` serves idgate's own SPOP codec and agent loop
-(``idgate.spoa.SpoaAgent``, on uvloop when installed, as ``idgate serve`` runs it) with a handler that returns a
+(``idgate.spoe.agent.SpoaAgent``, on uvloop when installed, as ``idgate serve`` runs it) with a handler that returns a
 fixed allow without looking at the message: ``txn.idgate.status = "200"``, ``decision = "allow"``,
 ``upstream = "app"``. The shipped haproxy.cfg in SPOE mode then routes every request to ``be_app``.
 Prints ``null-agent listening on HOST:PORT`` once listening.
@@ -15,8 +15,8 @@ import contextlib
 import importlib.util
 from collections.abc import Mapping, Sequence
 
-from idgate.spoa import SpoaAgent
-from idgate.spop import Action, Scope, SetVar, Value
+from idgate.spoe.agent import SpoaAgent
+from idgate.spoe.spop import Action, Scope, SetVar, Value
 
 ALLOW: tuple[Action, ...] = (
     SetVar(scope=Scope.TRANSACTION, name="status", value="200"),

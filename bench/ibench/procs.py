@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from idgate.devstack.process import StartStop, stop_process
+from idgate_devstack.process import StartStop, stop_process
 
 POLL_S = 0.05
 

@@ -32,7 +32,7 @@ import grpc  # type: ignore[import-untyped,unused-ignore]
 from ibench.load import RunResult, failed
 from ibench.procs import CpuMeter
 from ibench.stack import Env, grpc_message
-from idgate.devstack.grpc_client import WHOAMI, echo_stub, open_channel
+from idgate_devstack.grpc_client import WHOAMI, echo_stub, open_channel
 
 METHOD = "/bench.Echo/Unary"
 """The method every load call goes to (idgate route ``/bench.Echo/*``; the upstream HAProxy answers it itself)."""

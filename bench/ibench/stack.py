@@ -20,12 +20,12 @@ import httpx
 import yaml
 
 from ibench.procs import Proc, rss_kib
-from idgate.devstack.certs import DevCerts, generate_dev_certs
-from idgate.devstack.grpc_echo import GrpcUpstream
-from idgate.devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
-from idgate.devstack.idp import IdpConfig, TestIdp
-from idgate.devstack.login import login
-from idgate.devstack.service import IdgateService
+from idgate_devstack.certs import DevCerts, generate_dev_certs
+from idgate_devstack.grpc_echo import GrpcUpstream
+from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
+from idgate_devstack.idp import IdpConfig, TestIdp
+from idgate_devstack.login import login
+from idgate_devstack.service import IdgateService
 
 AUDIENCE = "https://api.idgate.test"
 BENCH_DIR = Path(__file__).resolve().parent.parent

@@ -40,7 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from idgate.devstack.certs import issue_dev_certs
+from idgate_devstack.certs import issue_dev_certs
 
 PUBLIC_MODE = 0o644
 PRIVATE_MODE = 0o640

@@ -2,7 +2,10 @@
 
     idgate serve --config FILE        run the auth service (uvicorn in-process; uvloop and httptools when installed)
     idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0)
-    idgate demo                       HAProxy + idgate + the test IdP + sample upstreams on loopback
+
+More commands come from installed plugins (entry-point group ``idgate.commands``): a source checkout's
+``idgate_devstack`` adds ``idgate demo`` (HAProxy + idgate + the test IdP + sample upstreams on loopback). idgate itself
+never imports the dev harness.
 
 Exit codes: 0 success, 1 invalid configuration, 2 usage error.
 """
@@ -10,6 +13,7 @@ Exit codes: 0 success, 1 invalid configuration, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -63,7 +67,7 @@ def _check_config(path: str) -> int:
 def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> int:
     import uvicorn
 
-    from idgate.app import create_app
+    from idgate.runtime import create_app
 
     try:
         config = load_config(path)
@@ -87,6 +91,16 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
     return 0
 
 
+COMMANDS_GROUP = "idgate.commands"
+"""Entry-point group of plugin commands: each entry loads a ``register(subparsers)`` callable that adds one
+subcommand whose parser sets ``run`` (``Callable[[argparse.Namespace], int]``) as a default."""
+
+
+def _plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for entry in sorted(importlib.metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``idgate`` console script."""
     parser = argparse.ArgumentParser(prog="idgate", description="Identity-aware auth sidecar for HAProxy.")
@@ -96,20 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=lambda a: _serve(a.config, host=a.host, port=a.port, log_level=a.log_level))
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("config")
-    demo = sub.add_parser("demo", help="run HAProxy + idgate + test IdP + sample upstreams on loopback")
-    demo.add_argument("--https-port", type=int, default=8443, help="HAProxy's HTTPS port (default 8443)")
-    demo.add_argument("--check", action="store_true", help="send a few requests through the stack, then exit")
-    demo.add_argument("--mode", choices=["spoe", "auth_request"], default="spoe", help="how HAProxy asks idgate")
+    check.set_defaults(run=lambda a: _check_config(a.config))
+    _plugin_commands(sub)
     args = parser.parse_args(argv)
-    if args.command == "check-config":
-        return _check_config(args.config)
-    if args.command == "serve":
-        return _serve(args.config, host=args.host, port=args.port, log_level=args.log_level)
-    from idgate.demo import run_demo
-
-    return run_demo(https_port=args.https_port, check=args.check, mode=args.mode)
+    result: int = args.run(args)
+    return result
 
 
 if __name__ == "__main__":

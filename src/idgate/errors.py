@@ -8,8 +8,13 @@
     ├── RequestError           the request facts are malformed (400): ambiguous path, bad host, two Authorization
     ├── CredentialError        a request's credential is unusable; ``reason`` is a stable ASCII reason code
     │   └── TokenError         a bearer token failed verification (RFC 6750 §3.1 ``invalid_token`` family)
-    └── ProviderError          the OpenID Provider refused (``transient`` False, e.g. invalid_grant) or could not
-                               be reached / answered garbage (``transient`` True)
+    ├── ProviderError          the OpenID Provider refused (``transient`` False, e.g. invalid_grant) or could not
+    │                          be reached / answered garbage (``transient`` True)
+    ├── SpopError              an SPOP protocol violation by the peer; ``status`` is the SPOP status code the agent
+    │                          sends in AGENT-DISCONNECT (HAProxy ``doc/SPOE.txt`` §3.4)
+    ├── MessageError           one SPOE message cannot be answered (unknown, missing or duplicated argument): the
+    │                          agent denies that NOTIFY and keeps the connection
+    └── CookieTooLarge         a sealed payload does not fit the cookie size cap (also a ``ValueError``)
 
 Reason codes are part of the public contract: they appear in audit logs, in ``X-Idgate-Reason``, in
 ``WWW-Authenticate`` error descriptions and (later) in gRPC ``grpc-message``. They are short, ASCII, snake_case.
@@ -70,3 +75,26 @@ class ProviderError(IdgateError):
         self.detail = detail
         self.transient = transient
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class SpopError(IdgateError):
+    """A protocol violation. ``status`` is the SPOP status code (``idgate.spoe.spop.Status``) to send in
+    AGENT-DISCONNECT; ``detail`` a short explanation (``idgate.spoe.spop.status_message`` joins both)."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"SPOP status {int(status)}: {detail}" if detail else f"SPOP status {int(status)}")
+
+
+class MessageError(IdgateError):
+    """Raised by an SPOA handler to deny one message; ``reason`` (ASCII snake_case) goes to the deny actions."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class CookieTooLarge(IdgateError, ValueError):
+    """The payload, once sealed, does not fit in ``max_chunks`` cookies of ``chunk_size`` bytes."""

@@ -1,7 +1,8 @@
 """Identity values for the upstream, rendered so they can never split a header or forge a role.
 
-The decision answers fixed slots (``X-Idgate-User`` … ``X-Idgate-Issuer``); HAProxy copies each slot into the
-upstream's own header names (``X-WEBAUTH-USER`` for Grafana, ``X-Auth-User`` for a generic app).
+The decision answers fixed slots (:data:`idgate.facts.IDENTITY_SLOTS`: ``user`` … ``issuer``); each adapter puts
+them on its wire (``txn.idgate.user`` …) and HAProxy copies each into the upstream's own header names
+(``X-WEBAUTH-USER`` for Grafana, ``X-Auth-User`` for a generic app).
 
 Rules (docs: ../shared notes "security" rule 11; Grafana ``[auth.proxy] headers_encoded``):
 - a value with a control character (CR, LF, NUL, …) is dropped and noted, never passed;
@@ -19,8 +20,6 @@ from dataclasses import dataclass
 from idgate.config import UpstreamConfig
 from idgate.principal import Principal
 
-SLOTS = ("user", "email", "name", "groups", "roles", "role", "subject", "issuer")
-HEADER_OF_SLOT = {slot: f"x-idgate-{slot}" for slot in SLOTS}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PLAIN_PERCENT = frozenset(
     b"!#$&'()*+-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmnopqrstuvwxyz{|}~ ,"
@@ -54,10 +53,6 @@ class Identity:
 
     values: dict[str, str]
     notes: tuple[str, ...]
-
-    def headers(self) -> dict[str, str]:
-        """Slot values keyed by their ``x-idgate-*`` header name."""
-        return {HEADER_OF_SLOT[slot]: value for slot, value in self.values.items()}
 
 
 def render_identity(principal: Principal, upstream: UpstreamConfig, roles: tuple[str, ...]) -> Identity:

@@ -9,11 +9,15 @@ Read at scrape time from the components' own counters (no work per request):
     idgate_jwks_ready{issuer}
     idgate_assertions_minted_total, idgate_assertions_reused_total
     idgate_session_cache_hits_total / _misses_total (decoded session cookies)
+    idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, notifies, denies,
+    handler_errors, handler_timeouts, protocol_errors)
+Denies decided by the adapters (``untrusted_caller``, ``invalid_encoding``, the agent's ``handler_timeout`` …)
+are in ``idgate_decisions_total`` too (:meth:`idgate.decision.DecisionEngine.refused`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -22,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from idgate.assertion import AssertionSigner
 from idgate.jwks import JwksCache
-from idgate.sso import SessionManager
+from idgate.sso.manager import SessionManager
 from idgate.token_cache import TokenCache
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -77,6 +81,17 @@ class _ComponentCollector(Collector):
             yield CounterMetricFamily("idgate_assertions_reused", "Signed assertions reused", value=stats.reused)
 
 
+class _CountersCollector(Collector):
+    def __init__(self, *, prefix: str, help_text: str, read: Callable[[], Mapping[str, int]]) -> None:
+        self._prefix = prefix
+        self._help = help_text
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        for name, value in self._read().items():
+            yield CounterMetricFamily(f"{self._prefix}_{name}", f"{self._help}: {name}", value=value)
+
+
 class Metrics:
     """The registry of one app; pass it to the decision engine and mount :meth:`exposition` at ``/metrics``."""
 
@@ -108,6 +123,10 @@ class Metrics:
         self.registry.register(
             _ComponentCollector(tokens=tokens, caches=caches, assertions=assertions, sessions=sessions)
         )
+
+    def watch_spoa(self, read: Callable[[], Mapping[str, int]]) -> None:
+        """Expose the SPOA agent's cumulative counters (``read()`` → name → count) as ``idgate_spoa_<name>_total``."""
+        self.registry.register(_CountersCollector(prefix="idgate_spoa", help_text="SPOA agent counter", read=read))
 
     def exposition(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""

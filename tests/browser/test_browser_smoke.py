@@ -24,8 +24,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from playwright.sync_api import Page, Request
 
-from idgate.devstack.certs import DevCerts, generate_dev_certs
-from idgate.devstack.idp import IdpConfig, TestIdp, free_port
+from idgate_devstack.certs import DevCerts, generate_dev_certs
+from idgate_devstack.idp import IdpConfig, TestIdp, free_port
 
 CLIENT_ID = "idgate"
 USER = "alice"

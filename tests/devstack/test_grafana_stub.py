@@ -1,4 +1,4 @@
-"""The Grafana contract stub (idgate.devstack.grafana_stub): [auth.jwt] against a real AssertionSigner's JWKS,
+"""The Grafana contract stub (idgate_devstack.grafana_stub): [auth.jwt] against a real AssertionSigner's JWKS,
 [auth.proxy] headers (plain and quoted-printable), the HTML page, and request recording.
 
 The JWKS is served live from the signer by a loopback HTTP server in a thread (and once over HTTPS with the dev CA),
@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idgate.assertion import AssertionSigner
-from idgate.devstack.certs import generate_dev_certs
-from idgate.devstack.grafana_stub import GrafanaStub
+from idgate_devstack.certs import generate_dev_certs
+from idgate_devstack.grafana_stub import GrafanaStub
 
 ISS = "https://idgate.test"
 AUD = "grafana"

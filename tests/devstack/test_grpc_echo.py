@@ -1,4 +1,4 @@
-"""The gRPC echo upstream (idgate.devstack.grpc_echo): a real server in a child process, a real grpcio client.
+"""The gRPC echo upstream (idgate_devstack.grpc_echo): a real server in a child process, a real grpcio client.
 
 Covers the ready line and shutdown, the four demo.Echo methods and their records, the control service, the
 ``call`` command line, and TLS with the dev CA.
@@ -22,8 +22,8 @@ import grpc  # type: ignore[import-untyped,unused-ignore]
 import pytest
 from cryptography import x509
 
-from idgate.devstack.certs import generate_dev_certs
-from idgate.devstack.grpc_client import (
+from idgate_devstack.certs import generate_dev_certs
+from idgate_devstack.grpc_client import (
     ADMIN,
     CHAT,
     CONTROL_RESET_METHOD,
@@ -35,9 +35,9 @@ from idgate.devstack.grpc_client import (
     json_serializer,
     open_channel,
 )
-from idgate.devstack.grpc_echo import READY_RE, GrpcUpstream
+from idgate_devstack.grpc_echo import READY_RE, GrpcUpstream
 
-MODULE = "idgate.devstack.grpc_echo"
+MODULE = "idgate_devstack.grpc_echo"
 
 
 @pytest.fixture(scope="module")

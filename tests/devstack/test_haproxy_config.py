@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from idgate.devstack.certs import DevCerts, generate_dev_certs
-from idgate.devstack.echo import EchoRecord, EchoUpstream
-from idgate.devstack.haproxy import Haproxy, HaproxySettings, check_config, free_tcp_port, haproxy_binary
+from idgate_devstack.certs import DevCerts, generate_dev_certs
+from idgate_devstack.echo import EchoRecord, EchoUpstream
+from idgate_devstack.haproxy import Haproxy, HaproxySettings, check_config, free_tcp_port, haproxy_binary
 
 AUTH_TIMEOUT_MS = 600
 SLOW_ANSWER_S = 2.0

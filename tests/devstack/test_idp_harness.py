@@ -1,4 +1,4 @@
-"""The test IdP harness (testidp/server.mjs via idgate.devstack.idp) and the httpx login helper.
+"""The test IdP harness (testidp/server.mjs via idgate_devstack.idp) and the httpx login helper.
 
 One HTTPS IdP with test endpoints serves the module; one extra plain-HTTP IdP without them checks that the
 test endpoints stay off by default.
@@ -21,9 +21,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from idgate.devstack.certs import generate_dev_certs
-from idgate.devstack.idp import IdpConfig, TestIdp, free_port
-from idgate.devstack.login import Tokens, login
+from idgate_devstack.certs import generate_dev_certs
+from idgate_devstack.idp import IdpConfig, TestIdp, free_port
+from idgate_devstack.login import Tokens, login
 
 REDIRECT_URI = "https://127.0.0.1:9/oauth2/callback"  # never requested: login() stops at the redirect
 POST_LOGOUT_URI = "https://127.0.0.1:9/logged-out"

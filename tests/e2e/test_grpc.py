@@ -20,7 +20,7 @@ import jwt
 import pytest
 from stack import GRPC_AUDIENCE, HTTP_TIMEOUT_SECONDS, STREAM_TIMEOUT_SECONDS, Stack, access_claims
 
-from idgate.devstack.grpc_client import WHOAMI, EchoStub, GrpcRecord, echo_stub, open_channel
+from idgate_devstack.grpc_client import WHOAMI, EchoStub, GrpcRecord, echo_stub, open_channel
 
 pytestmark = pytest.mark.e2e
 CALL_TIMEOUT = 10.0

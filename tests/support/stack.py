@@ -20,16 +20,16 @@ from typing import Any, Literal
 import httpx
 import yaml
 
-from idgate.devstack import navigate
-from idgate.devstack.certs import DevCerts, generate_dev_certs
-from idgate.devstack.echo import EchoUpstream
-from idgate.devstack.grafana_stub import GrafanaStub
-from idgate.devstack.grpc_echo import GrpcUpstream
-from idgate.devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
-from idgate.devstack.idp import IdpConfig, TestIdp
-from idgate.devstack.login import Tokens, login
-from idgate.devstack.navigate import BrowserLogin
-from idgate.devstack.service import IdgateService
+from idgate_devstack import navigate
+from idgate_devstack.certs import DevCerts, generate_dev_certs
+from idgate_devstack.echo import EchoUpstream
+from idgate_devstack.grafana_stub import GrafanaStub
+from idgate_devstack.grpc_echo import GrpcUpstream
+from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
+from idgate_devstack.idp import IdpConfig, TestIdp
+from idgate_devstack.login import Tokens, login
+from idgate_devstack.navigate import BrowserLogin
+from idgate_devstack.service import IdgateService
 
 Mode = Literal["spoe", "auth_request"]
 AUDIENCE = "https://api.idgate.test"
@@ -287,5 +287,5 @@ def access_claims(stack: Stack, **overrides: Any) -> dict[str, Any]:
 
 def browser_login(stack: Stack, client: httpx.Client, path: str, *, username: str = "alice") -> BrowserLogin:
     """Navigate to ``path`` (or an absolute https URL) on the stack like a browser; see
-    :func:`idgate.devstack.navigate.browser_login`."""
+    :func:`idgate_devstack.navigate.browser_login`."""
     return navigate.browser_login(client, path, site=stack.url, username=username)

@@ -31,12 +31,12 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from idgate.app import create_app
 from idgate.assertion import AssertionSigner, split_pem
 from idgate.config import Config
 from idgate.config_load import parse_config
-from idgate.cookies import KeyRing
 from idgate.policy import Policy
+from idgate.runtime import create_app
+from idgate.sso.cookies import KeyRing
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"
@@ -327,7 +327,7 @@ def python_healthcheck(service: Mapping[str, Any]) -> str:
 
 def must_differ(name: str, default: str) -> bool:
     """Defaults that cannot work in a container: loopback binds and addresses (the HAProxy container's own loopback),
-    and the dev certificate path that only ``python -m idgate.devstack.haproxy`` creates."""
+    and the dev certificate path that only ``python -m idgate_devstack.haproxy`` creates."""
     return "127.0.0.1" in default or "localhost" in default or name == "IDGATE_TLS_CERT"
 
 
@@ -557,7 +557,7 @@ def test_haproxy_reaches_idgate(
 def test_haproxy_upstreams_are_services(services: dict[str, dict[str, Any]], haproxy_env: dict[str, str]) -> None:
     app_host, app_port = split_addr(haproxy_env["IDGATE_UPSTREAM_APP"])
     echo = [str(c) for c in services[app_host]["command"]]
-    assert echo[:3] == ["python", "-m", "idgate.devstack.echo"]
+    assert echo[:3] == ["python", "-m", "idgate_devstack.echo"]
     assert echo[echo.index("--host") + 1] == "0.0.0.0" and int(echo[echo.index("--port") + 1]) == app_port
     grafana_host, grafana_port = split_addr(haproxy_env["IDGATE_UPSTREAM_GRAFANA"])
     assert grafana_host == "grafana"
@@ -574,10 +574,10 @@ def test_grpc_service_is_haproxys_grpc_upstream(
     grpc = services[host]
     assert grpc["image"] == "idgate:local" and "build" not in grpc
     command = [str(c) for c in grpc["command"]]
-    assert command[:4] == ["python", "-m", "idgate.devstack.grpc_echo", "serve"]
+    assert command[:4] == ["python", "-m", "idgate_devstack.grpc_echo", "serve"]
     assert command[command.index("--host") + 1] == "0.0.0.0" and int(command[command.index("--port") + 1]) == port
     assert command[command.index("--name") + 1] == "grpc"
-    assert (REPO / "src" / "idgate" / "devstack" / "grpc_echo.py").is_file()
+    assert (REPO / "src" / "idgate_devstack" / "grpc_echo.py").is_file()
     # plaintext h2c on the network: no TLS on either side of be_grpc
     assert "--tls-cert" not in command
     assert (
@@ -665,7 +665,7 @@ def test_readme_gets_a_token_and_calls_grpc_through_haproxy(
 ) -> None:
     readme = (COMPOSE_DIR / "README.md").read_text(encoding="utf-8")
     https = {p.target: p for p in ports(services["haproxy"])}[split_addr(haproxy_env["IDGATE_HTTPS_BIND"])[1]]
-    assert f"python -m idgate.devstack.grpc_echo call --target localhost:{https.published} --ca" in readme
+    assert f"python -m idgate_devstack.grpc_echo call --target localhost:{https.published} --ca" in readme
     # the token snippet runs in the idgate container: its issuer, client, redirect URI, resource, secret and CA
     issuer, raw_issuer, login = idgate_config.issuers[0], raw_idgate_yaml["issuers"][0], idgate_config.login
     assert login is not None
@@ -985,7 +985,7 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_secret() -> None:
     copied = [arg.split()[:-1] for op, arg in dockerfile_instructions() if op == "COPY"]
     sources = [s for group in copied for s in group if not s.startswith("--")]
     assert sources == ["pyproject.toml", "README.md", "src"]
-    for source in [*sources, "src/idgate/cli.py", "src/idgate/devstack/echo.py", "src/idgate/devstack/grpc_echo.py"]:
+    for source in [*sources, "src/idgate/cli.py", "src/idgate_devstack/echo.py", "src/idgate_devstack/grpc_echo.py"]:
         assert (REPO / source).exists() and not _dockerignore_excludes(source), source
     for path in (".run/demo/secrets/session_keys", ".venv/bin/python", ".git/config", "testidp/node_modules/x/y.js"):
         assert _dockerignore_excludes(path), path

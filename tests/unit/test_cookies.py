@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from idgate.cookies import (
+from idgate.errors import CookieTooLarge
+from idgate.sso.cookies import (
     MAX_COOKIE_HEADER,
     CookieJarSettings,
-    CookieTooLarge,
     KeyRing,
     SessionCookies,
     without_cookies,

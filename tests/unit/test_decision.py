@@ -16,12 +16,14 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from idgate.app import create_app
 from idgate.audit import AuditLog
+from idgate.authn import Authenticator
 from idgate.config import Config
 from idgate.config_load import parse_config
-from idgate.decision import Decision, DecisionEngine, RequestFacts
+from idgate.decision import DecisionEngine
+from idgate.facts import Decision, RequestFacts
 from idgate.jwks import JwksCache
+from idgate.runtime import create_app
 from idgate.verifier import TrustedIssuer, Verifier
 
 ISS = "https://idp.test"
@@ -95,7 +97,7 @@ def engine(cfg: Config, transport: httpx.MockTransport, records: list[str] | Non
 
         logger.addHandler(Collect())
         logger.setLevel(logging.INFO)
-    return DecisionEngine(config=cfg, verifier=verifier, audit=AuditLog(logger=logger))
+    return DecisionEngine(config=cfg, authenticator=Authenticator(verifier=verifier), audit=AuditLog(logger=logger))
 
 
 def facts(path: str, *authorization: str, host: str = "gw.test", method: str = "GET") -> RequestFacts:
@@ -110,15 +112,15 @@ async def decide(f: RequestFacts, records: list[str] | None = None) -> Decision:
 async def test_valid_token_allows_with_identity_of_the_upstream_profile() -> None:
     d = await decide(facts("/grafana/d/x", f"Bearer {token()}"))
     assert d.status == 200 and d.allow and d.upstream == "grafana" and d.route == "graf"
-    assert d.headers == {
-        "x-idgate-user": "alice",
-        "x-idgate-email": "alice@example.test",
-        "x-idgate-name": "Alice",
-        "x-idgate-groups": "staff",
-        "x-idgate-roles": "Viewer",
-        "x-idgate-role": "Viewer",
-        "x-idgate-subject": "alice",
-        "x-idgate-issuer": "https://idp.test",
+    assert d.identity == {
+        "user": "alice",
+        "email": "alice@example.test",
+        "name": "Alice",
+        "groups": "staff",
+        "roles": "Viewer",
+        "role": "Viewer",
+        "subject": "alice",
+        "issuer": "https://idp.test",
     }
     assert d.principal is not None and d.principal.key == (ISS, "alice")
 
@@ -143,7 +145,7 @@ async def test_request_outcomes(f: RequestFacts, status: int, reason: str) -> No
     d = await decide(f)
     assert (d.status, d.reasons[0]) == (status, reason)
     if status != 200:
-        assert d.headers == {} and not d.allow
+        assert d.identity == {} and not d.allow
 
 
 @pytest.mark.anyio
@@ -164,11 +166,11 @@ async def test_grpc_method_policy_and_authorization_strip() -> None:
     bearer = f"Bearer {token()}"
     allowed = await gate.decide(facts("/demo.Echo/Whoami", bearer, method="POST"))
     assert allowed.status == 200 and allowed.route == "echo"
-    assert allowed.headers["x-idgate-strip-authorization"] == "1"
+    assert allowed.identity["strip_authorization"] == "1"
     denied = await gate.decide(facts("/demo.Echo/Reset", bearer, method="POST"))
     assert (denied.status, denied.reasons, denied.route) == (403, ("missing_role_or_group",), "reset")
     admin = await gate.decide(facts("/demo.Echo/Reset", f"Bearer {token(groups=['ops'])}", method="POST"))
-    assert admin.status == 200 and "x-idgate-strip-authorization" not in admin.headers
+    assert admin.status == 200 and "strip_authorization" not in admin.identity
     anonymous = await gate.decide(facts("/demo.Echo/Whoami", method="POST"))
     assert (anonymous.status, anonymous.reasons) == (401, ("missing_credentials",))
 
@@ -183,7 +185,7 @@ def test_grpc_calls_are_never_navigations() -> None:
 @pytest.mark.anyio
 async def test_public_route_passes_no_identity_even_with_a_token() -> None:
     d = await decide(facts("/public", f"Bearer {token()}"))
-    assert d.allow and d.headers == {} and d.principal is None
+    assert d.allow and d.identity == {} and d.principal is None
 
 
 @pytest.mark.anyio
@@ -198,7 +200,7 @@ async def test_401_carries_rfc6750_challenge() -> None:
 @pytest.mark.anyio
 async def test_authenticated_without_group_is_403_with_reason() -> None:
     d = await decide(facts("/admin", f"Bearer {token(groups=['staff'])}"))
-    assert d.status == 403 and d.reasons == ("missing_role_or_group",) and d.headers == {}
+    assert d.status == 403 and d.reasons == ("missing_role_or_group",) and d.identity == {}
     ok = await decide(facts("/admin/x", f"Bearer {token(groups=['ops'])}"))
     assert ok.status == 200 and ok.reasons == ("group_granted",)
 
@@ -207,7 +209,7 @@ async def test_authenticated_without_group_is_403_with_reason() -> None:
 async def test_hostile_groups_are_dropped_not_split() -> None:
     hostile = token(groups=["viewers,admin", "a\r\nX-Auth-Roles: admin", "staff"])
     d = await decide(facts("/app", f"Bearer {hostile}"))
-    assert d.allow and d.headers["x-idgate-groups"] == "staff"
+    assert d.allow and d.identity["groups"] == "staff"
     assert "groups_entry_dropped" in d.reasons
     string_groups = await decide(facts("/grafana", f"Bearer {token(groups='staff')}"))
     assert string_groups.status == 403 and "groups_not_a_list" in string_groups.reasons
@@ -217,7 +219,7 @@ async def test_hostile_groups_are_dropped_not_split() -> None:
 async def test_user_with_control_characters_is_refused() -> None:
     unsafe = token(preferred_username="a\nb", sub="a\nb")
     d = await decide(facts("/app", f"Bearer {unsafe}"))
-    assert d.status == 403 and d.reasons[0] == "unsafe_identity" and d.headers == {}
+    assert d.status == 403 and d.reasons[0] == "unsafe_identity" and d.identity == {}
 
 
 @pytest.mark.anyio
@@ -347,9 +349,9 @@ async def test_an_unexpected_error_is_a_503_deny_never_an_allow() -> None:
         async def verify(self, token: str) -> Any:
             raise RuntimeError("a bug")
 
-    broken = DecisionEngine(config=config(), verifier=Broken(issuers={}), audit=AuditLog())
+    broken = DecisionEngine(config=config(), authenticator=Authenticator(verifier=Broken(issuers={})), audit=AuditLog())
     d = await broken.decide(facts("/app", f"Bearer {token()}"))
-    assert (d.status, d.reasons, d.allow, d.headers) == (503, ("internal_error",), False, {})
+    assert (d.status, d.reasons, d.allow, d.identity) == (503, ("internal_error",), False, {})
 
 
 @pytest.mark.anyio

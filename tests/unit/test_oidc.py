@@ -1,4 +1,4 @@
-"""The OIDC relying party (idgate.oidc): authorization request with PKCE S256, RFC 9207 ``iss``, code exchange with
+"""The OIDC relying party (idgate.sso.oidc): authorization request with PKCE S256, RFC 9207 ``iss``, code exchange with
 client_secret_basic, refresh errors, ID token (OIDC Core §3.1.3.7) and logout token (Back-Channel Logout §2.6) checks,
 and the RP-initiated logout URL.
 
@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from idgate.config import IssuerConfig, JwksSettings, LoginConfig
 from idgate.errors import ProviderError, TokenError
 from idgate.jwks import JwksCache
-from idgate.oidc import BACKCHANNEL_EVENT, LoginState, OidcClient, TokenSet, at_hash_matches
+from idgate.sso.oidc import BACKCHANNEL_EVENT, LoginState, OidcClient, TokenSet, at_hash_matches
 from idgate.verifier import TrustedIssuer
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from idgate.redirects import canonical_origin, safe_return_to
+from idgate.sso.redirects import canonical_origin, safe_return_to
 
 ALLOWED = frozenset(
     {

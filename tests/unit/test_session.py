@@ -1,4 +1,4 @@
-"""Browser sessions (idgate.session): the cookie payload's strict parser, the revocation store and ``is_revoked``.
+"""Browser sessions (idgate.sso.session): the cookie payload's strict parser, the revocation store and ``is_revoked``.
 
 ``Session.from_bytes`` is the last gate before a decrypted cookie becomes a session: anything that is not exactly
 the output of ``to_bytes`` must give None, never an exception. The store is driven by a ``FakeClock`` (conftest).
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from idgate.session import MemoryRevocationStore, Session, is_revoked, session_keys
+from idgate.sso.session import MemoryRevocationStore, Session, is_revoked, session_keys
 
 if TYPE_CHECKING:
     from conftest import FakeClock

@@ -18,9 +18,10 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from idgate import spop
-from idgate.spoa import MessageError, SpoaAgent, message_args
-from idgate.spop import (
+from idgate.errors import MessageError
+from idgate.spoe import spop
+from idgate.spoe.agent import SpoaAgent, message_args
+from idgate.spoe.spop import (
     Ack,
     Action,
     AgentDisconnect,
@@ -598,7 +599,7 @@ def _free_port() -> int:
 
 
 async def test_through_real_haproxy(tmp_path: Path) -> None:
-    from idgate.devstack.haproxy import haproxy_binary
+    from idgate_devstack.haproxy import haproxy_binary
 
     try:
         binary = haproxy_binary()

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from idgate.decision import Decision
-from idgate.identity import HEADER_OF_SLOT
-from idgate.spoe import decision_actions, facts_from_args, spoe_handler
-from idgate.spop import InvalidString, Scope, SetVar
+from idgate.facts import ALLOW_SLOTS, ANSWER_HEADERS, ANSWER_VARIABLES, MAX_SET_COOKIES, Decision
+from idgate.spoe.adapter import decision_actions, facts_from_args, spoe_deny_actions, spoe_handler
+from idgate.spoe.spop import InvalidString, Scope, SetVar
 
 ARGS = {
     "method": "GET",
@@ -59,15 +58,36 @@ def test_non_utf8_argument_is_refused() -> None:
     assert facts_from_args(ARGS | {"authorization": InvalidString(b"Bearer \xff")}) is None
 
 
-@pytest.mark.anyio
-async def test_handler_answers_400_invalid_encoding_without_deciding() -> None:
-    class NoEngine:
-        async def decide(self, facts: object) -> Decision:
-            raise AssertionError("must not be called")
+class RecordingEngine:
+    """Stands in for the DecisionEngine: must not decide, records what the adapter refused itself."""
 
-    handle = spoe_handler(NoEngine())  # type: ignore[arg-type]
+    def __init__(self) -> None:
+        self.refusals: list[tuple[Decision, str]] = []
+
+    async def decide(self, facts: object) -> Decision:
+        raise AssertionError("must not be called")
+
+    def refused(self, decision: Decision, *, facts: object = None, source: str = "") -> Decision:
+        self.refusals.append((decision, source))
+        return decision
+
+
+@pytest.mark.anyio
+async def test_handler_answers_400_invalid_encoding_without_deciding_and_has_it_audited() -> None:
+    engine = RecordingEngine()
+    handle = spoe_handler(engine)  # type: ignore[arg-type]
     variables = as_vars(list(await handle("idgate-check", ARGS | {"path": InvalidString(b"/\xfe")})))
     assert variables == {"status": "400", "decision": "deny", "reason": "invalid_encoding"}
+    assert [(d.status, d.reasons, source) for d, source in engine.refusals] == [
+        (400, ("invalid_encoding",), "192.0.2.9")
+    ]
+
+
+def test_agent_denies_are_audited_as_503_and_answered_with_the_default_deny() -> None:
+    engine = RecordingEngine()
+    deny = spoe_deny_actions(engine)  # type: ignore[arg-type]
+    assert as_vars(list(deny("handler_timeout"))) == {"decision": "deny", "reason": "handler_timeout"}
+    assert [(d.status, d.reasons) for d, _ in engine.refusals] == [(503, ("handler_timeout",))]
 
 
 def test_decision_actions_allow_skips_empty_values_and_carries_cookies() -> None:
@@ -75,7 +95,7 @@ def test_decision_actions_allow_skips_empty_values_and_carries_cookies() -> None
         status=200,
         reasons=("authenticated",),
         upstream="app",
-        headers={"x-idgate-user": "alice", "x-idgate-roles": "", "x-idgate-cookie-rewrite": "1"},
+        identity={"user": "alice", "roles": "", "cookie_rewrite": "1"},
         set_cookies=("a=1", "b=2"),
     )
     assert as_vars(decision_actions(allow)) == {
@@ -95,7 +115,7 @@ def test_decision_actions_deny_never_carries_identity() -> None:
         status=401,
         reasons=("expired",),
         upstream="app",
-        headers={"x-idgate-user": "alice"},
+        identity={"user": "alice"},
         www_authenticate='Bearer error="invalid_token"',
     )
     variables = as_vars(decision_actions(deny))
@@ -108,33 +128,32 @@ def test_decision_actions_deny_never_carries_identity() -> None:
     }
 
 
-def test_every_variable_the_agent_or_the_lua_action_sets_is_registered_and_the_same_in_both_modes() -> None:
+def test_every_variable_the_agent_or_the_lua_action_sets_is_in_the_one_table_and_the_same_in_both_modes() -> None:
     """SPOE drops a variable not listed in register-var-names; the Lua action sets only its ANSWER_VARS. A name
-    missing on either side would silently change what HAProxy does in one mode only."""
+    missing on either side would silently change what HAProxy does in one mode only. Both files are held against
+    the one Python table (idgate.facts.ANSWER_VARIABLES / ANSWER_HEADERS)."""
     haproxy = Path(__file__).resolve().parents[2] / "haproxy"
     conf = (haproxy / "spoe-idgate.conf").read_text()
-    registered = {n for line in re.findall(r"register-var-names (.+)", conf) for n in line.split()}
+    registered = [n for line in re.findall(r"register-var-names (.+)", conf) for n in line.split()]
+    assert sorted(registered) == sorted(ANSWER_VARIABLES)
     lua = (haproxy / "idgate-auth.lua").read_text()
-    lua_vars = set(re.findall(r'"txn\.idgate\.(\w+)"', lua))
-    headers = {
-        **HEADER_OF_SLOT,
-        "assertion": "x-idgate-assertion",
-        "cookie_rewrite": "x-idgate-cookie-rewrite",
-        "cookie": "x-idgate-cookie",
-        "strip_authorization": "x-idgate-strip-authorization",
-    }
-    decision = Decision(
-        status=302,
-        reasons=("r",),
-        upstream="app",
-        headers=dict.fromkeys(headers.values(), "v"),
-        www_authenticate="Bearer",
-        location="/x",
-        set_cookies=tuple(f"c{i}=v" for i in range(8)),
-    )
-    sent = set(as_vars(decision_actions(decision))) | set(
-        as_vars(decision_actions(Decision(status=200, reasons=("r",), headers=dict.fromkeys(headers.values(), "v"))))
-    )
-    assert sent <= registered, sorted(sent - registered)
-    assert registered - {f"set_cookie_{i}" for i in range(8)} <= lua_vars | {"status"}
-    assert set(headers) <= lua_vars
+    lua_pairs = dict(re.findall(r'\{ "([\w-]+)", "txn\.idgate\.(\w+)" \}', lua))
+    assert {var: header for header, var in lua_pairs.items()} == dict(ANSWER_HEADERS)
+    assert f"MAX_SET_COOKIES = {MAX_SET_COOKIES}" in lua
+    cfg = (haproxy / "haproxy.cfg").read_text()
+    read_by_haproxy = set(re.findall(r"txn\.idgate\.(\w+)", cfg)) - {"error", "total_time"}  # set by SPOE itself
+    assert read_by_haproxy <= set(ANSWER_VARIABLES), sorted(read_by_haproxy - set(ANSWER_VARIABLES))
+    every_slot = dict.fromkeys(ALLOW_SLOTS, "v")
+    decisions = [
+        Decision(
+            status=302,
+            reasons=("r",),
+            upstream="app",
+            www_authenticate="Bearer",
+            location="/x",
+            set_cookies=tuple(f"c{i}=v" for i in range(MAX_SET_COOKIES + 2)),
+        ),
+        Decision(status=200, reasons=("r",), identity=every_slot),
+    ]
+    sent = {name for d in decisions for name in as_vars(decision_actions(d))}
+    assert sent == set(ANSWER_VARIABLES)

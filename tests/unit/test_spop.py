@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from idgate import spop
-from idgate.errors import IdgateError
-from idgate.spop import (
+from idgate.errors import IdgateError, SpopError
+from idgate.spoe import spop
+from idgate.spoe.spop import (
     U64_MAX,
     Ack,
     AgentDisconnect,
@@ -29,7 +29,6 @@ from idgate.spop import (
     Notify,
     Scope,
     SetVar,
-    SpopError,
     Status,
     TypedInt,
     UnsetVar,

@@ -27,12 +27,12 @@ from jwt.algorithms import RSAAlgorithm
 from pydantic import SecretStr
 
 from idgate.config import ClaimPaths, IssuerConfig, JwksSettings, LoginConfig, SessionConfig
-from idgate.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.errors import CredentialError
 from idgate.jwks import JwksCache
-from idgate.oidc import OidcClient, TokenSet
-from idgate.session import MemoryRevocationStore, Session
-from idgate.sso import SessionManager, SessionOutcome
+from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
+from idgate.sso.manager import SessionManager, SessionOutcome
+from idgate.sso.oidc import OidcClient, TokenSet
+from idgate.sso.session import MemoryRevocationStore, Session
 from idgate.verifier import TrustedIssuer
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Echo upstream for tests and the demo: answers every request with what it received, and records it.
 
-Run it as ``python -m idgate.devstack.echo --port N [--name NAME] [--host H]`` (``--port 0`` picks a free
+Run it as ``python -m idgate_devstack.echo --port N [--name NAME] [--host H]`` (``--port 0`` picks a free
 port). Once listening it prints one line to stdout, ``echo NAME listening on HOST:PORT``, and flushes.
 
 Every request except the two control calls is answered ``200`` with the JSON document (an ``EchoRecord``)::
@@ -39,9 +39,9 @@ import socket
 import sys
 from typing import TypedDict
 
-from idgate.devstack.process import CONTROL_REQUESTS as CONTROL_REQUESTS
-from idgate.devstack.process import CONTROL_RESET as CONTROL_RESET
-from idgate.devstack.process import ReadyLineServer
+from idgate_devstack.process import CONTROL_REQUESTS as CONTROL_REQUESTS
+from idgate_devstack.process import CONTROL_RESET as CONTROL_RESET
+from idgate_devstack.process import ReadyLineServer
 
 MAX_HEAD_BYTES = 64 * 1024
 """Largest accepted request line + header block, in bytes (larger: 431 and close)."""
@@ -211,7 +211,7 @@ async def _serve(name: str, host: str, port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; runs until interrupted. Returns the process exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m idgate.devstack.echo", description="Echo upstream for idgate tests."
+        prog="python -m idgate_devstack.echo", description="Echo upstream for idgate tests."
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, required=True, help="listen port; 0 picks a free one")
@@ -239,7 +239,7 @@ class EchoUpstream(ReadyLineServer[EchoRecord]):
 
     def command(self) -> list[str]:
         """The child's command line."""
-        cmd = [sys.executable, "-m", "idgate.devstack.echo", "--host", self.host, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "idgate_devstack.echo", "--host", self.host, "--port", str(self.port)]
         return [*cmd, "--name", self.name]
 
 

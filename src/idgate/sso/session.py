@@ -2,7 +2,7 @@
 
 A session holds what the decision needs (iss, sub, username, email, name, groups), its timestamps (seconds since
 the epoch), the refresh token and the ID token (the ``id_token_hint`` of RP-initiated logout), and the IdP's
-session id ``sid`` (back-channel logout). It is serialised as compact JSON and sealed by :mod:`idgate.cookies`.
+session id ``sid`` (back-channel logout). It is serialised as compact JSON and sealed by :mod:`idgate.sso.cookies`.
 
 Revocation (OIDC RP-Initiated Logout, Back-Channel Logout 1.0 §2.7): signing out remembers the session id until
 the session's absolute expiry, so a replayed cookie is refused; a back-channel logout token revokes by the IdP's

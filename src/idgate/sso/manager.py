@@ -23,11 +23,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from idgate.config import ClaimPaths, SessionConfig
-from idgate.cookies import CookieTooLarge, SessionCookies
-from idgate.errors import CredentialError, ProviderError
-from idgate.oidc import OidcClient, TokenSet
+from idgate.errors import CookieTooLarge, CredentialError, ProviderError
 from idgate.principal import principal_from_claims
-from idgate.session import RevocationStore, Session, is_revoked, session_keys
+from idgate.sso.cookies import SessionCookies
+from idgate.sso.oidc import OidcClient, TokenSet
+from idgate.sso.session import RevocationStore, Session, is_revoked, session_keys
 
 _RECENT_SECONDS = 60.0
 _DECODED_SECONDS = 60.0

@@ -6,7 +6,7 @@ authentication" ``[auth.proxy]`` and "Configure JWT authentication" ``[auth.jwt]
 
 Run it as::
 
-    python -m idgate.devstack.grafana_stub --port N [--name NAME] [--host H]
+    python -m idgate_devstack.grafana_stub --port N [--name NAME] [--host H]
         [--jwks-url URL --expect-iss ISS --expect-aud AUD [--ca-file PEM] [--cache-ttl 60] [--leeway 60]
          [--no-refetch-on-unknown-kid]]
         [--jwt-header X-JWT-Assertion] [--role-claim role] [--username-claim email] [--headers-encoded]
@@ -45,7 +45,7 @@ Answers: ``GET /api/user`` (also under a sub-path, as with ``serve_from_sub_path
 ``<h1>Grafana (contract stub)</h1>`` with the same facts in elements ``id="user"``, ``email``, ``name``, ``role``,
 ``groups``, ``auth-mode`` and the request path in ``path`` (all HTML-escaped).
 
-Every request except the control calls is recorded like the echo upstream does (``idgate.devstack.echo``): an
+Every request except the control calls is recorded like the echo upstream does (``idgate_devstack.echo``): an
 ``EchoRecord`` (upstream name, method, raw path, raw query, headers in arrival order) plus ``status``, ``auth_mode``
 and ``login``. Header names are recorded lower-cased (the HTTP server normalises them; HAProxy sends them lower-cased
 anyway). Control calls, never recorded and never authenticated::
@@ -86,8 +86,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from idgate.devstack.echo import CONTROL_REQUESTS, CONTROL_RESET, EchoRecord
-from idgate.devstack.process import ReadyLineServer
+from idgate_devstack.echo import CONTROL_REQUESTS, CONTROL_RESET, EchoRecord
+from idgate_devstack.process import ReadyLineServer
 
 __all__ = ["GrafanaRecord", "GrafanaStub", "GrafanaStubApp", "StubSettings", "StubUser", "main"]
 
@@ -511,7 +511,7 @@ async def _serve(settings: StubSettings, host: str, port: int) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m idgate.devstack.grafana_stub",
+        prog="python -m idgate_devstack.grafana_stub",
         description="Grafana contract stub (not Grafana): [auth.proxy] and [auth.jwt] as documented.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
@@ -611,7 +611,7 @@ class GrafanaStub(ReadyLineServer[GrafanaRecord]):
     def command(self) -> list[str]:
         """The child's command line."""
         s = self.settings
-        cmd = [sys.executable, "-m", "idgate.devstack.grafana_stub", "--host", self.host, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "idgate_devstack.grafana_stub", "--host", self.host, "--port", str(self.port)]
         cmd += ["--name", s.name, "--jwt-header", s.jwt_header, "--role-claim", s.role_claim]
         cmd += ["--username-claim", s.username_claim, "--cache-ttl", str(s.cache_ttl), "--leeway", str(s.leeway)]
         for flag, value in (

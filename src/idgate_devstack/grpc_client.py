@@ -1,8 +1,8 @@
-"""Client side of the gRPC echo (``idgate.devstack.grpc_echo``): the ``demo.Echo`` contract, channels and calls.
+"""Client side of the gRPC echo (``idgate_devstack.grpc_echo``): the ``demo.Echo`` contract, channels and calls.
 
 Messages are one JSON value each, in UTF-8 (an empty message reads as null); see ``grpc_echo`` for the service.
 ``open_channel`` opens a plaintext or TLS channel, ``echo_stub`` wraps it in typed calls, and ``run_call`` is the
-``python -m idgate.devstack.grpc_echo call`` command (one call, each response printed as a JSON line; on a gRPC
+``python -m idgate_devstack.grpc_echo call`` command (one call, each response printed as a JSON line; on a gRPC
 error ``status=CODE message=DETAILS`` on stderr and exit status 1).
 """
 
@@ -22,7 +22,7 @@ import grpc  # type: ignore[import-untyped,unused-ignore]
 
 ECHO_SERVICE = "demo.Echo"
 WHOAMI, ADMIN, TICKS, CHAT = (f"/{ECHO_SERVICE}/{m}" for m in ("Whoami", "Admin", "Ticks", "Chat"))
-CONTROL_SERVICE = "idgate.devstack.Control"
+CONTROL_SERVICE = "idgate_devstack.Control"
 CONTROL_REQUESTS_METHOD = f"/{CONTROL_SERVICE}/Requests"
 CONTROL_RESET_METHOD = f"/{CONTROL_SERVICE}/Reset"
 

@@ -21,7 +21,7 @@ Management cheat sheet):
   silently drops or merges on bad input). Ambiguity is refused, never resolved: a chunk name sent twice, a gap in the
   indices, an index out of range or not in canonical decimal form each yield no session, with a reason code.
 - Expiry (idle and absolute) and revocation after logout are the caller's job: it keeps timestamps and a session id
-  inside the payload (:mod:`idgate.session`). ``max_age`` only tells the browser when to drop the cookie.
+  inside the payload (:mod:`idgate.sso.session`). ``max_age`` only tells the browser when to drop the cookie.
 
 Decode reason codes: ``no_cookie``, ``duplicate_cookie``, ``too_many_chunks``, ``missing_chunk``, ``too_large``,
 ``invalid_cookie``. Precedence when several apply: ``too_large``, ``duplicate_cookie``, ``too_many_chunks``,
@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from idgate.errors import CookieTooLarge
+
 KEY_SIZE = 32
 KEY_ID_SIZE = 4
 NONCE_SIZE = 12
@@ -59,10 +61,6 @@ _COOKIE_NAME = re.compile(r"__Host-[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _OWS = " \t"
 _AAD_LABEL = b"idgate-cookie-v1"
 _ATTRIBUTES = "; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age="
-
-
-class CookieTooLarge(ValueError):
-    """The payload, once sealed, does not fit in ``max_chunks`` cookies of ``chunk_size`` bytes."""
 
 
 def key_id(key: bytes) -> bytes:

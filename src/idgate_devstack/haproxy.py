@@ -9,7 +9,7 @@ foreground) with that environment, its stdout/stderr (HAProxy's log, ``log stdou
     with Haproxy(settings) as hap:          # returns once the HTTPS port accepts TCP
         ...                                 # settings.https_url, hap.log_text()
 
-``python -m idgate.devstack.haproxy --tls-pem server.pem [--check]`` does the same from a shell.
+``python -m idgate_devstack.haproxy --tls-pem server.pem [--check]`` does the same from a shell.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from idgate.devstack.process import StartStop, stop_process
+from idgate_devstack.process import StartStop, stop_process
 
 CONFIG_NAME = "haproxy.cfg"
 LUA_NAME = "idgate-auth.lua"
@@ -324,8 +324,8 @@ class Haproxy(StartStop):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m idgate.devstack.haproxy``: check the shipped config, or run HAProxy until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m idgate.devstack.haproxy")
+    """``python -m idgate_devstack.haproxy``: check the shipped config, or run HAProxy until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m idgate_devstack.haproxy")
     parser.add_argument("--tls-pem", type=Path, required=True, help="certificate + key PEM for HTTPS")
     parser.add_argument("--auth-url", default=HaproxySettings.auth_url)
     parser.add_argument("--auth-timeout-ms", type=int, default=HaproxySettings.auth_timeout_ms)

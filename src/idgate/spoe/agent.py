@@ -1,6 +1,6 @@
 """An SPOP 2.0 agent (SPOA) on asyncio streams: HAProxy's SPOE filter asks, ``handler`` answers with set-var actions.
 
-Behaviour (HAProxy ``doc/SPOE.txt`` §3; the codec is ``idgate.spop``):
+Behaviour (HAProxy ``doc/SPOE.txt`` §3; the codec is ``idgate.spoe.spop``):
 
 - HELLO: SPOP "2.0" if HAProxy offers any 2.x (else status 8); max-frame-size = min(HAProxy's, ours), refused
   below 256 (status 9); we announce only ``pipelining`` (ACKs in any order on the same connection), never ``async``
@@ -23,7 +23,7 @@ Behaviour (HAProxy ``doc/SPOE.txt`` §3; the codec is ``idgate.spop``):
   or an ACK that would not fit the frame size → the ACK carries ``deny_actions(reason)`` and nothing else (the
   actions of the NOTIFY's other messages are dropped). The connection stays up. Configure HAProxy to deny unless
   the agent set a positive verdict.
-- Log lines are JSON on the ``idgate.spoa`` logger; argument values are never logged.
+- Log lines are JSON on the ``idgate.spoe.agent`` logger; argument values are never logged.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from idgate.errors import IdgateError
-from idgate.spop import (
+from idgate.errors import MessageError, SpopError
+from idgate.spoe.spop import (
     FLAG_FIN,
     MAX_FRAME_SIZE,
     MIN_FRAME_SIZE,
@@ -47,7 +47,6 @@ from idgate.spop import (
     Notify,
     Scope,
     SetVar,
-    SpopError,
     Status,
     Value,
     decode_header,
@@ -57,6 +56,7 @@ from idgate.spop import (
     encode_frame,
     frame_length,
     negotiate,
+    status_message,
 )
 
 log = logging.getLogger("idgate.spoa")
@@ -66,15 +66,6 @@ DenyActions = Callable[[str], Sequence[Action]]
 CAPABILITIES = "pipelining"
 _KNOWN_TYPES = frozenset(int(kind) for kind in FrameType)
 _HIGH_WATER = 64 * 1024
-
-
-class MessageError(IdgateError):
-    """Raised by a handler to deny one message; ``reason`` (ASCII snake_case) goes to ``deny_actions``."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 def default_deny_actions(reason: str) -> tuple[Action, ...]:
@@ -205,11 +196,10 @@ class _Connection:
                 await self.serve()
             except SpopError as exc:
                 agent.stats.protocol_errors += 1
-                _event(
-                    logging.WARNING, "spoa_protocol_error", peer=self.peer, status=int(exc.status), detail=exc.message
-                )
+                detail = status_message(exc)
+                _event(logging.WARNING, "spoa_protocol_error", peer=self.peer, status=int(exc.status), detail=detail)
                 self.cancel_tasks()
-                await self.disconnect(exc.status, exc.message)
+                await self.disconnect(Status(exc.status), detail)
             except _Timeout:
                 agent.stats.protocol_errors += 1
                 _event(logging.WARNING, "spoa_read_timeout", peer=self.peer, timeout=agent.read_timeout)
@@ -330,8 +320,8 @@ class SpoaAgent:
 
     ``messages`` (optional, recommended) maps each message name the agent answers to the argument names it must
     carry; an unknown message or a missing argument is then denied without calling the handler. A duplicated
-    argument name is always denied. Argument values are ``idgate.spop.Value``: a STRING that is not UTF-8 arrives as
-    ``spop.InvalidString`` and the handler should deny it.
+    argument name is always denied. Argument values are ``idgate.spoe.spop.Value``: a STRING that is not UTF-8
+    arrives as ``spop.InvalidString`` and the handler should deny it.
     """
 
     def __init__(

@@ -35,7 +35,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final, TypeAlias
 
-from idgate.errors import IdgateError
+from idgate.errors import SpopError
 
 MAX_FRAME_SIZE: Final = 16380
 """HAProxy's default ``max-frame-size`` (``tune.bufsize`` 16384 minus the 4-byte length) and our ceiling."""
@@ -130,15 +130,10 @@ class ActionType(IntEnum):
     UNSET_VAR = 2
 
 
-class SpopError(IdgateError):
-    """A protocol violation. ``status`` is the SPOP status code to send in AGENT-DISCONNECT."""
-
-    def __init__(self, status: Status, detail: str = "") -> None:
-        self.status = status
-        self.detail = detail
-        text = STATUS_MESSAGES[status]
-        self.message = f"{text}: {detail}" if detail else text
-        super().__init__(f"SPOP status {int(status)}: {self.message}")
+def status_message(error: SpopError) -> str:
+    """The AGENT-DISCONNECT ``message`` for ``error``: its status's text, then its detail."""
+    text = STATUS_MESSAGES.get(error.status, STATUS_MESSAGES[Status.UNKNOWN])  # type: ignore[call-overload]
+    return f"{text}: {error.detail}" if error.detail else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,10 @@ The answer sets, in scope ``txn`` with prefix ``idgate`` (HAProxy: ``txn.idgate.
 ``decision`` (``allow``/``deny``), ``reason``, ``upstream``, the identity slots (``user`` … ``issuer``,
 ``assertion``), ``www_authenticate``, ``location``, ``cookie_rewrite``/``cookie``, ``strip_authorization`` and
 ``set_cookie_0..7`` — the variables the auth_request mode's Lua action sets from the ``/auth`` answer.
-A value that is not valid UTF-8 is answered 400 ``invalid_encoding``; every other failure path (unknown message,
-missing or duplicated argument, handler error or timeout) is the agent's deny, which HAProxy turns into 503.
+The variable names are :data:`idgate.facts.ANSWER_VARIABLES`. A value that is not valid UTF-8 is answered 400
+``invalid_encoding``; every other failure path (unknown message, missing or duplicated argument, handler error or
+timeout) is the agent's deny (:func:`spoe_deny_actions`), which HAProxy turns into 503. Both are audited and counted
+through :meth:`DecisionEngine.refused`, like every decision.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 
-from idgate.decision import Decision, DecisionEngine, RequestFacts
-from idgate.spoa import Handler
-from idgate.spop import Action, InvalidString, Scope, SetVar, Value
+from idgate.decision import DecisionEngine
+from idgate.facts import MAX_SET_COOKIES, Decision, RequestFacts
+from idgate.spoe.agent import DenyActions, Handler, default_deny_actions
+from idgate.spoe.spop import Action, InvalidString, Scope, SetVar, Value
 
 MESSAGE = "idgate-check"
 REQUIRED_ARGS = ("method", "host", "path", "src")
-MAX_SET_COOKIES = 8
 _TEXT_ARGS = (
     "method",
     "host",
@@ -52,9 +54,9 @@ def decision_actions(decision: Decision) -> list[Action]:
     if decision.upstream:
         actions.append(_var("upstream", decision.upstream))
     if decision.allow:
-        for header, value in decision.headers.items():
+        for slot, value in decision.identity.items():
             if value:  # an empty value is "absent", as in the auth_request mode's Lua action
-                actions.append(_var(header.removeprefix("x-idgate-").replace("-", "_"), value))
+                actions.append(_var(slot, value))
     if decision.www_authenticate:
         actions.append(_var("www_authenticate", decision.www_authenticate))
     if decision.location:
@@ -72,8 +74,7 @@ def facts_from_args(args: Mapping[str, Value]) -> RequestFacts | None:
         if isinstance(value, InvalidString):
             return None
         text[name] = value if isinstance(value, str) and value else None
-    src = args.get("src")
-    source = str(src) if isinstance(src, ipaddress.IPv4Address | ipaddress.IPv6Address | str) else ""
+    source = _source(args.get("src"))
     count = args.get("authorization_count")
     copies = count if isinstance(count, int) and not isinstance(count, bool) else 0
     authorization: tuple[str, ...] = ()
@@ -94,13 +95,29 @@ def facts_from_args(args: Mapping[str, Value]) -> RequestFacts | None:
     )
 
 
+def _source(src: Value | None) -> str:
+    return str(src) if isinstance(src, ipaddress.IPv4Address | ipaddress.IPv6Address | str) else ""
+
+
 def spoe_handler(engine: DecisionEngine) -> Handler:
     """The agent's handler: message → facts → ``engine.decide`` → actions."""
 
     async def handle(message: str, args: Mapping[str, Value]) -> Sequence[Action]:
         facts = facts_from_args(args)
         if facts is None:
-            return decision_actions(Decision(status=400, reasons=("invalid_encoding",)))
+            refused = Decision(status=400, reasons=("invalid_encoding",))
+            return decision_actions(engine.refused(refused, source=_source(args.get("src"))))
         return decision_actions(await engine.decide(facts))
 
     return handle
+
+
+def spoe_deny_actions(engine: DecisionEngine) -> DenyActions:
+    """The agent's last-resort deny (unknown message, missing argument, handler error or timeout): audited and
+    counted as a 503 with the agent's reason, answered with :func:`~idgate.spoe.agent.default_deny_actions`."""
+
+    def deny(reason: str) -> Sequence[Action]:
+        engine.refused(Decision(status=503, reasons=(reason,)))
+        return default_deny_actions(reason)
+
+    return deny

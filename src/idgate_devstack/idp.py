@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import httpx
 
-from idgate.devstack.process import StartStop, stop_process
+from idgate_devstack.process import StartStop, stop_process
 
 __all__ = ["IdpConfig", "KeyRotation", "TestIdp", "find_testidp_dir", "free_port"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from idgate.devstack.process import StartStop, stop_process
+from idgate_devstack.process import StartStop, stop_process
 
 
 class IdgateService(StartStop):

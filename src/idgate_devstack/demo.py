@@ -23,16 +23,16 @@ from typing import Literal
 import grpc  # type: ignore[import-untyped,unused-ignore]
 import httpx
 
-from idgate.devstack.certs import generate_dev_certs
-from idgate.devstack.echo import EchoUpstream
-from idgate.devstack.grafana_stub import GrafanaStub
-from idgate.devstack.grpc_client import EchoStub, echo_stub, open_channel
-from idgate.devstack.grpc_echo import GrpcUpstream
-from idgate.devstack.haproxy import Haproxy, HaproxySettings, haproxy_dir
-from idgate.devstack.idp import IdpConfig, TestIdp
-from idgate.devstack.login import login
-from idgate.devstack.navigate import browser_login
-from idgate.devstack.service import IdgateService
+from idgate_devstack.certs import generate_dev_certs
+from idgate_devstack.echo import EchoUpstream
+from idgate_devstack.grafana_stub import GrafanaStub
+from idgate_devstack.grpc_client import EchoStub, echo_stub, open_channel
+from idgate_devstack.grpc_echo import GrpcUpstream
+from idgate_devstack.haproxy import Haproxy, HaproxySettings, haproxy_dir
+from idgate_devstack.idp import IdpConfig, TestIdp
+from idgate_devstack.login import login
+from idgate_devstack.navigate import browser_login
+from idgate_devstack.service import IdgateService
 
 AUDIENCE = "https://api.idgate.test"
 CLIENT_SECRET = "idgate-test-secret-0123456789abcdef"  # noqa: S105 - the test IdP's static demo client
@@ -211,7 +211,7 @@ def _print_banner(
     repo: Path, run: Path, base: str, settings: HaproxySettings, issuer: str, tokens: dict[str, str]
 ) -> None:
     ca = (run / "tls" / "ca.pem").relative_to(repo)
-    grpc_call = ".venv/bin/python -m idgate.devstack.grpc_echo call"
+    grpc_call = ".venv/bin/python -m idgate_devstack.grpc_echo call"
     target = base.removeprefix("https://")
     print(
         f"""

@@ -23,11 +23,11 @@ Control calls, on the upstream's own port (never through HAProxy), not recorded:
     /idgate.devstack.Control/Requests  -> JSON list of the records so far, oldest first
     /idgate.devstack.Control/Reset     -> {"reset": <number of records dropped>}; clears the list
 
-``python -m idgate.devstack.grpc_echo serve --port P [--host H] [--name N] [--tls-cert PEM --tls-key PEM]`` prints
+``python -m idgate_devstack.grpc_echo serve --port P [--host H] [--name N] [--tls-cert PEM --tls-key PEM]`` prints
 ``grpc-echo N listening on HOST:PORT`` once listening (port 0: a free one) and exits 0 on SIGTERM/SIGINT; plaintext
 h2c unless TLS files are given. ``... call --target HOST:PORT [options] METHOD [JSON]`` makes one call and prints
 each response as a JSON line, exit 0 (see ``--help``); on a gRPC error it prints ``status=CODE message=DETAILS`` to
-stderr and exits 1 (the client side lives in ``idgate.devstack.grpc_client``). ``GrpcUpstream`` runs ``serve`` as a
+stderr and exits 1 (the client side lives in ``idgate_devstack.grpc_client``). ``GrpcUpstream`` runs ``serve`` as a
 subprocess, for pytest fixtures and the demo::
 
     with GrpcUpstream("grpc") as up, up.channel() as channel:
@@ -52,7 +52,7 @@ from typing import Any, NoReturn, cast
 # grpcio ships no type information: everything taken from it is ``Any`` here.
 import grpc  # type: ignore[import-untyped,unused-ignore]
 
-from idgate.devstack.grpc_client import (
+from idgate_devstack.grpc_client import (
     ADMIN,
     CHAT,
     CONTROL_REQUESTS_METHOD,
@@ -68,7 +68,7 @@ from idgate.devstack.grpc_client import (
     open_channel,
     run_call,
 )
-from idgate.devstack.process import CONTROL_TIMEOUT_SECONDS, ReadyLineServer
+from idgate_devstack.process import CONTROL_TIMEOUT_SECONDS, ReadyLineServer
 
 MAX_TICKS = 1000
 MAX_WAIT_SECONDS = 600.0
@@ -233,7 +233,7 @@ def serve(name: str, host: str, port: int, *, tls_cert: Path | None = None, tls_
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``serve`` or ``call``). Returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="python -m idgate.devstack.grpc_echo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m idgate_devstack.grpc_echo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("serve", help="run the gRPC echo upstream until SIGTERM/SIGINT")
     srv.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
@@ -289,7 +289,7 @@ class GrpcUpstream(ReadyLineServer[GrpcRecord]):
 
     def command(self) -> list[str]:
         """The child's command line."""
-        cmd = [sys.executable, "-m", "idgate.devstack.grpc_echo", "serve", "--name", self.name]
+        cmd = [sys.executable, "-m", "idgate_devstack.grpc_echo", "serve", "--name", self.name]
         cmd += ["--host", self.host, "--port", str(self.port)]
         if self.tls_cert is not None and self.tls_key is not None:
             cmd += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]

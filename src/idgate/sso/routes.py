@@ -9,10 +9,9 @@
                                       the session id: revoke, clear cookies, 302 to the IdP's end_session_endpoint
     POST /.idgate/backchannel-logout  OIDC Back-Channel Logout: a logout+jwt ends sessions by ``sid`` or ``sub``;
                                       a replayed ``jti`` is refused
-    GET  /.idgate/jwks.json           public keys of the signed identity assertions
 
 Every failure is a clear 4xx/5xx page or JSON with a reason code in the log — never a stack trace or a 500.
-Return URLs go through :func:`idgate.redirects.safe_return_to` (exact origins, WHATWG-style parsing).
+Return URLs go through :func:`idgate.sso.redirects.safe_return_to` (exact origins, WHATWG-style parsing).
 """
 
 from __future__ import annotations
@@ -30,14 +29,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from idgate.assertion import AssertionSigner
 from idgate.config import LoginConfig
-from idgate.cookies import KeyRing, SessionCookies
 from idgate.errors import CredentialError, ProviderError
-from idgate.oidc import LoginState, OidcClient, same_text
-from idgate.redirects import safe_return_to
-from idgate.session import RevocationStore
-from idgate.sso import SessionManager
+from idgate.sso.cookies import KeyRing, SessionCookies
+from idgate.sso.manager import SessionManager
+from idgate.sso.oidc import LoginState, OidcClient, same_text
+from idgate.sso.redirects import safe_return_to
+from idgate.sso.session import RevocationStore
 
 log = logging.getLogger("idgate.sso")
 PREFIX = "/.idgate"
@@ -259,15 +257,3 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         Route(f"{PREFIX}/sign_out", sign_out, methods=["POST"]),
         Route(f"{PREFIX}/backchannel-logout", backchannel_logout, methods=["POST"]),
     ]
-
-
-def jwks_route(get: Callable[[Request], AssertionSigner | None]) -> Route:
-    """``GET /.idgate/jwks.json``: the assertion signer's public keys (404 without assertions configured)."""
-
-    async def jwks(request: Request) -> Response:
-        signer = get(request)
-        if signer is None:
-            return JSONResponse({"error": "not_found"}, 404)
-        return JSONResponse(signer.jwks(), headers={"cache-control": "public, max-age=60"})
-
-    return Route(f"{PREFIX}/jwks.json", jwks, methods=["GET"])

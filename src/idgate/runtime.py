@@ -1,0 +1,185 @@
+"""The composition root: every component of one configuration is built here, and nowhere else.
+
+:func:`create_app` returns the ASGI app that ``idgate serve`` runs. Its lifespan builds, in order: one HTTP client
+per CA file; the issuers' JWKS caches (fetched in the background until the first success: readiness); the
+verified-token cache and the :class:`~idgate.verifier.Verifier`; the browser-login components when ``login`` and
+``sessions`` are configured (:class:`~idgate.sso.manager.SessionManager` and the SSO endpoints); the assertion
+signer; the metrics registry; the :class:`~idgate.decision.DecisionEngine`; and, with ``spoa`` configured, the SPOA
+agent listening for HAProxy's SPOE. On shutdown it closes them in reverse order. Like uvicorn's ``Config.load()``,
+nothing below this module builds another component.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from idgate.app import Services, http_routes
+from idgate.assertion import AssertionSigner, split_pem
+from idgate.audit import AuditLog
+from idgate.authn import Authenticator
+from idgate.config import Config
+from idgate.decision import DecisionEngine
+from idgate.jwks import JwksCache
+from idgate.metrics import Metrics
+from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler
+from idgate.spoe.agent import SpoaAgent
+from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
+from idgate.sso.manager import SessionManager
+from idgate.sso.oidc import OidcClient
+from idgate.sso.routes import Sso
+from idgate.sso.session import MemoryRevocationStore
+from idgate.token_cache import TokenCache
+from idgate.verifier import TrustedIssuer, Verifier
+
+
+def _assertion_signer(config: Config) -> AssertionSigner | None:
+    if config.assertion is None:
+        return None
+    pems: tuple[bytes, ...] = ()
+    if config.assertion.keys_file:
+        pems = tuple(split_pem(Path(config.assertion.keys_file).read_bytes()))
+    return AssertionSigner(
+        issuer=config.assertion.issuer,
+        lifetime_seconds=config.assertion.lifetime_seconds,
+        reuse_margin_seconds=max(5, config.assertion.lifetime_seconds // 4),
+        algorithm=config.assertion.algorithm,
+        private_keys_pem=pems,
+    )
+
+
+def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClient) -> Sso | None:
+    """The browser-login components, when ``login`` and ``sessions`` are configured."""
+    if config.login is None or config.sessions is None or config.sessions.keys is None:
+        return None
+    cache = next(c for c in caches if c.config.name == config.login.issuer)
+    ring = KeyRing.from_text(config.sessions.keys.get_secret_value())
+    trusted = TrustedIssuer(config=cache.config, keys=cache)
+    oidc = OidcClient(trusted=trusted, login=config.login, http=client, dev_mode=config.dev_mode)
+    name = config.sessions.cookie_name
+    store = MemoryRevocationStore()
+    cookies = SessionCookies(
+        ring=ring, settings=CookieJarSettings(name=name, max_chunks=config.sessions.max_chunks), purpose=b"session"
+    )
+    login_cookies = SessionCookies(
+        ring=ring, settings=CookieJarSettings(name=f"{name}-login", max_chunks=1), purpose=b"login-state"
+    )
+    manager = SessionManager(
+        config=config.sessions, cookies=cookies, oidc=oidc, store=store, claims=cache.config.claims
+    )
+    return Sso(
+        login=config.login,
+        oidc=oidc,
+        sessions=manager,
+        login_cookies=login_cookies,
+        ring=ring,
+        store=store,
+        absolute_timeout_seconds=config.sessions.absolute_timeout_seconds,
+    )
+
+
+def _client_for(ca_file: str | None, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    return httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=False, transport=transport)
+
+
+async def _warm(cache: JwksCache) -> None:
+    """Fetch keys until the first success (readiness), backing off from 0.25 s to 5 s."""
+    delay = 0.25
+    while not await cache.refresh():
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> Services:
+    """Build every component of ``config`` (no I/O: keys are fetched later, by the lifespan)."""
+    caches = tuple(JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers)
+    entries = config.server.token_cache_entries
+    token_cache = TokenCache(max_entries=entries) if entries else None
+    for cache in caches:
+        cache.on_keys_removed = token_cache.clear if token_cache is not None else None
+    verifier = Verifier(
+        issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches}, cache=token_cache
+    )
+    login_issuer = next((i for i in config.issuers if config.login and i.name == config.login.issuer), None)
+    sso = _sso(config, caches, clients[login_issuer.ca_file]) if login_issuer else None
+    sessions = sso.sessions if sso else None
+    assertions = _assertion_signer(config)
+    metrics = Metrics()
+    metrics.watch(tokens=token_cache, caches=caches, assertions=lambda: assertions, sessions=sessions)
+    engine = DecisionEngine(
+        config=config,
+        authenticator=Authenticator(verifier=verifier, sessions=sessions),
+        audit=AuditLog(log_allows=config.audit.log_allows),
+        assertions=assertions,
+        metrics=metrics,
+    )
+    return Services(
+        engine=engine,
+        caches=caches,
+        trusted=tuple(ipaddress.ip_network(n, strict=False) for n in config.server.trusted_callers),
+        sso=sso,
+        assertions=assertions,
+        metrics=metrics,
+    )
+
+
+def _agent(config: Config, services: Services) -> SpoaAgent | None:
+    """The SPOA agent answering HAProxy's SPOE (None without ``spoa`` in the config)."""
+    if config.spoa is None:
+        return None
+    agent = SpoaAgent(
+        handler=spoe_handler(services.engine),
+        deny_actions=spoe_deny_actions(services.engine),
+        max_in_flight=config.spoa.max_in_flight,
+        idle_timeout=config.spoa.idle_timeout_seconds,
+        read_timeout=config.spoa.read_timeout_seconds,
+        # the engine answers 503 decision_timeout first; this is the agent's last-resort deny
+        handler_timeout=config.server.decision_timeout_seconds + 1.0,
+        messages={MESSAGE: REQUIRED_ARGS},
+    )
+    if services.metrics is not None:
+        services.metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))
+    return agent
+
+
+def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """Build the ASGI app for ``config``. Components, key caches and HTTP clients live in the lifespan.
+
+    ``transport`` replaces the network for outbound calls to issuers (tests inject ``httpx.MockTransport``).
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
+        services = app.state.services = _services(config, clients)
+        warmers = [asyncio.create_task(_warm(c), name=f"warm:{c.config.name}") for c in services.caches]
+        agent = _agent(config, services)
+        if agent is not None:
+            assert config.spoa is not None
+            await agent.start(config.spoa.host, config.spoa.port)
+        try:
+            yield
+        finally:
+            if agent is not None:
+                await agent.close()
+            for task in warmers:
+                task.cancel()
+            await asyncio.gather(*warmers, return_exceptions=True)
+            for client in clients.values():
+                await client.aclose()
+
+    def services_of(request: Request) -> Services:
+        services: Services = request.app.state.services
+        return services
+
+    return Starlette(routes=http_routes(services_of), lifespan=lifespan)
