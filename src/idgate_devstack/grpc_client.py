@@ -22,7 +22,7 @@ import grpc  # type: ignore[import-untyped,unused-ignore]
 
 ECHO_SERVICE = "demo.Echo"
 WHOAMI, ADMIN, TICKS, CHAT = (f"/{ECHO_SERVICE}/{m}" for m in ("Whoami", "Admin", "Ticks", "Chat"))
-CONTROL_SERVICE = "idgate_devstack.Control"
+CONTROL_SERVICE = "idgate.devstack.Control"
 CONTROL_REQUESTS_METHOD = f"/{CONTROL_SERVICE}/Requests"
 CONTROL_RESET_METHOD = f"/{CONTROL_SERVICE}/Reset"
 

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from fake_issuer import ISS, config, idp, token
 
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
@@ -23,66 +18,7 @@ from idgate.config_load import parse_config
 from idgate.decision import DecisionEngine
 from idgate.facts import Decision, RequestFacts
 from idgate.jwks import JwksCache
-from idgate.runtime import create_app
 from idgate.verifier import TrustedIssuer, Verifier
-
-ISS = "https://idp.test"
-AUD = "https://api.test"
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-JWK = jwt.algorithms.RSAAlgorithm.to_jwk(KEY.public_key(), as_dict=True) | {"kid": "k1", "use": "sig", "alg": "RS256"}
-
-
-def config(**server: Any) -> Config:
-    return parse_config(
-        {
-            "server": server,
-            "issuers": [
-                {
-                    "name": "test",
-                    "issuer": ISS,
-                    "jwks_uri": f"{ISS}/jwks",
-                    "discovery": False,
-                    "audiences": [AUD],
-                    "jwks": {"refetch_cooldown_seconds": 0},
-                }
-            ],
-            "role_sets": {
-                "grafana": {"roles": ["Viewer", "Admin"], "from_groups": {"staff": ["Viewer"], "ops": ["Admin"]}}
-            },
-            "upstreams": {"app": {}, "grafana": {"profile": "grafana", "role_set": "grafana"}},
-            "routes": [
-                {"name": "pub", "path": "/public", "upstream": "app", "public": True},
-                {"name": "graf", "path": "/grafana", "upstream": "grafana", "allow": {"roles": ["Viewer", "Admin"]}},
-                {"name": "admin", "path": "/admin", "upstream": "app", "allow": {"groups": ["ops"]}},
-                {"name": "app", "path": "/app", "upstream": "app", "allow": {"authenticated": True}},
-            ],
-        },
-        environ={},
-    )
-
-
-def token(**claims: Any) -> str:
-    now = int(time.time())
-    body = {
-        "iss": ISS,
-        "aud": AUD,
-        "sub": "alice",
-        "exp": now + 300,
-        "iat": now,
-        "email": "alice@example.test",
-        "preferred_username": "alice",
-        "name": "Alice",
-        "groups": ["staff"],
-    } | claims
-    return jwt.encode(body, KEY, algorithm="RS256", headers={"kid": "k1", "typ": "at+jwt"})
-
-
-def idp(delay: float = 0.0) -> httpx.MockTransport:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(delay)
-        return httpx.Response(200, json={"keys": [JWK]}, headers={"cache-control": "max-age=300"})
-
-    return httpx.MockTransport(handler)
 
 
 def engine(cfg: Config, transport: httpx.MockTransport, records: list[str] | None = None) -> DecisionEngine:
@@ -246,103 +182,6 @@ async def test_every_decision_is_one_json_audit_line_without_credentials() -> No
     assert all(tok not in r for r in records)
 
 
-# --- the /auth HTTP contract ----------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serve(
-    peer: str = "127.0.0.1", transport: httpx.MockTransport | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, reached through ASGITransport from ``peer``."""
-    app = create_app(config(), transport=transport or idp())
-    async with app.router.lifespan_context(app):
-        asgi = httpx.ASGITransport(app=app, client=(peer, 40000))
-        async with httpx.AsyncClient(transport=asgi, base_url="http://idgate.test") as c:
-            yield c
-
-
-async def ready(c: httpx.AsyncClient) -> None:
-    for _ in range(100):
-        if (await c.get("/readyz")).status_code == 200:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("never ready")
-
-
-FACTS = {"x-idgate-method": "GET", "x-idgate-host": "gw.test", "x-idgate-source": "192.0.2.1"}
-
-
-@pytest.mark.anyio
-async def test_auth_endpoint_allow_deny_and_headers() -> None:
-    async with serve() as c:
-        await ready(c)
-        assert (await c.get("/healthz")).status_code == 200
-        ok = await c.get("/auth", headers=FACTS | {"x-idgate-path": "/grafana", "authorization": f"Bearer {token()}"})
-        assert ok.status_code == 200
-        assert ok.headers["x-idgate-decision"] == "allow" and ok.headers["x-idgate-upstream"] == "grafana"
-        assert ok.headers["x-idgate-role"] == "Viewer" and ok.headers["cache-control"] == "no-store"
-        unauth = await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app"})
-        assert unauth.status_code == 401 and unauth.headers["x-idgate-decision"] == "deny"
-        assert unauth.headers["www-authenticate"] == 'Bearer realm="idgate"'
-        assert "x-idgate-user" not in unauth.headers
-        forbidden = await c.get(
-            "/auth", headers=FACTS | {"x-idgate-path": "/admin", "authorization": f"Bearer {token()}"}
-        )
-        assert forbidden.status_code == 403 and forbidden.headers["x-idgate-reason"] == "missing_role_or_group"
-        assert "x-idgate-user" not in forbidden.headers
-
-
-@pytest.mark.anyio
-async def test_auth_endpoint_missing_facts_and_duplicate_authorization() -> None:
-    async with serve() as c:
-        await ready(c)
-        assert (await c.get("/auth", headers={"x-idgate-method": "GET"})).status_code == 400
-        tok = f"Bearer {token()}"
-        headers = httpx.Headers(
-            [*FACTS.items(), ("x-idgate-path", "/app"), ("authorization", tok), ("authorization", tok)]
-        )
-        dup = await c.get("/auth", headers=headers)
-        assert dup.status_code == 400 and dup.headers["x-idgate-reason"] == "duplicate_authorization"
-
-
-@pytest.mark.anyio
-async def test_auth_endpoint_refuses_untrusted_callers() -> None:
-    async with serve(peer="203.0.113.9") as c:
-        r = await c.get("/auth", headers=FACTS | {"x-idgate-path": "/public"})
-        assert r.status_code == 403 and r.headers["x-idgate-reason"] == "untrusted_caller"
-
-
-@pytest.mark.anyio
-async def test_readyz_waits_for_keys_and_auth_fails_closed() -> None:
-    def down(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
-
-    async with serve(transport=httpx.MockTransport(down)) as c:
-        r = await c.get("/readyz")
-        assert r.status_code == 503 and "test" in r.text
-        assert (await c.get("/healthz")).status_code == 200
-        denied = await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app", "authorization": f"Bearer {token()}"})
-        assert denied.status_code == 401 and denied.headers["x-idgate-reason"] == "keys_unavailable"
-
-
-@pytest.mark.anyio
-async def test_metrics_count_decisions_and_cache_hits() -> None:
-    async with serve() as c:
-        await ready(c)
-        tok = f"Bearer {token()}"
-        for _ in range(3):
-            assert (
-                await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app", "authorization": tok})
-            ).status_code == 200
-        assert (await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app"})).status_code == 401
-        text = (await c.get("/metrics")).text
-    assert 'idgate_decisions_total{status="200"} 3.0' in text
-    assert 'idgate_decisions_total{status="401"} 1.0' in text
-    assert "idgate_token_cache_hits_total 2.0" in text and "idgate_token_cache_misses_total 1.0" in text
-    assert "idgate_token_cache_hit_ratio 0.6666" in text
-    assert 'idgate_jwks_ready{issuer="test"} 1.0' in text and "idgate_decision_seconds_bucket" in text
-
-
 @pytest.mark.anyio
 async def test_an_unexpected_error_is_a_503_deny_never_an_allow() -> None:
     class Broken(Verifier):
@@ -352,32 +191,3 @@ async def test_an_unexpected_error_is_a_503_deny_never_an_allow() -> None:
     broken = DecisionEngine(config=config(), authenticator=Authenticator(verifier=Broken(issuers={})), audit=AuditLog())
     d = await broken.decide(facts("/app", f"Bearer {token()}"))
     assert (d.status, d.reasons, d.allow, d.identity) == (503, ("internal_error",), False, {})
-
-
-@pytest.mark.anyio
-async def test_assertion_keys_file_signs_and_is_published(tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from idgate.assertion import key_id
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    (tmp_path / "assertion.pem").write_bytes(pem)
-    raw = config().model_dump(mode="json", exclude_none=True)
-    raw["assertion"] = {"issuer": "https://idgate.test", "keys_file": str(tmp_path / "assertion.pem")}
-    raw["upstreams"]["grafana"]["assertion_audience"] = "grafana"
-    app = create_app(parse_config(raw, environ={}), transport=idp())
-    async with app.router.lifespan_context(app):
-        asgi = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-        async with httpx.AsyncClient(transport=asgi, base_url="http://idgate.test") as c:
-            await ready(c)
-            jwks = (await c.get("/.idgate/jwks.json")).json()
-            ok = await c.get(
-                "/auth", headers=FACTS | {"x-idgate-path": "/grafana", "authorization": f"Bearer {token()}"}
-            )
-    assert jwks["keys"][0]["kid"] == key_id(key.public_key())
-    assertion = ok.headers["x-idgate-assertion"]
-    assert jwt.get_unverified_header(assertion)["kid"] == key_id(key.public_key())
-    claims = jwt.decode(assertion, key.public_key(), algorithms=["ES256"], audience="grafana")
-    assert (claims["iss"], claims["sub"], claims["role"]) == ("https://idgate.test", "alice", "Viewer")

@@ -35,7 +35,7 @@ from idgate.spoe.spop import (
 )
 
 T = TypeVar("T")
-DATA = Path(__file__).resolve().parents[1] / "data" / "spop"
+DATA = Path(__file__).resolve().parents[2] / "data" / "spop"
 
 
 def raw_frame(kind: int, payload: bytes, *, flags: int = 1, stream_id: int = 0, frame_id: int = 0) -> bytes:

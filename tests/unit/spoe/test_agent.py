@@ -39,7 +39,7 @@ from idgate.spoe.spop import (
 )
 
 pytestmark = pytest.mark.anyio
-DATA = Path(__file__).resolve().parents[1] / "data" / "spop"
+DATA = Path(__file__).resolve().parents[2] / "data" / "spop"
 HELLO = HaproxyHello(
     supported_versions="2.0", max_frame_size=16380, capabilities="pipelining,async", engine_id="test-engine"
 )

@@ -132,7 +132,7 @@ def test_every_variable_the_agent_or_the_lua_action_sets_is_in_the_one_table_and
     """SPOE drops a variable not listed in register-var-names; the Lua action sets only its ANSWER_VARS. A name
     missing on either side would silently change what HAProxy does in one mode only. Both files are held against
     the one Python table (idgate.facts.ANSWER_VARIABLES / ANSWER_HEADERS)."""
-    haproxy = Path(__file__).resolve().parents[2] / "haproxy"
+    haproxy = Path(__file__).resolve().parents[3] / "haproxy"
     conf = (haproxy / "spoe-idgate.conf").read_text()
     registered = [n for line in re.findall(r"register-var-names (.+)", conf) for n in line.split()]
     assert sorted(registered) == sorted(ANSWER_VARIABLES)
