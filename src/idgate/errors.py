@@ -17,7 +17,7 @@
     └── CookieTooLarge         a sealed payload does not fit the cookie size cap (also a ``ValueError``)
 
 Reason codes are part of the public contract: they appear in audit logs, in ``X-Idgate-Reason``, in
-``WWW-Authenticate`` error descriptions and (later) in gRPC ``grpc-message``. They are short, ASCII, snake_case.
+``WWW-Authenticate`` error descriptions and in gRPC ``grpc-message``. They are short, ASCII, snake_case.
 """
 
 from __future__ import annotations
