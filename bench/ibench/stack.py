@@ -1,7 +1,9 @@
 """What bench/run starts: the shared environment (certs, IdP, token, upstream) and the front proxies variants use.
 
 Every process is entered into one ``contextlib.ExitStack``, so it is stopped on normal exit, on an exception and on
-Ctrl-C. Ports are picked free at start.
+Ctrl-C. Ports are picked free at start. The IdP, the login and ``idgate serve`` are started by the pieces of the
+stack builder (:mod:`idgate_devstack.stack`: ``start_idp``, ``login_user``, ``start_idgate``); the upstream HAProxy,
+the idgate configs and the front proxies here are the bench's own.
 """
 
 from __future__ import annotations
@@ -17,24 +19,23 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-import yaml
 
 from ibench.procs import Proc, rss_kib
 from idgate_devstack.certs import DevCerts, generate_dev_certs
 from idgate_devstack.grpc_echo import GrpcUpstream
 from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
-from idgate_devstack.idp import IdpConfig, TestIdp
-from idgate_devstack.login import login
+from idgate_devstack.idp import TestIdp
 from idgate_devstack.service import IdgateService
+from idgate_devstack.stack import Mode, login_user, start_idgate, start_idp
+from idgate_devstack.stack_config import AUDIENCE
 
-AUDIENCE = "https://api.idgate.test"
 BENCH_DIR = Path(__file__).resolve().parent.parent
-REDIRECT_URI = "https://127.0.0.1:9/.idgate/callback"  # registered at the IdP; the login stops before it
+SITE = "https://127.0.0.1:9"
+"""The origin of the redirect URI registered at the IdP (``{SITE}/.idgate/callback``); the login stops before it."""
 UPSTREAM_FRONTEND = "fe_upstream"
 GRPC_UPSTREAM_FRONTEND = "fe_grpc_upstream"
 GRPC_REPLY_PAYLOAD = b'{"bench":"ok"}'
 """The payload of the one message the upstream answers every bench gRPC call with."""
-Mode = Literal["spoe", "auth_request"]
 
 
 def loopback() -> str:
@@ -69,31 +70,8 @@ def start_env(stack: ExitStack, root: Path, *, grpc_echo: bool) -> Env:
     """Certificates, the test IdP (HTTPS), ONE real access token for alice, the upstream HAProxy (HTTP and h2c) and,
     with ``grpc_echo``, the grpcio echo service behind the upstream's /demo.Echo/ (the gRPC variants' sanity calls)."""
     certs = generate_dev_certs(root / "tls")
-    idp = stack.enter_context(
-        TestIdp(
-            IdpConfig(
-                port=free_tcp_port(),
-                tls_cert=certs.cert,
-                tls_key=certs.key,
-                ca_file=certs.ca,
-                redirect_uris=(REDIRECT_URI,),
-                resources=(AUDIENCE,),
-                access_token_ttl=3600,
-                id_token_ttl=3600,
-                test_endpoints=True,
-                log_file=root / "idp.log",
-            )
-        )
-    )
-    tokens = login(
-        issuer=idp.issuer,
-        client_id=idp.config.client_id,
-        client_secret=idp.config.client_secret,
-        redirect_uri=REDIRECT_URI,
-        username="alice",
-        resource=AUDIENCE,
-        verify=ssl.create_default_context(cafile=str(certs.ca)),
-    )
+    idp = start_idp(stack, certs, root, port=free_tcp_port(), site=SITE, token_ttl=3600, test_endpoints=True)
+    tokens = login_user(idp, "alice")
     reply = grpc_message(GRPC_REPLY_PAYLOAD)
     (root / "grpc-reply.bin").write_bytes(reply)
     echo_addr = stack.enter_context(GrpcUpstream("bench-echo")).address if grpc_echo else "127.0.0.1:1"
@@ -207,11 +185,8 @@ class Services:
 
     def _start_idgate(self, name: str) -> IdgateHandle:
         spoa_port = free_tcp_port()
-        entries = 10_000 if name == "warm" else 0
-        config_path = self.env.root / f"idgate-{name}.yaml"
-        config_path.write_text(yaml.safe_dump(idgate_config(self.env, spoa_port=spoa_port, cache_entries=entries)))
-        service = IdgateService(config=config_path, port=free_tcp_port(), log_path=self.env.root / f"idgate-{name}.log")
-        self.stack.enter_context(service)
+        config = idgate_config(self.env, spoa_port=spoa_port, cache_entries=10_000 if name == "warm" else 0)
+        service = start_idgate(self.stack, self.env.root, config, port=free_tcp_port(), name=f"idgate-{name}")
         return IdgateHandle(
             name=name,
             service=service,

@@ -1,272 +1,67 @@
-"""The real stack on loopback: what it runs, handles on it, and a browser-like login (fixtures: tests/conftest.py).
+"""The real stack on loopback for the e2e and browser tests (fixtures: tests/conftest.py), built by
+:mod:`idgate_devstack.stack` on free ports with a generated config, plus helpers to forge tokens and log in.
 
 client (httpx, real TLS) → HAProxy 2.8 (shipped haproxy.cfg + idgate-auth.lua) → idgate (``idgate serve``,
-a child process) → echo upstreams (app, grafana, looker), with tokens from the real OpenID Provider
-(npm ``oidc-provider``, HTTPS) obtained by a real authorization code + PKCE login.
+a child process) → echo upstreams (app, grafana, looker) and the gRPC echo (over TLS), with tokens from the real
+OpenID Provider (npm ``oidc-provider``, HTTPS) obtained by a real authorization code + PKCE login.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import os
-import ssl
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-import yaml
 
 from idgate_devstack import navigate
-from idgate_devstack.certs import DevCerts, generate_dev_certs
-from idgate_devstack.echo import EchoUpstream
-from idgate_devstack.grafana_stub import GrafanaStub
-from idgate_devstack.grpc_echo import GrpcUpstream
-from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
-from idgate_devstack.idp import IdpConfig, TestIdp
-from idgate_devstack.login import Tokens, login
 from idgate_devstack.navigate import BrowserLogin
-from idgate_devstack.service import IdgateService
+from idgate_devstack.stack import Mode, Stack, StackPlan, start_stack
+from idgate_devstack.stack_config import ASSERTION_ISSUER, AUDIENCE, CLIENT_SECRET, GRPC_AUDIENCE, stack_config
 
-Mode = Literal["spoe", "auth_request"]
-AUDIENCE = "https://api.idgate.test"
+__all__ = [
+    "ASSERTION_ISSUER",
+    "AUDIENCE",
+    "AUTH_TIMEOUT_MS",
+    "CLIENT_SECRET",
+    "GRPC_AUDIENCE",
+    "HTTP_TIMEOUT_SECONDS",
+    "STREAM_TIMEOUT_SECONDS",
+    "Mode",
+    "Stack",
+    "access_claims",
+    "browser_login",
+    "run_stack",
+    "stack_config",
+]
+
 AUTH_TIMEOUT_MS = 500
 HTTP_TIMEOUT_SECONDS = 3  # HAProxy's plain HTTP inactivity timeout in the test stack (IDGATE_TIMEOUT)
 STREAM_TIMEOUT_SECONDS = 6  # its gRPC stream inactivity timeout (IDGATE_STREAM_TIMEOUT)
 
 
-ASSERTION_ISSUER = "https://idgate.test"
-GRPC_AUDIENCE = "demo-echo"
-CLIENT_SECRET = "idgate-test-secret-0123456789abcdef"
-
-
-def stack_config(
-    issuer: str, ca_file: Path, *, site: str, secrets_dir: Path, refresh_before: float = 60, spoa_port: int = 9181
-) -> dict[str, Any]:
-    """The idgate config the e2e stack runs with (mirrors config/demo.yaml, with a 0 s refetch cooldown).
-
-    ``site`` is HAProxy's https origin; secrets (client secret, cookie keys) are written to ``secrets_dir``.
-    """
-    (secrets_dir / "client_secret").write_text(CLIENT_SECRET)
-    (secrets_dir / "session_keys").write_text(base64.b64encode(os.urandom(32)).decode())
-    return {
-        "spoa": {"host": "127.0.0.1", "port": spoa_port},
-        "sessions": {
-            "keys_file": str(secrets_dir / "session_keys"),
-            "idle_timeout_seconds": 3600,
-            "refresh_before_seconds": refresh_before,
-        },
-        "login": {
-            "issuer": "testidp",
-            "redirect_uris": [f"{site}/.idgate/callback"],
-            "post_logout_redirect_uri": f"{site}/",
-            "resource": AUDIENCE,
-        },
-        "assertion": {"issuer": ASSERTION_ISSUER, "lifetime_seconds": 120},
-        "server": {"host": "127.0.0.1"},
-        "issuers": [
-            {
-                "name": "testidp",
-                "issuer": issuer,
-                "ca_file": str(ca_file),
-                "audiences": [AUDIENCE],
-                "algorithms": ["RS256"],
-                "leeway_seconds": 2,
-                "jwks": {"refetch_cooldown_seconds": 0},
-                "client_id": "idgate",
-                "client_secret_file": str(secrets_dir / "client_secret"),
-            }
-        ],
-        "role_sets": {
-            "grafana": {
-                "roles": ["Viewer", "Editor", "Admin"],
-                "from_groups": {"staff": ["Viewer"], "grafana-admins": ["Admin"]},
-            },
-            "looker": {
-                "roles": ["looker_viewer", "looker_admin"],
-                "from_groups": {"looker-analysts": ["looker_viewer"]},
-            },
-            "echo": {
-                "roles": ["echo_user", "echo_admin"],
-                "from_groups": {"staff": ["echo_user"], "grafana-admins": ["echo_admin"]},
-            },
-        },
-        "upstreams": {
-            "app": {"profile": "generic"},
-            "grafana": {
-                "profile": "grafana",
-                "role_set": "grafana",
-                "user_from": "email",
-                "assertion_audience": "grafana",
-            },
-            "looker": {"profile": "looker", "role_set": "looker"},
-            "grpc": {"profile": "generic", "role_set": "echo", "assertion_audience": GRPC_AUDIENCE},
-        },
-        "routes": [
-            {"name": "echo-admin", "grpc": "/demo.Echo/Admin", "upstream": "grpc", "allow": {"roles": ["echo_admin"]}},
-            {
-                "name": "echo-stream",
-                "grpc": "/demo.Echo/Ticks",
-                "upstream": "grpc",
-                "allow": {"authenticated": True},
-                "authorization": "strip",
-            },
-            {"name": "echo", "grpc": "/demo.Echo/*", "upstream": "grpc", "allow": {"roles": ["echo_user"]}},
-            {"name": "public", "path": "/public", "upstream": "app", "public": True},
-            {
-                "name": "grafana",
-                "path": "/grafana",
-                "upstream": "grafana",
-                "allow": {"roles": ["Viewer", "Editor", "Admin"]},
-            },
-            {"name": "looker", "path": "/looker", "upstream": "looker", "allow": {"groups": ["looker-analysts"]}},
-            {"name": "admin", "path": "/admin", "upstream": "app", "allow": {"groups": ["grafana-admins"]}},
-            {"name": "app", "path": "/app", "upstream": "app", "allow": {"authenticated": True}},
-        ],
-    }
-
-
-@dataclass(frozen=True, kw_only=True)
-class Stack:
-    """Handles on the running stack."""
-
-    certs: DevCerts
-    idp: TestIdp
-    idgate: IdgateService
-    haproxy: Haproxy
-    settings: HaproxySettings
-    upstreams: dict[str, EchoUpstream | GrafanaStub | GrpcUpstream]
-    redirect_uri: str
-
-    @property
-    def mode(self) -> Mode:
-        return self.settings.mode
-
-    @property
-    def url(self) -> str:
-        return self.settings.https_url
-
-    @property
-    def grpc(self) -> GrpcUpstream:
-        upstream = self.upstreams["grpc"]
-        assert isinstance(upstream, GrpcUpstream)
-        return upstream
-
-    def client(self, **kw: Any) -> httpx.Client:
-        """An httpx client that trusts the dev CA and never follows redirects."""
-        return httpx.Client(verify=ssl.create_default_context(cafile=str(self.certs.ca)), timeout=10.0, **kw)
-
-    def login(self, username: str) -> Tokens:
-        """A real code + PKCE login at the IdP for ``username``."""
-        return login(
-            issuer=self.idp.issuer,
-            client_id="idgate",
-            client_secret="idgate-test-secret-0123456789abcdef",
-            redirect_uri=self.redirect_uri,
-            username=username,
-            resource=AUDIENCE,
-            verify=ssl.create_default_context(cafile=str(self.certs.ca)),
-        )
-
-    def reset_upstreams(self) -> None:
-        for upstream in self.upstreams.values():
-            upstream.reset()
-
-    def upstream_hits(self) -> int:
-        return sum(len(u.requests()) for u in self.upstreams.values())
-
-
-@contextlib.contextmanager
-def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_before: float = 60) -> Iterator[Stack]:
+def run_stack(
+    root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_before: float = 60
+) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
-    ``sessions.refresh_before_seconds``."""
-    certs = generate_dev_certs(root / "tls")
-    https_port, spoa_port = free_tcp_port(), free_tcp_port()
-    site = f"https://127.0.0.1:{https_port}"
-    redirect_uri = f"{site}/.idgate/callback"
-    idp_config = IdpConfig(
-        port=free_tcp_port(),
-        tls_cert=certs.cert,
-        tls_key=certs.key,
-        ca_file=certs.ca,
-        redirect_uris=(redirect_uri,),
-        post_logout_redirect_uris=(f"{site}/",),
-        backchannel_logout_uri=f"{site}/.idgate/backchannel-logout",
-        resources=(AUDIENCE,),
-        access_token_ttl=token_ttl,
-        id_token_ttl=token_ttl,
-        test_endpoints=True,
-        log_file=root / "idp.log",
+    ``sessions.refresh_before_seconds``. Free ports, the IdP's ``/test/*`` and logout URIs on, TLS to the gRPC
+    upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and short inactivity timeouts."""
+    plan = StackPlan(
+        run_dir=root,
+        mode=mode,
+        ports="free",
+        token_ttl=token_ttl,
+        refresh_before=refresh_before,
+        idp_test_endpoints=True,
+        idp_logout=True,
+        grpc_tls=True,
+        auth_timeout_ms=AUTH_TIMEOUT_MS,
+        http_timeout=f"{HTTP_TIMEOUT_SECONDS}s",
+        stream_timeout=f"{STREAM_TIMEOUT_SECONDS}s",
     )
-    with TestIdp(idp_config) as idp:
-        config_path = root / "idgate.yaml"
-        config_path.write_text(
-            yaml.safe_dump(
-                stack_config(
-                    idp.issuer,
-                    certs.ca,
-                    site=site,
-                    secrets_dir=root,
-                    refresh_before=refresh_before,
-                    spoa_port=spoa_port,
-                )
-            )
-        )
-        upstreams: dict[str, EchoUpstream | GrafanaStub | GrpcUpstream] = {
-            "app": EchoUpstream("app"),
-            "looker": EchoUpstream("looker"),
-            "grafana": GrafanaStub(
-                jwks_url=f"{site}/.idgate/jwks.json",
-                ca_file=str(certs.ca),
-                expect_iss=ASSERTION_ISSUER,
-                expect_aud="grafana",
-                headers_encoded=True,
-            ),
-            # TLS from HAProxy to the gRPC service (IDGATE_UPSTREAM_GRPC_TLS=on), verified against the dev CA
-            "grpc": GrpcUpstream("grpc", tls_cert=certs.cert, tls_key=certs.key, ca_file=certs.ca),
-        }
-        for upstream in upstreams.values():
-            upstream.start()
-        idgate = IdgateService(config=config_path, port=free_tcp_port(), log_path=root / "idgate.log")
-        settings = HaproxySettings(
-            tls_pem=certs.pem,
-            mode=mode,
-            spoa_addr=f"127.0.0.1:{spoa_port}",
-            https_bind=f"127.0.0.1:{https_port}",
-            http_bind=f"127.0.0.1:{free_tcp_port()}",
-            stats_bind=f"127.0.0.1:{free_tcp_port()}",
-            auth_url=f"{idgate.url}/auth",
-            auth_timeout_ms=AUTH_TIMEOUT_MS,
-            upstream_app=upstreams["app"].address,
-            upstream_grafana=upstreams["grafana"].address,
-            upstream_looker=upstreams["looker"].address,
-            upstream_grpc=upstreams["grpc"].address,
-            upstream_grpc_ca=certs.ca,
-            h2c_bind=f"127.0.0.1:{free_tcp_port()}",
-            timeout=f"{HTTP_TIMEOUT_SECONDS}s",
-            stream_timeout=f"{STREAM_TIMEOUT_SECONDS}s",
-            stats_socket=root / "haproxy.sock",
-        )
-        try:
-            idgate.start()
-            with Haproxy(settings, log_path=root / "haproxy.log") as haproxy:
-                yield Stack(
-                    certs=certs,
-                    idp=idp,
-                    idgate=idgate,
-                    haproxy=haproxy,
-                    settings=settings,
-                    upstreams=upstreams,
-                    redirect_uri=redirect_uri,
-                )
-        finally:
-            idgate.stop()
-            for upstream in upstreams.values():
-                upstream.stop()
+    return start_stack(plan)
 
 
 def access_claims(stack: Stack, **overrides: Any) -> dict[str, Any]:

@@ -1,0 +1,90 @@
+"""The idgate config and secrets of a generated stack (the e2e tests' stack; the demo runs config/demo.yaml)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import string
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from idgate_devstack.idp import IdpConfig
+
+AUDIENCE: Final = "https://api.idgate.test"
+"""The IdP's resource indicator: the ``aud`` of its access tokens, the audience idgate accepts."""
+CLIENT_SECRET: Final = IdpConfig.client_secret
+"""The test IdP's one static client (``idgate``) secret."""
+ASSERTION_ISSUER: Final = "https://idgate.test"
+GRPC_AUDIENCE: Final = "demo-echo"
+
+
+def write_secrets(secrets_dir: Path) -> None:
+    """``client_secret`` (:data:`CLIENT_SECRET`) and, unless there already, ``session_keys`` (one random 32-byte
+    key, base64: kept so browser sessions survive a restart), mode 0600, in ``secrets_dir`` (created)."""
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    (secrets_dir / "client_secret").write_text(CLIENT_SECRET)
+    keys = secrets_dir / "session_keys"
+    if not keys.exists():
+        keys.write_text(base64.b64encode(os.urandom(32)).decode())
+    for path in (secrets_dir / "client_secret", keys):
+        path.chmod(0o600)
+
+
+_GENERATED_CONFIG = string.Template("""\
+server: {host: 127.0.0.1}
+spoa: {host: 127.0.0.1, port: $spoa_port}
+issuers:
+  - {name: testidp, issuer: $issuer, ca_file: $ca_file, audiences: [$audience], algorithms: [RS256], leeway_seconds: 2,
+     jwks: {refetch_cooldown_seconds: 0}, client_id: idgate, client_secret_file: $client_secret_file}
+login: {issuer: testidp, redirect_uris: [$redirect_uri], post_logout_redirect_uri: $site_root, resource: $audience}
+sessions: {keys_file: $keys_file, idle_timeout_seconds: 3600, refresh_before_seconds: $refresh_before}
+assertion: {issuer: $assertion_issuer, lifetime_seconds: 120}
+role_sets:
+  grafana: {roles: [Viewer, Editor, Admin], from_groups: {staff: [Viewer], grafana-admins: [Admin]}}
+  looker: {roles: [looker_viewer, looker_admin], from_groups: {looker-analysts: [looker_viewer]}}
+  echo: {roles: [echo_user, echo_admin], from_groups: {staff: [echo_user], grafana-admins: [echo_admin]}}
+upstreams:
+  app: {profile: generic}
+  grafana: {profile: grafana, role_set: grafana, user_from: email, assertion_audience: grafana}
+  looker: {profile: looker, role_set: looker}
+  grpc: {profile: generic, role_set: echo, assertion_audience: $grpc_audience}
+routes:
+  - {name: echo-admin, grpc: /demo.Echo/Admin, upstream: grpc, allow: {roles: [echo_admin]}}
+  - {name: echo-stream, grpc: /demo.Echo/Ticks, upstream: grpc, allow: {authenticated: true}, authorization: strip}
+  - {name: echo, grpc: "/demo.Echo/*", upstream: grpc, allow: {roles: [echo_user]}}
+  - {name: public, path: /public, upstream: app, public: true}
+  - {name: grafana, path: /grafana, upstream: grafana, allow: {roles: [Viewer, Editor, Admin]}}
+  - {name: looker, path: /looker, upstream: looker, allow: {groups: [looker-analysts]}}
+  - {name: admin, path: /admin, upstream: app, allow: {groups: [grafana-admins]}}
+  - {name: app, path: /app, upstream: app, allow: {authenticated: true}}
+""")
+"""The generated config, flow-style like config/demo.yaml; every ``$name`` stands for one JSON scalar."""
+
+
+def stack_config(
+    issuer: str, ca_file: Path, *, site: str, secrets_dir: Path, refresh_before: float = 60, spoa_port: int = 9181
+) -> dict[str, Any]:
+    """The idgate config of a generated stack (mirrors config/demo.yaml, with a 0 s refetch cooldown and 2 s leeway).
+
+    ``site`` is HAProxy's https origin; the secrets (:func:`write_secrets`) are written to ``secrets_dir``;
+    ``refresh_before``: ``sessions.refresh_before_seconds``; ``spoa_port``: idgate's SPOA listener.
+    """
+    write_secrets(secrets_dir)
+    values: dict[str, object] = {
+        "spoa_port": spoa_port,
+        "issuer": issuer,
+        "ca_file": str(ca_file),
+        "audience": AUDIENCE,
+        "client_secret_file": str(secrets_dir / "client_secret"),
+        "redirect_uri": f"{site}/.idgate/callback",
+        "site_root": f"{site}/",
+        "keys_file": str(secrets_dir / "session_keys"),
+        "refresh_before": refresh_before,
+        "assertion_issuer": ASSERTION_ISSUER,
+        "grpc_audience": GRPC_AUDIENCE,
+    }
+    config: dict[str, Any] = yaml.safe_load(_GENERATED_CONFIG.substitute({k: json.dumps(v) for k, v in values.items()}))
+    return config
