@@ -100,6 +100,10 @@ class IssuerConfig(_Model):
     jwks: JwksSettings = JwksSettings()
     client_id: str | None = None
     client_secret: SecretStr | None = None  # only ever filled from client_secret_env / client_secret_file
+    # Use this issuer's `email` as an identity (user_from: email, the email slot, assertions) even when the token does
+    # not carry `email_verified: true`. Only for an IdP that verifies every address and does not send the claim;
+    # logged as a WARNING at startup. Never for Entra ID, whose `email` a user can edit (nOAuth).
+    trust_unverified_email: bool = False
 
     @field_validator("name")
     @classmethod

@@ -219,7 +219,7 @@ idgate demo is up — Ctrl-C stops everything.
   HAProxy (TLS, h2)   {base}   (plain HTTP {settings.http_url} redirects)
   idgate              http://127.0.0.1:{IDGATE_PORT}  (/healthz, /readyz)
   logs                {run.relative_to(repo)}/idgate.log (JSON decisions), haproxy.log, idp.log
-  test IdP            {issuer}  (users alice, bob, carol, mallory; any password)
+  test IdP            {issuer}  (users alice, bob, carol, mallory, trudy; any password)
   stats / metrics     {settings.stats_url}/stats   {settings.stats_url}/metrics
   upstreams           {", ".join(f"{name} :{port}" for name, port in UPSTREAM_PORTS.items())}
                       (grafana is the Grafana-contract stub: it verifies idgate's signed assertion)
