@@ -230,6 +230,9 @@ class LoginConfig(_Model):
     scopes: tuple[str, ...] = ("openid", "profile", "email", "groups", "offline_access")
     resource: str | None = None  # RFC 8707 resource indicator (audience of the access token)
     login_timeout_seconds: float = Field(default=600, gt=0, le=3600)
+    # A back-channel logout token is accepted only while its `iat` is at most this old (plus the issuer's leeway);
+    # its `jti` is remembered for that window (Back-Channel Logout 1.0 §2.6).
+    logout_token_max_age_seconds: float = Field(default=300, gt=0, le=3600)
 
     @field_validator("redirect_uris")
     @classmethod

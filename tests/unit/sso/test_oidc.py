@@ -34,7 +34,7 @@ from idgate.sso.oidc import BACKCHANNEL_EVENT, LoginState, OidcClient, TokenSet,
 from idgate.verifier import TrustedIssuer
 
 if TYPE_CHECKING:
-    from conftest import FakeIdP
+    from conftest import FakeClock, FakeIdP
 
 ISSUER = "https://idp.test"
 DISCOVERY_URL = f"{ISSUER}/.well-known/openid-configuration"
@@ -150,7 +150,13 @@ MakeClient = Callable[..., OidcClient]
 
 @pytest.fixture
 def make_client(idp: TokenEndpoint) -> MakeClient:
-    def build(*, dev_mode: bool = False, login: LoginConfig | None = None, **issuer: Any) -> OidcClient:
+    def build(
+        *,
+        dev_mode: bool = False,
+        login: LoginConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        **issuer: Any,
+    ) -> OidcClient:
         config = issuer_config(**issuer)
         http = httpx.AsyncClient(transport=httpx.MockTransport(idp.handler))
         cache = JwksCache(config=config, client=http, dev_mode=dev_mode)
@@ -159,6 +165,7 @@ def make_client(idp: TokenEndpoint) -> MakeClient:
             login=login or login_config(),
             http=http,
             dev_mode=dev_mode,
+            clock=clock,
         )
 
     return build
@@ -847,6 +854,39 @@ async def test_logout_token_refused(
     client: OidcClient, rsa_key: rsa.RSAPrivateKey, claims: dict[str, Any], reason: str
 ) -> None:
     assert await logout_reason(client, sign(claims, rsa_key, typ="logout+jwt")) == reason
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("exp", [None, 3600], ids=["no-exp", "exp-in-an-hour"])
+async def test_logout_token_a_day_old_is_refused(
+    client: OidcClient, rsa_key: rsa.RSAPrivateKey, exp: int | None
+) -> None:
+    now = int(time.time())
+    claims = logout_claims(iat=now - 86400, exp=now + exp if exp else ...)
+    assert await logout_reason(client, sign(claims, rsa_key, typ="logout+jwt")) == "logout_token_too_old"
+
+
+@pytest.mark.anyio
+async def test_logout_token_age_window_is_max_age_plus_leeway(
+    make_client: MakeClient, rsa_key: rsa.RSAPrivateKey, clock: FakeClock
+) -> None:
+    iat = int(time.time())
+    clock.now = float(iat)
+    client = make_client(clock=clock, leeway_seconds=10, login=login_config(logout_token_max_age_seconds=60))
+    assert client.logout_token_window_seconds == 70
+    token = sign(logout_claims(iat=iat), rsa_key, typ="logout+jwt")
+    clock.advance(70)
+    verified = await client.verify_logout_token(token)  # the last second of the window
+    assert client.logout_replay_until(verified) == iat + 70
+    clock.advance(0.5)
+    assert await logout_reason(client, token) == "logout_token_too_old"
+
+
+def test_logout_token_max_age_default_and_bounds() -> None:
+    assert login_config().logout_token_max_age_seconds == 300
+    for bad in (0, -1, 3601):
+        with pytest.raises(ValueError, match="logout_token_max_age_seconds"):
+            login_config(logout_token_max_age_seconds=bad)
 
 
 @pytest.mark.anyio
