@@ -96,12 +96,15 @@ function readConfig(env) {
 
 function makeUsers() {
   const users = new Map();
-  const add = (username, email, name, groups) => users.set(username, { username, email, name, groups });
+  const add = (username, email, name, groups, emailVerified = true) =>
+    users.set(username, { username, email, name, groups, emailVerified });
   add('alice', 'alice@example.test', 'Alice Admin', ['grafana-admins', 'staff', 'looker-analysts']);
   add('bob', 'bob@example.test', 'Bob Builder', ['staff']);
   add('carol', 'carol@example.test', 'Carol NoGroups', []);
   // Hostile group names: a comma and a CR/LF header-injection attempt, passed through verbatim.
   add('mallory', 'mallory@example.test', 'Mallory', ['viewers,admin', 'ops\r\nX-Auth-Roles: admin']);
+  // "nOAuth": her own account, with alice's address typed into a user-editable email the IdP never verified.
+  add('trudy', 'alice@example.test', 'Trudy Unverified', ['staff'], false);
   return users;
 }
 
@@ -109,7 +112,7 @@ function userClaims(user) {
   return {
     sub: user.username,
     email: user.email,
-    email_verified: true,
+    email_verified: user.emailVerified,
     name: user.name,
     preferred_username: user.username,
     groups: [...user.groups],
@@ -257,8 +260,9 @@ function buildProvider(cfg, { keys, users, adapter, cookieKeys }) {
     async extraTokenClaims(_ctx, token) {
       const user = token.accountId ? users.get(token.accountId) : undefined;
       if (!user) return undefined;
-      const { email, name, preferred_username: preferredUsername, groups } = userClaims(user);
-      return { email, name, preferred_username: preferredUsername, groups };
+      const { email, email_verified: emailVerified, name, preferred_username: preferredUsername, groups } =
+        userClaims(user);
+      return { email, email_verified: emailVerified, name, preferred_username: preferredUsername, groups };
     },
     issueRefreshToken: async (_ctx, cl) => cl.grantTypeAllowed('refresh_token'),
     // Auto-consent: the grant always holds every OIDC scope and every configured resource.

@@ -100,6 +100,10 @@ class IssuerConfig(_Model):
     jwks: JwksSettings = JwksSettings()
     client_id: str | None = None
     client_secret: SecretStr | None = None  # only ever filled from client_secret_env / client_secret_file
+    # Use this issuer's `email` as an identity (user_from: email, the email slot, assertions) even when the token does
+    # not carry `email_verified: true`. Only for an IdP that verifies every address and does not send the claim;
+    # logged as a WARNING at startup. Never for Entra ID, whose `email` a user can edit (nOAuth).
+    trust_unverified_email: bool = False
 
     @field_validator("name")
     @classmethod
@@ -226,6 +230,9 @@ class LoginConfig(_Model):
     scopes: tuple[str, ...] = ("openid", "profile", "email", "groups", "offline_access")
     resource: str | None = None  # RFC 8707 resource indicator (audience of the access token)
     login_timeout_seconds: float = Field(default=600, gt=0, le=3600)
+    # A back-channel logout token is accepted only while its `iat` is at most this old (plus the issuer's leeway);
+    # its `jti` is remembered for that window (Back-Channel Logout 1.0 §2.6).
+    logout_token_max_age_seconds: float = Field(default=300, gt=0, le=3600)
 
     @field_validator("redirect_uris")
     @classmethod

@@ -26,7 +26,7 @@ from idgate.authn import Authenticator, Refused
 from idgate.config import Config
 from idgate.errors import RequestError
 from idgate.facts import Decision, RequestFacts, canonical_host, canonical_path
-from idgate.identity import render_identity
+from idgate.identity import render_identity, usable_email
 from idgate.metrics import Metrics
 from idgate.policy import Policy
 
@@ -51,6 +51,8 @@ class DecisionEngine:
         self._assertions = assertions
         self._metrics = metrics
         self._timeout = config.server.decision_timeout_seconds
+        # issuers whose unverified `email` may still be used as an identity (trust_unverified_email, logged at start)
+        self._email_trusted = frozenset(i.issuer for i in config.issuers if i.trust_unverified_email)
 
     async def decide(self, facts: RequestFacts) -> Decision:
         """Decide ``facts``; never raises for bad input, and logs one audit line."""
@@ -113,9 +115,10 @@ class DecisionEngine:
         if not grant.allowed:
             return answer(403, *grant.reasons, *principal.notes, principal=principal)
         upstream = self._policy.upstream(route)
-        identity = render_identity(principal, upstream, grant.roles)
-        if "user" not in identity.values:
-            return answer(403, "unsafe_identity", *identity.notes, principal=principal)
+        trust_email = principal.issuer in self._email_trusted
+        identity = render_identity(principal, upstream, grant.roles, trust_unverified_email=trust_email)
+        if identity.refused is not None:
+            return answer(403, identity.refused, *identity.notes, principal=principal)
         slots = dict(identity.values)
         if upstream.assertion_audience and self._assertions is not None:
             slots["assertion"] = self._assertions.mint(
@@ -123,7 +126,7 @@ class DecisionEngine:
                 audience=upstream.assertion_audience,
                 subject=principal.subject,
                 claims={
-                    "email": principal.email,
+                    "email": usable_email(principal, trust_unverified=trust_email),
                     "name": principal.name,
                     "preferred_username": principal.username,
                     "groups": list(principal.groups),

@@ -63,7 +63,8 @@ class TokenError(CredentialError):
     Reason codes: ``invalid_token`` (malformed, bad signature, wrong type), ``expired``, ``not_yet_valid``,
     ``invalid_audience``, ``invalid_issuer``, ``unknown_kid``, ``alg_not_allowed``, ``forbidden_header``
     (``jku``/``x5u``/``jwk``/``x5c``), ``unsupported_crit``, ``invalid_typ``, ``invalid_claims``,
-    ``token_too_large``, ``keys_unavailable``.
+    ``invalid_claim_type`` (a registered claim of the wrong JSON type, :mod:`idgate.claims`), ``token_too_large``,
+    ``keys_unavailable``.
     """
 
 

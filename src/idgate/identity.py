@@ -9,7 +9,17 @@ Rules (docs: ../shared notes "security" rule 11; Grafana ``[auth.proxy] headers_
 - a group or role containing the list delimiter ``,`` or a control character is dropped and noted, so a group
   named ``viewers,admin`` cannot add ``admin``;
 - non-ASCII is encoded per profile: ``percent`` (RFC 3986 percent-encoding of UTF-8; ``%`` itself encoded) for
-  generic/looker, ``quoted-printable`` (RFC 2045 §6.7 without soft line breaks) for Grafana's headers_encoded.
+  generic/looker, ``quoted-printable`` (RFC 2045 §6.7 without soft line breaks) for Grafana's headers_encoded;
+- an email is passed on only when it is usable as an identity (:func:`usable_email`: ``email_verified: true``, or
+  the issuer's ``trust_unverified_email`` opt-in); otherwise the ``email`` slot is left out (note
+  ``email_dropped_unverified``) and an upstream whose user comes from the email (``user_from: email``, Grafana's
+  ``header_property = email``) is refused, 403 ``unverified_email`` — never served as someone else, and never
+  silently given another attribute in the user slot.
+
+Safe identity keys (OIDC Core §5.7): only ``iss`` + ``sub`` is stable and unique. ``user_from: subject`` is the
+safe choice; ``email`` (when verified) and ``username`` (``preferred_username``, which OIDC Core says not to rely
+on as unique) are conveniences for upstreams that key users by them, and are only as trustworthy as the IdP's
+control over those attributes.
 """
 
 from __future__ import annotations
@@ -49,16 +59,32 @@ def quoted_printable(value: str) -> str:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Identity:
-    """Rendered slot values (header-safe ASCII) and the notes (reason codes) of anything dropped."""
+    """Rendered slot values (header-safe ASCII), the notes (reason codes) of anything dropped, and ``refused``: the
+    reason code when the user slot cannot be filled safely (``unsafe_identity``, ``unverified_email``), else None."""
 
     values: dict[str, str]
     notes: tuple[str, ...]
+    refused: str | None = None
 
 
-def render_identity(principal: Principal, upstream: UpstreamConfig, roles: tuple[str, ...]) -> Identity:
-    """Render ``principal`` for ``upstream``; ``roles`` are in ascending privilege order (last = highest)."""
+def usable_email(principal: Principal, *, trust_unverified: bool) -> str | None:
+    """The principal's email when it may stand for the person: ``email_verified`` was the JSON boolean ``true``, or
+    the issuer opted in (``trust_unverified_email``, ``trust_unverified``); None otherwise (OIDC Core §5.7)."""
+    return principal.email if principal.email_verified or trust_unverified else None
+
+
+def render_identity(
+    principal: Principal, upstream: UpstreamConfig, roles: tuple[str, ...], *, trust_unverified_email: bool = False
+) -> Identity:
+    """Render ``principal`` for ``upstream``; ``roles`` are in ascending privilege order (last = highest).
+
+    ``trust_unverified_email`` is the principal's issuer's opt-in (see :func:`usable_email`).
+    """
     encode = quoted_printable if upstream.profile == "grafana" else percent_encode
     notes: list[str] = []
+    email = usable_email(principal, trust_unverified=trust_unverified_email)
+    if principal.email is not None and email is None:
+        notes.append("email_dropped_unverified")
 
     def single(slot: str, value: str | None) -> str | None:
         if value is None:
@@ -77,10 +103,11 @@ def render_identity(principal: Principal, upstream: UpstreamConfig, roles: tuple
             kept.append(encode(item))
         return ",".join(kept)
 
-    user_source = {"username": principal.username, "email": principal.email, "subject": principal.subject}
+    # user_from: email takes the usable email or nothing: another attribute in its place would be another identity
+    user_source = {"username": principal.username or principal.subject, "email": email, "subject": principal.subject}
     raw: dict[str, str | None] = {
-        "user": single("user", user_source[upstream.user_from] or principal.subject),
-        "email": single("email", principal.email),
+        "user": single("user", user_source[upstream.user_from]),
+        "email": single("email", email),
         "name": single("name", principal.name),
         "groups": listed("groups", principal.groups),
         "roles": listed("roles", roles),
@@ -89,4 +116,7 @@ def render_identity(principal: Principal, upstream: UpstreamConfig, roles: tuple
         "issuer": single("issuer", principal.issuer),
     }
     values = {slot: value for slot, value in raw.items() if value is not None}
-    return Identity(values=values, notes=tuple(dict.fromkeys(notes)))
+    refused = None
+    if "user" not in values:
+        refused = "unverified_email" if upstream.user_from == "email" and email is None else "unsafe_identity"
+    return Identity(values=values, notes=tuple(dict.fromkeys(notes)), refused=refused)

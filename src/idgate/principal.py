@@ -1,6 +1,10 @@
 """The principal: who the caller is, built from verified claims through the issuer's claim paths.
 
-The principal's key is ``(issuer, subject)`` — never the email or username (Grafana CVE-2022-31107).
+The principal's key is ``(issuer, subject)`` — never the email or username (Grafana CVE-2022-31107). OIDC Core
+§5.7: ``iss`` + ``sub`` is the only pair guaranteed stable and unique; ``email`` and ``preferred_username`` can
+change and are not unique across an IdP's users or tenants. An ``email`` is an identity only when the IdP says it
+verified it (``email_verified`` is the JSON boolean ``true``) or the issuer opts in with ``trust_unverified_email``
+(:func:`idgate.identity.usable_email`): Entra ID's ``email`` is user-editable ("nOAuth").
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ class Principal:
 
     ``groups`` holds only string entries of a list-valued groups claim, in token order, de-duplicated.
     ``notes`` carries non-fatal reason codes met while reading claims (e.g. ``groups_not_a_list``).
+    ``email_verified`` is True only when the ``email_verified`` claim is the JSON boolean ``true`` (OIDC Core §5.1);
+    absent, ``false``, ``"true"`` (a string) or anything else is False.
     """
 
     issuer: str
@@ -30,6 +36,7 @@ class Principal:
     groups: tuple[str, ...]
     expires_at: float
     notes: tuple[str, ...] = ()
+    email_verified: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -59,7 +66,12 @@ def _string(claims: Mapping[str, object], path: str) -> str | None:
 
 
 def principal_from_claims(claims: Mapping[str, object], *, paths: ClaimPaths) -> Principal:
-    """Build a :class:`Principal` from verified claims.
+    """Build a :class:`Principal` from verified claims (their types already checked by :mod:`idgate.claims`).
+
+    ``groups`` of the wrong shape is not an error: a non-array adds no groups (note ``groups_not_a_list``), a
+    non-string entry is dropped (note ``group_not_a_string``) — the caller keeps the key ``(iss, sub)`` and gets no
+    privilege from a claim idgate cannot read. ``email_verified`` is read from the top-level claim whatever the
+    configured email path.
 
     Raises:
         TokenError: ``invalid_claims`` when the subject is missing, not a string, or longer than 255 characters.
@@ -94,4 +106,5 @@ def principal_from_claims(claims: Mapping[str, object], *, paths: ClaimPaths) ->
         groups=tuple(groups),
         expires_at=float(exp) if isinstance(exp, int | float) else 0.0,
         notes=tuple(dict.fromkeys(notes)),
+        email_verified=claims.get("email_verified") is True,
     )

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,6 +42,8 @@ from idgate.sso.routes import Sso
 from idgate.sso.session import MemoryRevocationStore
 from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier
+
+log = logging.getLogger("idgate.runtime")
 
 
 def _assertion_signer(config: Config) -> AssertionSigner | None:
@@ -100,8 +104,26 @@ async def _warm(cache: JwksCache) -> None:
         delay = min(delay * 2, 5.0)
 
 
+def _warn_about_trust(config: Config) -> None:
+    """One WARNING per issuer whose unverified ``email`` is trusted as an identity (``trust_unverified_email``)."""
+    for issuer in config.issuers:
+        if issuer.trust_unverified_email:
+            log.warning(
+                json.dumps(
+                    {
+                        "event": "config_warning",
+                        "warning": "trust_unverified_email",
+                        "issuer": issuer.name,
+                        "detail": "an email without email_verified: true is used as an identity; safe only if "
+                        "this IdP verifies every address and users cannot edit it",
+                    }
+                )
+            )
+
+
 def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> Services:
     """Build every component of ``config`` (no I/O: keys are fetched later, by the lifespan)."""
+    _warn_about_trust(config)
     caches = tuple(JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers)
     entries = config.server.token_cache_entries
     token_cache = TokenCache(max_entries=entries) if entries else None

@@ -9,10 +9,14 @@ Order of checks, cheapest first, each failure a :class:`~idgate.errors.TokenErro
    ``jku``/``x5u``/``jwk``/``x5c`` present (``forbidden_header``: never honoured, so refused); any ``crit``
    (``unsupported_crit``: we implement no extension, RFC 7515 §4.1.11); ``typ`` ``at+jwt`` when the issuer
    requires it (``invalid_typ``);
-4. the key for ``kid`` (``unknown_kid``, ``keys_unavailable``), and ``alg`` usable with that key's type;
-5. PyJWT: signature (``invalid_signature``), exact ``iss``, ``aud`` containing a configured audience
+4. claims: required ones present, and every registered claim idgate relies on of its JSON type —
+   ``exp``/``nbf``/``iat`` numbers, ``iss``/``sub``/``jti``/``azp``/``sid``/``client_id`` strings, ``aud`` a string
+   or an array of strings (``invalid_claim_type``; :mod:`idgate.claims`), before PyJWT reads any of them: PyJWT
+   would coerce ``"exp": "9999999999"`` into a number;
+5. the key for ``kid`` (``unknown_kid``, ``keys_unavailable``), and ``alg`` usable with that key's type;
+6. PyJWT: signature (``invalid_signature``), exact ``iss``, ``aud`` containing a configured audience
    (``invalid_audience``), ``exp`` (``expired``), ``nbf``/``iat`` (``not_yet_valid``) with the leeway;
-6. not an ID token or logout token (``nonce``, ``at_hash``, ``c_hash``, ``events``; Keycloak ``typ`` ID/Logout):
+7. not an ID token or logout token (``nonce``, ``at_hash``, ``c_hash``, ``events``; Keycloak ``typ`` ID/Logout):
    ``invalid_typ`` (RFC 8725 §3.11).
 """
 
@@ -28,6 +32,7 @@ from typing import Any, Literal
 
 import jwt
 
+from idgate.claims import check_claims
 from idgate.config import IssuerConfig
 from idgate.errors import TokenError
 from idgate.jwks import JwksCache
@@ -81,8 +86,9 @@ TokenKind = Literal["access", "id", "logout"]
 async def verify_jws(
     token: str, trusted: TrustedIssuer, *, kind: TokenKind, audiences: Sequence[str], require: Sequence[str]
 ) -> dict[str, Any]:
-    """Verify a compact JWS from ``trusted``'s issuer and return its claims (steps 1 and 3-5 of the module doc).
+    """Verify a compact JWS from ``trusted``'s issuer and return its claims (steps 1 and 3-6 of the module doc).
 
+    The claim presence and types (step 4, :func:`idgate.claims.check_claims`) are checked for every kind.
     ``kind`` selects the ``typ`` rule: ``access`` — ``at+jwt`` when the issuer requires it; ``id`` — absent or
     ``JWT`` (OIDC Core §2); ``logout`` — absent or ``logout+jwt`` (OIDC Back-Channel Logout §2.4).
     ``audiences``: ``aud`` must contain one of them. ``require``: claims that must be present.
@@ -90,13 +96,16 @@ async def verify_jws(
     Raises:
         TokenError: with a reason code.
     """
-    header, _, signature = split_compact_jws(token, max_bytes=trusted.config.max_token_bytes)
-    return await _verify_parts(token, header, signature, trusted, kind=kind, audiences=audiences, require=require)
+    header, payload, signature = split_compact_jws(token, max_bytes=trusted.config.max_token_bytes)
+    return await _verify_parts(
+        token, header, payload, signature, trusted, kind=kind, audiences=audiences, require=require
+    )
 
 
 async def _verify_parts(
     token: str,
     header: Mapping[str, Any],
+    payload: Mapping[str, Any],
     signature: str,
     trusted: TrustedIssuer,
     *,
@@ -127,6 +136,7 @@ async def _verify_parts(
     kid = header.get("kid")
     if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
         raise TokenError("invalid_token", "kid is not a short string")
+    check_claims(payload, require=require)
     key = await trusted.keys.get_key(kid)
     if alg not in key.algorithms:
         raise TokenError("alg_not_allowed", f"alg {alg} does not fit the key's type")
@@ -170,7 +180,14 @@ class Verifier:
             raise TokenError("invalid_issuer", "iss is not a configured issuer")
         cfg = trusted.config
         claims = await _verify_parts(
-            token, header, signature, trusted, kind="access", audiences=cfg.audiences, require=_ACCESS_REQUIRED
+            token,
+            header,
+            payload,
+            signature,
+            trusted,
+            kind="access",
+            audiences=cfg.audiences,
+            require=_ACCESS_REQUIRED,
         )
         if any(c in claims for c in _ID_TOKEN_CLAIMS) or claims.get("typ") in ("ID", "Logout"):
             raise TokenError("invalid_typ", "an ID or logout token is not a bearer token (RFC 8725 §3.11)")

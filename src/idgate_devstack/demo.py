@@ -137,7 +137,7 @@ idgate demo is up — Ctrl-C stops everything.
   HAProxy (TLS, h2)   {base}   (plain HTTP {settings.http_url} redirects)
   idgate              {stack.idgate.url}  (/healthz, /readyz)
   logs                {run.relative_to(repo)}/idgate.log (JSON decisions), haproxy.log, idp.log
-  test IdP            {stack.idp.issuer}  (users alice, bob, carol, mallory; any password)
+  test IdP            {stack.idp.issuer}  (users alice, bob, carol, mallory, trudy; any password)
   stats / metrics     {settings.stats_url}/stats   {settings.stats_url}/metrics
   upstreams           {upstreams}
                       (grafana is the Grafana-contract stub: it verifies idgate's signed assertion)

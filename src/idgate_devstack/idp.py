@@ -9,7 +9,8 @@ Used by pytest fixtures and by ``idgate demo``::
         idp.rotate_keys()   # test-only endpoints (config.test_endpoints=True)
 
 The provider keeps everything in memory: every start is a fresh IdP with fresh signing keys. Built-in users
-(any password): ``alice``, ``bob``, ``carol``, ``mallory`` (see ``testidp/server.mjs``).
+(any password): ``alice``, ``bob``, ``carol``, ``mallory``, and ``trudy`` (alice's address as her own,
+unverified email: ``email_verified: false``; see ``testidp/server.mjs``).
 """
 
 from __future__ import annotations

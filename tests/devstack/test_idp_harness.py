@@ -187,6 +187,17 @@ def test_group_edge_cases_pass_verbatim(idp: TestIdp) -> None:
     assert carol["name"] == "Carol NoGroups"
 
 
+def test_email_verified_in_access_and_id_tokens(idp: TestIdp) -> None:
+    alice = do_login(idp, "alice")
+    assert verify(idp, alice.access_token, audience=RESOURCE)["email_verified"] is True
+    trudy = do_login(idp, "trudy")  # alice's address, typed in by trudy and never verified
+    for claims in (
+        verify(idp, trudy.access_token, audience=RESOURCE),
+        verify(idp, trudy.id_token, audience=idp.config.client_id),
+    ):
+        assert (claims["sub"], claims["email"], claims["email_verified"]) == ("trudy", "alice@example.test", False)
+
+
 def test_unknown_user_cannot_log_in(idp: TestIdp) -> None:
     with pytest.raises(RuntimeError, match="rejected user 'eve'"):
         do_login(idp, "eve")

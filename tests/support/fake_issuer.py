@@ -58,6 +58,7 @@ def token(**claims: Any) -> str:
         "exp": now + 300,
         "iat": now,
         "email": "alice@example.test",
+        "email_verified": True,
         "preferred_username": "alice",
         "name": "Alice",
         "groups": ["staff"],

@@ -187,3 +187,20 @@ async def test_the_spoa_agents_counters_are_exported() -> None:
     for name in ("connections", "healthchecks", "notifies", "denies", "handler_errors", "handler_timeouts"):
         assert f"idgate_spoa_{name}_total 0.0" in before
     assert "idgate_spoa_healthchecks_total 1.0" in after
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("trust", [True, False])
+async def test_trusting_unverified_email_is_a_warning_at_startup(caplog: pytest.LogCaptureFixture, trust: bool) -> None:
+    doc = config().model_dump(mode="json")
+    doc["issuers"][0].pop("client_secret")
+    doc["issuers"][0]["trust_unverified_email"] = trust
+    with caplog.at_level("INFO", logger="idgate.runtime"):
+        async with serve(cfg=parse_config(doc, environ={})):
+            pass
+    warnings = [json.loads(r.getMessage()) for r in caplog.records if r.name == "idgate.runtime"]
+    assert all(r.levelname == "WARNING" for r in caplog.records if r.name == "idgate.runtime")
+    if trust:
+        assert [(w["warning"], w["issuer"]) for w in warnings] == [("trust_unverified_email", "test")]
+    else:
+        assert warnings == []

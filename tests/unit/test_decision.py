@@ -8,9 +8,11 @@ import time
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from fake_issuer import ISS, config, idp, token
 
+from idgate.assertion import AssertionSigner
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
 from idgate.config import Config
@@ -156,6 +158,73 @@ async def test_user_with_control_characters_is_refused() -> None:
     unsafe = token(preferred_username="a\nb", sub="a\nb")
     d = await decide(facts("/app", f"Bearer {unsafe}"))
     assert d.status == 403 and d.reasons[0] == "unsafe_identity" and d.identity == {}
+
+
+def email_config(*, trust: bool = False) -> Config:
+    """The fake issuer's config with Grafana keyed by email and the app receiving a signed assertion."""
+    doc = config().model_dump(mode="json")
+    doc["issuers"][0].pop("client_secret")
+    doc["issuers"][0]["trust_unverified_email"] = trust
+    doc["upstreams"]["grafana"]["user_from"] = "email"
+    doc["upstreams"]["app"]["assertion_audience"] = "app"
+    doc["assertion"] = {"issuer": "https://idgate.test"}
+    return parse_config(doc, environ={})
+
+
+def email_engine(*, trust: bool = False) -> tuple[DecisionEngine, AssertionSigner]:
+    cfg = email_config(trust=trust)
+    cache = JwksCache(config=cfg.issuers[0], client=httpx.AsyncClient(transport=idp()))
+    verifier = Verifier(issuers={ISS: TrustedIssuer(config=cfg.issuers[0], keys=cache)})
+    signer = AssertionSigner(issuer="https://idgate.test")
+    gate = DecisionEngine(
+        config=cfg, authenticator=Authenticator(verifier=verifier), audit=AuditLog(), assertions=signer
+    )
+    return gate, signer
+
+
+# Trudy's token: her own subject, and someone else's email that her IdP did not verify (the "nOAuth" class).
+UNVERIFIED = [{"email_verified": False}, {"email_verified": None}, {"email_verified": "true"}, {"email_verified": 1}]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("verified", UNVERIFIED, ids=repr)
+async def test_unverified_email_never_becomes_the_user(verified: dict[str, object]) -> None:
+    gate, _ = email_engine()
+    trudy = token(sub="trudy", preferred_username="trudy", **verified)
+    d = await gate.decide(facts("/grafana/d/x", f"Bearer {trudy}"))
+    assert (d.status, d.reasons[0], d.identity, d.allow) == (403, "unverified_email", {}, False)
+    absent = token(sub="trudy", preferred_username="trudy", email=None, email_verified=None)
+    assert (await gate.decide(facts("/grafana/d/x", f"Bearer {absent}"))).reasons[0] == "unverified_email"
+
+
+@pytest.mark.anyio
+async def test_unverified_email_is_not_passed_on_nor_asserted() -> None:
+    gate, signer = email_engine()
+    d = await gate.decide(
+        facts("/app/x", f"Bearer {token(sub='trudy', preferred_username='trudy', email_verified=False)}")
+    )
+    assert d.status == 200 and d.identity["user"] == "trudy" and "email" not in d.identity
+    assert "email_dropped_unverified" in d.reasons
+    public = {k["kid"]: jwt.PyJWK(k) for k in signer.jwks()["keys"]}
+    kid = jwt.get_unverified_header(d.identity["assertion"])["kid"]
+    asserted = jwt.decode(d.identity["assertion"], public[kid], algorithms=["ES256"], audience="app")
+    assert asserted["sub"] == "trudy" and asserted["email"] is None
+
+
+@pytest.mark.anyio
+async def test_verified_email_is_the_user() -> None:
+    gate, _ = email_engine()
+    d = await gate.decide(facts("/grafana/d/x", f"Bearer {token()}"))
+    assert d.status == 200 and d.identity["user"] == d.identity["email"] == "alice@example.test"
+
+
+@pytest.mark.anyio
+async def test_issuer_opt_in_trusts_unverified_email() -> None:
+    gate, _ = email_engine(trust=True)
+    d = await gate.decide(facts("/grafana/d/x", f"Bearer {token(email_verified=False)}"))
+    assert d.status == 200 and d.identity["user"] == "alice@example.test"
+    app = await gate.decide(facts("/app/x", f"Bearer {token(email_verified=False)}"))
+    assert app.identity["email"] == "alice@example.test" and "email_dropped_unverified" not in app.reasons
 
 
 @pytest.mark.anyio

@@ -58,7 +58,7 @@ GRPC_POLICY = Policy(
 )
 
 
-def principal(groups: tuple[str, ...] = (), **kw: str | None) -> Principal:
+def principal(groups: tuple[str, ...] = (), *, email_verified: bool = True, **kw: str | None) -> Principal:
     fields: dict[str, str | None] = {"username": "alice", "email": "alice@example.test", "name": "Alice"} | kw
     return Principal(
         issuer="https://idp.test",
@@ -68,6 +68,7 @@ def principal(groups: tuple[str, ...] = (), **kw: str | None) -> Principal:
         username=fields["username"],
         email=fields["email"],
         name=fields["name"],
+        email_verified=email_verified,
     )
 
 

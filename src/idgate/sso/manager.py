@@ -117,6 +117,7 @@ class SessionManager:
             subject=principal.subject,
             username=principal.username,
             email=principal.email,
+            email_verified=principal.email_verified,
             name=principal.name,
             groups=principal.groups,
             created_at=now,
@@ -235,6 +236,7 @@ class SessionManager:
             changes |= {
                 "groups": principal.groups,
                 "email": principal.email,
+                "email_verified": principal.email_verified,
                 "name": principal.name,
                 "username": principal.username,
                 "id_token": tokens.id_token,

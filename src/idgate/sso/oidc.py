@@ -16,8 +16,9 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,16 @@ def at_hash_matches(alg: str, access_token: str, at_hash: str) -> bool:
 class OidcClient:
     """The relying party for one issuer (the ``login.issuer`` of the config)."""
 
-    def __init__(self, *, trusted: TrustedIssuer, login: LoginConfig, http: httpx.AsyncClient, dev_mode: bool) -> None:
+    def __init__(
+        self,
+        *,
+        trusted: TrustedIssuer,
+        login: LoginConfig,
+        http: httpx.AsyncClient,
+        dev_mode: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock`` (epoch seconds) judges the age of logout tokens; PyJWT checks exp/nbf/iat on the real clock."""
         cfg = trusted.config
         if cfg.client_id is None or cfg.client_secret is None:
             raise ValueError("the login issuer needs client_id and client_secret")
@@ -100,6 +110,7 @@ class OidcClient:
         self._login = login
         self._http = http
         self._dev_mode = dev_mode
+        self._clock = clock
         self._client_id = cfg.client_id
         secret = cfg.client_secret.get_secret_value()
         basic = f"{urllib.parse.quote(self._client_id, safe='')}:{urllib.parse.quote(secret, safe='')}"
@@ -241,14 +252,35 @@ class OidcClient:
                 raise TokenError("invalid_at_hash", "at_hash does not match the access token")
         return claims
 
+    @property
+    def logout_token_window_seconds(self) -> float:
+        """How long after its ``iat`` a logout token is accepted: ``login.logout_token_max_age_seconds`` plus the
+        issuer's leeway (seconds)."""
+        return self._login.logout_token_max_age_seconds + self._trusted.config.leeway_seconds
+
+    def logout_replay_until(self, claims: Mapping[str, Any]) -> float:
+        """The end of a verified logout token's acceptance window (epoch seconds): its ``jti`` must be remembered
+        until then, and no longer — after it the token is refused by its age."""
+        return float(claims["iat"]) + self.logout_token_window_seconds
+
     async def verify_logout_token(self, token: str) -> dict[str, Any]:
-        """Back-Channel Logout §2.6: a logout+jwt with the backchannel event, sid and/or sub, no nonce."""
+        """Back-Channel Logout 1.0 §2.6: a logout+jwt with the backchannel event, sid and/or sub, no nonce, a string
+        ``jti``, and an ``iat`` at most :attr:`logout_token_window_seconds` old (``exp`` is optional, so the age
+        bounds a captured token's use; the RP "MAY reject Logout Tokens with iat too far away", as mod_auth_openidc
+        does). Replays of the ``jti`` are the caller's (:mod:`idgate.sso.routes`).
+
+        Raises:
+            TokenError: ``invalid_logout_token``, ``logout_token_too_old``, or any reason of
+                :func:`idgate.verifier.verify_jws` (``invalid_claim_type``, ``expired``, ``not_yet_valid`` …).
+        """
         claims = await self._verify(token, kind="logout", require=("iss", "aud", "iat", "jti", "events"))
         events = claims.get("events")
         if not isinstance(events, dict) or BACKCHANNEL_EVENT not in events or "nonce" in claims:
             raise TokenError("invalid_logout_token", "not a back-channel logout token")
         if not isinstance(claims.get("sid"), str) and not isinstance(claims.get("sub"), str):
             raise TokenError("invalid_logout_token", "neither sid nor sub")
+        if self._clock() > self.logout_replay_until(claims):
+            raise TokenError("logout_token_too_old", f"iat is more than {self.logout_token_window_seconds:g} s ago")
         return claims
 
     async def _verify(self, token: str, *, kind: TokenKind, require: tuple[str, ...]) -> dict[str, Any]:

@@ -8,7 +8,9 @@
     POST /.idgate/sign_out            same-origin only (``Origin`` must be this site) and the CSRF token must open to
                                       the session id: revoke, clear cookies, 302 to the IdP's end_session_endpoint
     POST /.idgate/backchannel-logout  OIDC Back-Channel Logout: a logout+jwt ends sessions by ``sid`` or ``sub``;
-                                      a replayed ``jti`` is refused
+                                      its ``iat`` must be recent (``login.logout_token_max_age_seconds``
+                                      + leeway), and a replayed ``jti`` is refused within that window; every
+                                      refusal is 400 with the reason code in the log
 
 Every failure is a clear 4xx/5xx page or JSON with a reason code in the log — never a stack trace or a 500.
 Return URLs go through :func:`idgate.sso.redirects.safe_return_to` (exact origins, WHATWG-style parsing).
@@ -239,8 +241,10 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             _event("backchannel_logout_refused", reason=exc.reason)
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
         now = sso.clock()
-        until = now + sso.absolute_timeout_seconds
-        if not await sso.store.remember_once(f"jti:{claims['iss']}|{claims['jti']}", until=until):
+        until = now + sso.absolute_timeout_seconds  # sessions created before now stay revoked for their lifetime
+        # the jti only for the token's acceptance window: after it, the token is refused by its iat
+        replay_until = sso.oidc.logout_replay_until(claims)
+        if not await sso.store.remember_once(f"jti:{claims['iss']}|{claims['jti']}", until=replay_until):
             _event("backchannel_logout_refused", reason="jti_replayed")
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
         if isinstance(claims.get("sid"), str):

@@ -1,13 +1,16 @@
 """Browser sessions: the value kept (encrypted) in the session cookie, and the revocation store.
 
-A session holds what the decision needs (iss, sub, username, email, name, groups), its timestamps (seconds since
-the epoch), the refresh token and the ID token (the ``id_token_hint`` of RP-initiated logout), and the IdP's
-session id ``sid`` (back-channel logout). It is serialised as compact JSON and sealed by :mod:`idgate.sso.cookies`.
+A session holds what the decision needs (iss, sub, username, email and whether the IdP verified it, name, groups),
+its timestamps (seconds since the epoch), the refresh token and the ID token (the ``id_token_hint`` of RP-initiated
+logout), and the IdP's session id ``sid`` (back-channel logout). It is serialised as compact JSON and sealed by
+:mod:`idgate.sso.cookies`. A cookie written before ``email_verified`` was kept does not parse: that browser logs in
+again (never a session whose email counts as verified by default).
 
 Revocation (OIDC RP-Initiated Logout, Back-Channel Logout 1.0 §2.7): signing out remembers the session id until
 the session's absolute expiry, so a replayed cookie is refused; a back-channel logout token revokes by the IdP's
 ``sid`` or by subject (every session of that subject created before the logout). ``jti`` values of logout tokens
-are remembered to refuse replays. :class:`RevocationStore` is the interface; :class:`MemoryRevocationStore`
+are remembered to refuse replays, for the tokens' acceptance window only (:mod:`idgate.sso.routes`): an older
+token is refused by its ``iat`` anyway. :class:`RevocationStore` is the interface; :class:`MemoryRevocationStore`
 serves one process, and a shared store (Redis) can implement the same four methods.
 """
 
@@ -44,6 +47,7 @@ class Session:
     refresh_token: str | None
     id_token: str
     idp_sid: str | None = None
+    email_verified: bool = False  # the ID token's email_verified was the JSON boolean true
 
     def to_bytes(self) -> bytes:
         """Compact JSON."""
@@ -66,6 +70,8 @@ class Session:
             return None
         if not all(isinstance(data[k], int | float) and not isinstance(data[k], bool) for k in _TIME_FIELDS):
             return None
+        if not isinstance(data["email_verified"], bool):
+            return None
         groups = data["groups"]
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             return None
@@ -81,6 +87,7 @@ class Session:
             name=self.name,
             groups=self.groups,
             expires_at=self.expires_at,
+            email_verified=self.email_verified,
         )
 
     def touched(self, now: float) -> Session:

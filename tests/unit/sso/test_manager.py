@@ -255,6 +255,22 @@ def test_new_session_idp_sid_from_the_id_token(harness: Harness, claim: object, 
     assert session.idp_sid == expected
 
 
+@pytest.mark.parametrize(("claim", "expected"), [(True, True), (False, False), ("true", False), (..., False)])
+def test_new_session_keeps_whether_the_email_was_verified(harness: Harness, claim: object, expected: bool) -> None:
+    session, _ = harness.login(email_verified=claim)
+    assert session.email_verified is expected and session.principal().email_verified is expected
+
+
+@pytest.mark.anyio
+async def test_refresh_updates_whether_the_email_was_verified(harness: Harness) -> None:
+    session, header = harness.login(email_verified=True)
+    harness.idp.claims = {"email": "alice@elsewhere.example", "email_verified": False}
+    advance_into_refresh_window(harness, session)
+    refreshed = (await harness.manager.resolve(header)).session
+    assert refreshed is not None and refreshed.email == "alice@elsewhere.example"
+    assert refreshed.email_verified is False  # a new, unverified address is not carried as verified
+
+
 def test_new_session_token_expiry(harness: Harness) -> None:
     now = harness.clock()
     exp = int(time.time()) + 1234

@@ -34,7 +34,7 @@ from idgate.sso.oidc import BACKCHANNEL_EVENT, LoginState, OidcClient, TokenSet,
 from idgate.verifier import TrustedIssuer
 
 if TYPE_CHECKING:
-    from conftest import FakeIdP
+    from conftest import FakeClock, FakeIdP
 
 ISSUER = "https://idp.test"
 DISCOVERY_URL = f"{ISSUER}/.well-known/openid-configuration"
@@ -150,7 +150,13 @@ MakeClient = Callable[..., OidcClient]
 
 @pytest.fixture
 def make_client(idp: TokenEndpoint) -> MakeClient:
-    def build(*, dev_mode: bool = False, login: LoginConfig | None = None, **issuer: Any) -> OidcClient:
+    def build(
+        *,
+        dev_mode: bool = False,
+        login: LoginConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        **issuer: Any,
+    ) -> OidcClient:
         config = issuer_config(**issuer)
         http = httpx.AsyncClient(transport=httpx.MockTransport(idp.handler))
         cache = JwksCache(config=config, client=http, dev_mode=dev_mode)
@@ -159,6 +165,7 @@ def make_client(idp: TokenEndpoint) -> MakeClient:
             login=login or login_config(),
             http=http,
             dev_mode=dev_mode,
+            clock=clock,
         )
 
     return build
@@ -686,7 +693,37 @@ async def test_id_token_time_claims(client: OidcClient, rsa_key: rsa.RSAPrivateK
     assert await id_reason(client, sign(id_claims(nbf=now + 3600), rsa_key)) == "not_yet_valid"
     assert await id_reason(client, sign(id_claims(exp=...), rsa_key)) == "invalid_claims"
     assert await id_reason(client, sign(id_claims(iat=...), rsa_key)) == "invalid_claims"
-    assert await id_reason(client, sign(id_claims(exp="tomorrow"), rsa_key)) in ("invalid_token", "invalid_claims")
+    assert await id_reason(client, sign(id_claims(exp="tomorrow"), rsa_key)) == "invalid_claim_type"
+
+
+WRONG_TYPES = [
+    ("exp", "9999999999"),
+    ("iat", str(int(time.time()))),
+    ("iat", True),
+    ("nbf", False),
+    ("sub", 7),
+    ("sid", 1),
+    ("azp", [CLIENT_ID]),
+    ("aud", [CLIENT_ID, 1]),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("claim", "value"), WRONG_TYPES, ids=[f"{c}={v!r}" for c, v in WRONG_TYPES])
+async def test_id_and_logout_tokens_share_the_claim_type_check(
+    client: OidcClient, rsa_key: rsa.RSAPrivateKey, claim: str, value: object
+) -> None:
+    """One function (idgate.claims.check_claims) for access, ID and logout tokens: PyJWT never coerces a type."""
+    assert await id_reason(client, sign(id_claims(**{claim: value}), rsa_key)) == "invalid_claim_type"
+    logout = sign(logout_claims(**{claim: value}), rsa_key, typ="logout+jwt")
+    assert await logout_reason(client, logout) == "invalid_claim_type"
+
+
+@pytest.mark.anyio
+async def test_logout_token_jti_must_be_a_string(client: OidcClient, rsa_key: rsa.RSAPrivateKey) -> None:
+    for jti in (7, ["jti-1"], {"id": 1}, None):
+        token = sign(logout_claims(jti=jti), rsa_key, typ="logout+jwt")
+        assert await logout_reason(client, token) == ("invalid_claims" if jti is None else "invalid_claim_type")
 
 
 @pytest.mark.anyio
@@ -801,8 +838,8 @@ async def test_logout_token_other_typ_refused(client: OidcClient, rsa_key: rsa.R
         pytest.param(logout_claims(events=BACKCHANNEL_EVENT), "invalid_logout_token", id="events-string"),
         pytest.param(logout_claims(nonce="n"), "invalid_logout_token", id="with-nonce"),
         pytest.param(logout_claims(sid=..., sub=...), "invalid_logout_token", id="neither-sid-nor-sub"),
-        pytest.param(logout_claims(sid=1, sub=...), "invalid_logout_token", id="sid-not-string"),
-        pytest.param(logout_claims(sid=..., sub=["user-1"]), "invalid_token", id="sub-not-string"),  # PyJWT checks sub
+        pytest.param(logout_claims(sid=1, sub=...), "invalid_claim_type", id="sid-not-string"),
+        pytest.param(logout_claims(sid=..., sub=["user-1"]), "invalid_claim_type", id="sub-not-string"),
         pytest.param(logout_claims(aud="other"), "invalid_audience", id="wrong-aud"),
         pytest.param(logout_claims(aud=API_AUDIENCE), "invalid_audience", id="api-aud"),
         pytest.param(logout_claims(aud=...), "invalid_audience", id="no-aud"),
@@ -817,6 +854,39 @@ async def test_logout_token_refused(
     client: OidcClient, rsa_key: rsa.RSAPrivateKey, claims: dict[str, Any], reason: str
 ) -> None:
     assert await logout_reason(client, sign(claims, rsa_key, typ="logout+jwt")) == reason
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("exp", [None, 3600], ids=["no-exp", "exp-in-an-hour"])
+async def test_logout_token_a_day_old_is_refused(
+    client: OidcClient, rsa_key: rsa.RSAPrivateKey, exp: int | None
+) -> None:
+    now = int(time.time())
+    claims = logout_claims(iat=now - 86400, exp=now + exp if exp else ...)
+    assert await logout_reason(client, sign(claims, rsa_key, typ="logout+jwt")) == "logout_token_too_old"
+
+
+@pytest.mark.anyio
+async def test_logout_token_age_window_is_max_age_plus_leeway(
+    make_client: MakeClient, rsa_key: rsa.RSAPrivateKey, clock: FakeClock
+) -> None:
+    iat = int(time.time())
+    clock.now = float(iat)
+    client = make_client(clock=clock, leeway_seconds=10, login=login_config(logout_token_max_age_seconds=60))
+    assert client.logout_token_window_seconds == 70
+    token = sign(logout_claims(iat=iat), rsa_key, typ="logout+jwt")
+    clock.advance(70)
+    verified = await client.verify_logout_token(token)  # the last second of the window
+    assert client.logout_replay_until(verified) == iat + 70
+    clock.advance(0.5)
+    assert await logout_reason(client, token) == "logout_token_too_old"
+
+
+def test_logout_token_max_age_default_and_bounds() -> None:
+    assert login_config().logout_token_max_age_seconds == 300
+    for bad in (0, -1, 3601):
+        with pytest.raises(ValueError, match="logout_token_max_age_seconds"):
+            login_config(logout_token_max_age_seconds=bad)
 
 
 @pytest.mark.anyio

@@ -62,8 +62,9 @@ def payload(**changes: Any) -> bytes:
         make_session(username=None, email=None, name=None, refresh_token=None, idp_sid=None, groups=()),
         make_session(created_at=1000, last_seen=1000, expires_at=2000, token_expires_at=1500),  # ints are times too
         make_session(name="Zoë \u202e <script>", groups=("a,b", "line\r\nbreak", "ünï")),
+        make_session(email_verified=True),
     ],
-    ids=["full", "minimal", "int-times", "non-ascii"],
+    ids=["full", "minimal", "int-times", "non-ascii", "email-verified"],
 )
 def test_round_trip(session: Session) -> None:
     raw = session.to_bytes()
@@ -79,6 +80,11 @@ def test_to_bytes_is_a_json_object_of_exactly_the_fields() -> None:
     data = json.loads(make_session().to_bytes())
     assert set(data) == set(asdict(make_session()))
     assert data["groups"] == ["viewers", "editors"]
+
+
+def test_principal_keeps_whether_the_email_was_verified() -> None:
+    assert make_session(email_verified=True).principal().email_verified is True
+    assert make_session().principal().email_verified is False
 
 
 def test_principal_and_touched() -> None:
@@ -116,6 +122,10 @@ def test_principal_and_touched() -> None:
         pytest.param(payload(groups=[["admin"]]), id="groups-nested"),
         pytest.param(payload(groups={"admin": True}), id="groups-object"),
         pytest.param(payload(groups=None), id="groups-null"),
+        pytest.param(payload(email_verified=...), id="cookie-from-before-email-verified"),
+        pytest.param(payload(email_verified="true"), id="email-verified-string"),
+        pytest.param(payload(email_verified=1), id="email-verified-int"),
+        pytest.param(payload(email_verified=None), id="email-verified-null"),
         pytest.param(b"", id="empty"),
         pytest.param(b"not json", id="not-json"),
         pytest.param(b"\xff\xfe\x00garbage", id="not-utf8"),
