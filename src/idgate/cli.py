@@ -2,6 +2,7 @@
 
     idgate serve --config FILE        run the auth service (uvicorn in-process; uvloop and httptools when installed)
     idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0)
+    idgate --version                  the installed version (package metadata)
 
 More commands come from installed plugins (entry-point group ``idgate.commands``): a source checkout's
 ``idgate_devstack`` adds ``idgate demo`` (HAProxy + idgate + the test IdP + sample upstreams on loopback). idgate itself
@@ -101,9 +102,18 @@ def _plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         entry.load()(sub)
 
 
+def version() -> str:
+    """The installed distribution's version (``importlib.metadata``), or ``unknown`` when idgate is not installed."""
+    try:
+        return importlib.metadata.version("idgate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``idgate`` console script."""
     parser = argparse.ArgumentParser(prog="idgate", description="Identity-aware auth sidecar for HAProxy.")
+    parser.add_argument("--version", action="version", version=f"idgate {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the auth service")
     serve.add_argument("--config", required=True, help="path to the YAML config")
