@@ -11,7 +11,7 @@ Secrets: a key ``X`` that holds a secret is given as ``X_env: VARIABLE`` or ``X_
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +19,37 @@ import yaml
 from pydantic import ValidationError
 
 from idgate.config import NAME_RE, Config
+from idgate.config_checks import (
+    assertion_key_problems,
+    ca_bundle_problems,
+    key_ring_problems,
+    secret_problems,
+)
+from idgate.config_files import load_yaml, read_text
 from idgate.errors import ConfigError
 
-PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "example", "xxx", "todo"})
-MIN_SECRET_CHARS = 16
+UNRESOLVED = "<unresolved>"  # a secret whose source is given but unusable; only ever in a refused config
 
 
 def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
     """Load and validate the YAML config at ``path``.
 
     Raises:
-        ConfigError: with every problem found (unreadable file, YAML syntax, schema, cross references, secrets).
+        ConfigError: with every problem found (an unreadable, binary or non-UTF-8 file, YAML syntax, duplicate
+            keys, schema, cross references, secrets and key files).
     """
+    text = read_text(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
-    try:
-        raw = yaml.safe_load(text)
+        raw, duplicates = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    return parse_config(raw, environ=os.environ if environ is None else environ, base_dir=Path(path).parent)
+    try:
+        config = parse_config(raw, environ=os.environ if environ is None else environ, base_dir=Path(path).parent)
+    except ConfigError as exc:
+        raise ConfigError([*duplicates, *exc.problems]) from None
+    if duplicates:
+        raise ConfigError(list(duplicates))
+    return config
 
 
 def parse_config(raw: object, *, environ: Mapping[str, str], base_dir: Path | None = None) -> Config:
@@ -74,7 +84,7 @@ def _format_error(err: Mapping[str, Any]) -> str:
 def _resolve_secrets(
     raw: dict[str, Any], environ: Mapping[str, str], problems: list[str], base_dir: Path
 ) -> dict[str, Any]:
-    """Replace ``X_env`` / ``X_file`` with the secret value ``X``; resolve relative file paths."""
+    """Replace ``X_env`` / ``X_file`` with the secret value ``X``; resolve and check the files named."""
     data = dict(raw)
     issuers = data.get("issuers")
     if isinstance(issuers, list):
@@ -84,20 +94,32 @@ def _resolve_secrets(
                 issuer = dict(issuer)
                 if isinstance(issuer.get("ca_file"), str):
                     issuer["ca_file"] = str(base_dir / issuer["ca_file"])
-                    if not Path(issuer["ca_file"]).is_file():
-                        problems.append(f"issuers.{i}.ca_file: {issuer['ca_file']} is not a readable file")
-                _resolve_secret(issuer, "client_secret", f"issuers.{i}", environ, problems, base_dir)
+                    if _read(issuer["ca_file"], f"issuers.{i}.ca_file", problems) is not None:
+                        problems += [f"issuers.{i}.ca_file: {p}" for p in ca_bundle_problems(Path(issuer["ca_file"]))]
+                _resolve_secret(issuer, "client_secret", f"issuers.{i}", environ, problems, base_dir, secret_problems)
             resolved.append(issuer)
         data["issuers"] = resolved
     if isinstance(data.get("sessions"), dict):
         data["sessions"] = dict(data["sessions"])
-        _resolve_secret(data["sessions"], "keys", "sessions", environ, problems, base_dir, min_chars=43)
-    if isinstance(data.get("assertion"), dict) and isinstance(data["assertion"].get("keys_file"), str):
-        data["assertion"] = dict(data["assertion"])
-        data["assertion"]["keys_file"] = str(base_dir / data["assertion"]["keys_file"])
-        if not Path(data["assertion"]["keys_file"]).is_file():
-            problems.append(f"assertion.keys_file: {data['assertion']['keys_file']} is not a readable file")
+        _resolve_secret(data["sessions"], "keys", "sessions", environ, problems, base_dir, key_ring_problems)
+    assertion = data.get("assertion")
+    if isinstance(assertion, dict) and isinstance(assertion.get("keys_file"), str):
+        data["assertion"] = assertion = dict(assertion)
+        assertion["keys_file"] = str(base_dir / assertion["keys_file"])
+        text = _read(assertion["keys_file"], "assertion.keys_file", problems)
+        if text is not None:
+            found = assertion_key_problems(text, assertion.get("algorithm", "ES256"))
+            problems += [f"assertion.keys_file: {assertion['keys_file']}: {p}" for p in found]
     return data
+
+
+def _read(path: str | Path, where: str, problems: list[str]) -> str | None:
+    """The text of the file at ``path``, or None after appending why it cannot be read to ``problems``."""
+    try:
+        return read_text(path)
+    except ConfigError as exc:
+        problems += [f"{where}: {p}" for p in exc.problems]
+        return None
 
 
 def _resolve_secret(
@@ -107,15 +129,17 @@ def _resolve_secret(
     environ: Mapping[str, str],
     problems: list[str],
     base_dir: Path,
-    *,
-    min_chars: int = MIN_SECRET_CHARS,
+    check: Callable[[str], list[str]],
 ) -> None:
-    """Resolve ``section[key + "_env"|"_file"]`` into ``section[key]`` in place; never echo the value."""
+    """Resolve ``section[key + "_env"|"_file"]`` into ``section[key]`` in place when ``check`` finds no problem;
+    never echo the value."""
     where = f"{where}.{key}"
     if key in section:
         problems.append(f"{where}: inline secrets are refused; use {key}_env or {key}_file")
         del section[key]
     env_name, file_name = section.pop(f"{key}_env", None), section.pop(f"{key}_file", None)
+    if env_name is not None or file_name is not None:
+        section[key] = UNRESOLVED  # replaced below when the secret is usable; the problems say why it is not
     if env_name is not None and file_name is not None:
         problems.append(f"{where}: set only one of {key}_env and {key}_file")
         return
@@ -125,15 +149,13 @@ def _resolve_secret(
         if value is None:
             problems.append(f"{where}_env: environment variable {env_name!s} is not set")
     elif file_name is not None:
-        try:
-            value = (base_dir / str(file_name)).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            problems.append(f"{where}_file: cannot read {file_name}: {exc.strerror or exc}")
+        text = _read(base_dir / str(file_name), f"{where}_file", problems)
+        value = None if text is None else text.strip()
     if value is not None:
-        if len(value) < min_chars or value.lower() in PLACEHOLDER_SECRETS:
-            problems.append(f"{where}: weak or placeholder secret (need {min_chars}+ characters)")
-        else:
-            section[key] = value
+        found = check(value.strip())
+        problems += [f"{where}: weak or placeholder secret: {p}" for p in found]
+        if not found:
+            section[key] = value.strip()
 
 
 def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
