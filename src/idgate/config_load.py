@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from idgate.config import NAME_RE, Config
+from idgate.config import GRAFANA_ADMIN, GRAFANA_ROLES, NAME_RE, Config
 from idgate.config_checks import (
     assertion_key_problems,
     ca_bundle_problems,
@@ -159,13 +159,13 @@ def _resolve_secret(
 
 
 def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
-    """Checks spanning sections; tolerant of malformed input (the schema reports that)."""
+    """Checks spanning sections; tolerant of malformed input (the schema reports that): a name that is not a string
+    never takes part in a lookup."""
     problems: list[str] = []
-    upstreams: dict[Any, Any] = data["upstreams"] if isinstance(data.get("upstreams"), dict) else {}
-    role_sets: dict[Any, Any] = data["role_sets"] if isinstance(data.get("role_sets"), dict) else {}
+    upstreams, role_sets = _mapping(data.get("upstreams")), _mapping(data.get("role_sets"))
     if not data.get("issuers"):
         problems.append("issuers: at least one issuer is required")
-    names = [str(i.get("name")) for i in data.get("issuers") or [] if isinstance(i, dict)]
+    names = [str(i.get("name")) for i in _dicts(data.get("issuers"))]
     problems += [f"issuers: duplicate name {n!r}" for n in sorted({n for n in names if names.count(n) > 1})]
     for name in upstreams:
         if not (isinstance(name, str) and NAME_RE.match(name)):
@@ -173,34 +173,50 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
     for name, upstream in upstreams.items():
         if isinstance(upstream, dict) and upstream.get("role_set") not in (None, *role_sets):
             problems.append(f"upstreams.{name}.role_set: unknown role set {upstream.get('role_set')!r}")
+        problems += _profile_role_problems(name, upstream, role_sets)
     problems += _login_problems(data, upstreams)
     routes = data.get("routes")
     if not isinstance(routes, list) or not routes:
         problems.append("routes: at least one route is required (no match = deny)")
         return problems
-    seen: set[object] = set()
+    seen: set[str] = set()
     for i, route in enumerate(routes):
         if not isinstance(route, dict):
             continue
-        where = f"routes.{i}"
-        if route.get("name") in seen:
-            problems.append(f"{where}.name: duplicate route name {route.get('name')!r}")
-        seen.add(route.get("name"))
+        where, name = f"routes.{i}", _name(route.get("name"))
+        if name in seen:
+            problems.append(f"{where}.name: duplicate route name {name!r}")
+        seen.add(name or "")
         upstream_name = route.get("upstream")
-        upstream = upstreams.get(upstream_name) if isinstance(upstream_name, str) else None
+        upstream = upstreams.get(_name(upstream_name))
         if upstream_name is not None and upstream is None:
             problems.append(f"{where}.upstream: unknown upstream {upstream_name!r}")
         allow = route.get("allow")
         if isinstance(allow, dict) and allow.get("roles") and isinstance(upstream, dict):
-            role_set = role_sets.get(upstream.get("role_set"))
+            role_set = role_sets.get(_name(upstream.get("role_set")))
             if not isinstance(role_set, dict):
                 problems.append(f"{where}.allow.roles: upstream {upstream_name!r} has no role_set to take roles from")
             else:
-                vocabulary = set(role_set.get("roles") or ())
-                missing = [r for r in allow["roles"] if r not in vocabulary]
+                vocabulary = set(_strings(role_set.get("roles")))
+                missing = [r for r in _strings(allow["roles"]) if r not in vocabulary]
                 if missing:
                     problems.append(f"{where}.allow.roles: not in role set {upstream.get('role_set')!r}: {missing}")
     return problems
+
+
+def _profile_role_problems(name: object, upstream: object, role_sets: dict[Any, Any]) -> list[str]:
+    """A ``grafana`` upstream's role set may only name Grafana's roles (GrafanaAdmin with its opt-in)."""
+    if not isinstance(upstream, dict) or upstream.get("profile") != "grafana":
+        return []
+    role_set = role_sets.get(_name(upstream.get("role_set")))
+    vocabulary = {*GRAFANA_ROLES, *([GRAFANA_ADMIN] if upstream.get("allow_grafana_admin") is True else [])}
+    unknown = [r for r in _strings(_mapping(role_set).get("roles")) if r not in vocabulary]
+    if not unknown:
+        return []
+    return [
+        f"upstreams.{name}: role set {upstream.get('role_set')!r} names roles Grafana does not have: {unknown} "
+        f"(Grafana's roles are {', '.join(GRAFANA_ROLES)}; {GRAFANA_ADMIN} needs allow_grafana_admin: true)"
+    ]
 
 
 def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[str]:
@@ -209,8 +225,8 @@ def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[
     if isinstance(login, dict):
         if not isinstance(data.get("sessions"), dict):
             problems.append("login: browser login needs a sessions section (cookie keys)")
-        issuers = {i.get("name"): i for i in data.get("issuers") or [] if isinstance(i, dict)}
-        issuer = issuers.get(login.get("issuer"))
+        issuers = {i.get("name"): i for i in _dicts(data.get("issuers")) if _name(i.get("name"))}
+        issuer = issuers.get(_name(login.get("issuer")))
         if issuer is None:
             problems.append(f"login.issuer: no issuer named {login.get('issuer')!r}")
         elif not issuer.get("client_id") or "client_secret" not in issuer:
@@ -220,6 +236,22 @@ def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[
             if isinstance(upstream, dict) and upstream.get("assertion_audience"):
                 problems.append(f"upstreams.{name}.assertion_audience: needs an assertion section")
     return problems
+
+
+def _mapping(value: object) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value: object) -> list[dict[Any, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _strings(value: object) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _name(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def summarize(config: Config) -> str:
