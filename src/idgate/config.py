@@ -123,10 +123,10 @@ class IssuerConfig(_Model):
     name: str
     issuer: str
     discovery: bool = True
-    jwks_uri: str | None = None
     # jwks_uri on another host than the issuer's is refused unless pinned here (e.g. Google: accounts.google.com
-    # publishes its keys at www.googleapis.com).
+    # publishes its keys at www.googleapis.com). Declared before jwks_uri, whose validator reads it.
     jwks_uri_host_mismatch_ok: bool = False
+    jwks_uri: str | None = None
     ca_file: str | None = None
     audiences: tuple[str, ...] = ()  # required: the default fails validation
     algorithms: tuple[str, ...] = ("RS256",)
@@ -176,6 +176,24 @@ class IssuerConfig(_Model):
             raise ValueError(f"{value!r} is not https (allowed only with dev_mode: true)")
         return value
 
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks_host(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A field validator, not a model one: it runs (and reports) even when other fields are wrong."""
+        pinned, issuer = info.data.get("jwks_uri_host_mismatch_ok"), info.data.get("issuer")
+        if value is None:
+            if pinned:
+                raise ValueError("jwks_uri_host_mismatch_ok is set without a jwks_uri")
+            return None
+        keys_host = urlsplit(value).hostname
+        issuer_host = urlsplit(issuer).hostname if isinstance(issuer, str) else keys_host
+        if keys_host != issuer_host and not pinned:
+            raise ValueError(
+                f"jwks_uri is on host {keys_host!r}, not the issuer's {issuer_host!r}: whoever serves those keys signs "
+                "for this issuer; set jwks_uri_host_mismatch_ok: true if the issuer really publishes them there"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> IssuerConfig:
         problems = []
@@ -183,14 +201,6 @@ class IssuerConfig(_Model):
             problems.append("set jwks_uri when discovery is false")
         if self.jwks.min_ttl_seconds > self.jwks.max_ttl_seconds:
             problems.append("jwks.min_ttl_seconds exceeds jwks.max_ttl_seconds")
-        if self.jwks_uri is None and self.jwks_uri_host_mismatch_ok:
-            problems.append("jwks_uri_host_mismatch_ok is set without a jwks_uri")
-        keys_host, issuer_host = urlsplit(self.jwks_uri or self.issuer).hostname, urlsplit(self.issuer).hostname
-        if keys_host != issuer_host and not self.jwks_uri_host_mismatch_ok:
-            problems.append(
-                f"jwks_uri is on host {keys_host!r}, not the issuer's {issuer_host!r}: whoever serves those keys signs "
-                "for this issuer; set jwks_uri_host_mismatch_ok: true if the issuer really publishes them there"
-            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -272,7 +272,7 @@ def test_jwks_uri_on_another_host_needs_an_explicit_pin() -> None:
     doc = copy.deepcopy(BASE)
     doc["issuers"][0].update(discovery=False, jwks_uri="https://keys.attacker.example/jwks.json")
     (problem,) = problems_of(doc)
-    assert problem.startswith("issuers.0: jwks_uri is on host 'keys.attacker.example', not the issuer's")
+    assert problem.startswith("issuers.0.jwks_uri: jwks_uri is on host 'keys.attacker.example', not the issuer's")
     doc["issuers"][0]["jwks_uri_host_mismatch_ok"] = True
     assert parse_config(doc, environ={}).issuers[0].jwks_uri == "https://keys.attacker.example/jwks.json"
     doc["issuers"][0]["jwks_uri"] = "https://IDP.example.com:8443/keys"  # same host: case and port do not matter
@@ -280,7 +280,7 @@ def test_jwks_uri_on_another_host_needs_an_explicit_pin() -> None:
     assert parse_config(doc, environ={}).issuers[0].jwks_uri == "https://IDP.example.com:8443/keys"
     del doc["issuers"][0]["jwks_uri"]
     doc["issuers"][0].update(discovery=True, jwks_uri_host_mismatch_ok=True)
-    assert problems_of(doc) == ["issuers.0: jwks_uri_host_mismatch_ok is set without a jwks_uri"]
+    assert problems_of(doc) == ["issuers.0.jwks_uri: jwks_uri_host_mismatch_ok is set without a jwks_uri"]
 
 
 def test_grafana_role_sets_use_grafanas_vocabulary() -> None:
