@@ -1,7 +1,8 @@
 """The ``idgate`` command line.
 
     idgate serve --config FILE        run the auth service (uvicorn in-process; uvloop and httptools when installed)
-    idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0)
+    idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0),
+                                      and warnings on stderr (exit 0)
     idgate --version                  the installed version (package metadata)
 
 More commands come from installed plugins (entry-point group ``idgate.commands``): a source checkout's
@@ -22,7 +23,10 @@ import sys
 from collections.abc import Sequence
 
 from idgate.config_load import load_config, summarize
+from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+
+log = logging.getLogger("idgate.config")
 
 
 def configure_logging(level: str = "info") -> None:
@@ -61,6 +65,11 @@ def _check_config(path: str) -> int:
     except ConfigError as exc:
         _print_problems(f"{path}:", exc)
         return 1
+    warnings = config_warnings(config)
+    if warnings:
+        print(f"{path}: {len(warnings)} warning(s):", file=sys.stderr)
+        for warning in warnings:
+            print(f"  - {warning}", file=sys.stderr)
     print(f"{path}: OK\n{summarize(config)}")
     return 0
 
@@ -76,6 +85,8 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
         _print_problems(f"idgate: refusing to start, {path} has", exc)
         return 1
     configure_logging(log_level)
+    for warning in config_warnings(config):
+        log.warning("config warning: %s", warning)
     uv_config = uvicorn.Config(
         create_app(config),
         host=host or config.server.host,
