@@ -22,6 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from idgate.config import Config
 from idgate.config_load import load_config, summarize
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
@@ -59,9 +60,24 @@ def _print_problems(heading: str, exc: ConfigError) -> None:
         print(f"  - {problem}", file=sys.stderr)
 
 
+def _load(path: str) -> Config:
+    """The validated config at ``path`` whose components all build (``idgate.runtime.preflight``).
+
+    Raises:
+        ConfigError: every problem found.
+    """
+    from idgate.runtime import preflight
+
+    config = load_config(path)
+    problems = preflight(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
 def _check_config(path: str) -> int:
     try:
-        config = load_config(path)
+        config = _load(path)
     except ConfigError as exc:
         _print_problems(f"{path}:", exc)
         return 1
@@ -80,7 +96,7 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
     from idgate.runtime import create_app
 
     try:
-        config = load_config(path)
+        config = _load(path)
     except ConfigError as exc:
         _print_problems(f"idgate: refusing to start, {path} has", exc)
         return 1

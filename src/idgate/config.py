@@ -249,6 +249,13 @@ class UpstreamConfig(_Model):
     # [auth.jwt] with allow_assign_grafana_admin = true.
     allow_grafana_admin: bool = False
 
+    @field_validator("assertion_audience")
+    @classmethod
+    def _audience(cls, value: str | None) -> str | None:
+        if value is not None and (not value or value != value.strip()):
+            raise ValueError("must be a non-empty audience without surrounding spaces (omit it for no assertion)")
+        return value
+
     @model_validator(mode="after")
     def _grafana_admin(self) -> UpstreamConfig:
         if self.allow_grafana_admin and self.profile != "grafana":
@@ -322,6 +329,15 @@ class AssertionConfig(_Model):
     lifetime_seconds: int = Field(default=120, ge=30, le=300)
     algorithm: Literal["ES256", "RS256"] = "ES256"
     keys_file: str | None = None  # PEM private key(s); without it a key is generated at start
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        if not value or value != value.strip():
+            raise ValueError(
+                "must be a non-empty iss value without surrounding spaces, e.g. https://idgate.example.com"
+            )
+        return value
 
 
 class AllowRule(_Model):

@@ -297,3 +297,10 @@ def test_grafana_role_sets_use_grafanas_vocabulary() -> None:
     assert parse_config(doc, environ={}).role_sets["grafana"].roles[-1] == "GrafanaAdmin"
     doc["upstreams"]["app"] = {"role_set": "grafana", "allow_grafana_admin": True}  # any vocabulary, but no opt-in
     assert problems_of(doc) == ["upstreams.app: allow_grafana_admin applies to profile grafana only"]
+
+
+@pytest.mark.parametrize("value", ["", " ", " https://idgate.example.com"])
+def test_assertion_issuer_and_audience_are_not_empty(value: str) -> None:
+    doc = copy.deepcopy(BASE) | {"assertion": {"issuer": value}}
+    doc["upstreams"]["app"] = {"assertion_audience": value}
+    assert [p.split(":")[0] for p in problems_of(doc)] == ["assertion.issuer", "upstreams.app.assertion_audience"]
