@@ -14,8 +14,13 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from idgate.config_load import parse_config
+from idgate.config_files import load_yaml
+from idgate.config_load import load_config, parse_config
+from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+from idgate.runtime import preflight
+from idgate_devstack.certs import generate_dev_certs
+from idgate_devstack.demo import _write_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 WRONG_TYPES: tuple[object, ...] = (None, [], [["x"]], {}, {"a": ["b"]}, 5, -1.5, "x", True)
@@ -90,3 +95,19 @@ def test_wrong_types_where_names_are_looked_up(value: object) -> None:
     }
     with pytest.raises(ConfigError):
         parse_config(doc, environ={})
+
+
+@pytest.mark.parametrize("name", ["config/demo.yaml", "config/idgate.example.yaml", "compose/idgate.yaml"])
+def test_shipped_yaml_has_no_duplicate_key(name: str) -> None:
+    document, duplicates = load_yaml((REPO / name).read_text(encoding="utf-8"))
+    assert isinstance(document, dict) and duplicates == ()
+
+
+def test_the_demo_config_with_the_files_the_demo_generates_passes_without_warnings(tmp_path: Path) -> None:
+    """config/demo.yaml as `idgate demo` runs it: TLS under .run/demo/tls, secrets under .run/demo/secrets."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "demo.yaml").write_text((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    generate_dev_certs(tmp_path / ".run" / "demo" / "tls")
+    _write_secrets(tmp_path / ".run" / "demo")
+    config = load_config(tmp_path / "config" / "demo.yaml", environ={})
+    assert config_warnings(config) == () and preflight(config) == []
