@@ -152,10 +152,10 @@ def _resolve_secret(
         text = _read(base_dir / str(file_name), f"{where}_file", problems)
         value = None if text is None else text.strip()
     if value is not None:
-        found = check(value.strip())
+        found = check(value)
         problems += [f"{where}: weak or placeholder secret: {p}" for p in found]
         if not found:
-            section[key] = value.strip()
+            section[key] = value
 
 
 def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
