@@ -1,7 +1,9 @@
 """The ``idgate`` command line.
 
     idgate serve --config FILE        run the auth service (uvicorn in-process; uvloop and httptools when installed)
-    idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0)
+    idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0),
+                                      and warnings on stderr (exit 0)
+    idgate --version                  the installed version (package metadata)
 
 More commands come from installed plugins (entry-point group ``idgate.commands``): a source checkout's
 ``idgate_devstack`` adds ``idgate demo`` (HAProxy + idgate + the test IdP + sample upstreams on loopback). idgate itself
@@ -20,8 +22,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from idgate.config import Config
 from idgate.config_load import load_config, summarize
+from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+
+log = logging.getLogger("idgate.config")
 
 
 def configure_logging(level: str = "info") -> None:
@@ -54,12 +60,32 @@ def _print_problems(heading: str, exc: ConfigError) -> None:
         print(f"  - {problem}", file=sys.stderr)
 
 
+def _load(path: str) -> Config:
+    """The validated config at ``path`` whose components all build (``idgate.runtime.preflight``).
+
+    Raises:
+        ConfigError: every problem found.
+    """
+    from idgate.runtime import preflight
+
+    config = load_config(path)
+    problems = preflight(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
 def _check_config(path: str) -> int:
     try:
-        config = load_config(path)
+        config = _load(path)
     except ConfigError as exc:
         _print_problems(f"{path}:", exc)
         return 1
+    warnings = config_warnings(config)
+    if warnings:
+        print(f"{path}: {len(warnings)} warning(s):", file=sys.stderr)
+        for warning in warnings:
+            print(f"  - {warning}", file=sys.stderr)
     print(f"{path}: OK\n{summarize(config)}")
     return 0
 
@@ -70,11 +96,13 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
     from idgate.runtime import create_app
 
     try:
-        config = load_config(path)
+        config = _load(path)
     except ConfigError as exc:
         _print_problems(f"idgate: refusing to start, {path} has", exc)
         return 1
     configure_logging(log_level)
+    for warning in config_warnings(config):
+        log.warning("config warning: %s", warning)
     uv_config = uvicorn.Config(
         create_app(config),
         host=host or config.server.host,
@@ -101,9 +129,18 @@ def _plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         entry.load()(sub)
 
 
+def version() -> str:
+    """The installed distribution's version (``importlib.metadata``), or ``unknown`` when idgate is not installed."""
+    try:
+        return importlib.metadata.version("idgate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``idgate`` console script."""
     parser = argparse.ArgumentParser(prog="idgate", description="Identity-aware auth sidecar for HAProxy.")
+    parser.add_argument("--version", action="version", version=f"idgate {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the auth service")
     serve.add_argument("--config", required=True, help="path to the YAML config")

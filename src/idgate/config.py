@@ -1,8 +1,9 @@
 """The configuration schema: one YAML file, validated by pydantic v2.
 
-Every model forbids unknown keys. Checks that need the whole file (route → upstream, roles in a role set) live in
-:mod:`idgate.config_load`, which also reads the file, resolves secrets and reports every problem at once.
-See ``config/idgate.example.yaml`` for every key, commented.
+Every model forbids unknown keys, and validates its defaults like given values (a default that would make the
+file useless, such as no audience, is a problem too). Checks that need the whole file (route → upstream, roles in a
+role set) live in :mod:`idgate.config_load`, which also reads the file, resolves secrets and reports every problem
+at once. See ``config/idgate.example.yaml`` for every key, commented.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
@@ -20,10 +22,19 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 CLAIM_PATH_RE = re.compile(r"^[A-Za-z0-9_:/\-]+(\.[A-Za-z0-9_:/\-]+)*$")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 GRPC_METHOD_RE = re.compile(rf"/(?:{_IDENT}\.)*{_IDENT}/(?:{_IDENT}|\*)")
+MIN_TRUSTED_PREFIX = {4: 8, 6: 32}
+"""The widest network ``trusted_callers`` may list: an IPv4 /8, an IPv6 /32. A wider one trusts a large part of the
+internet to send facts to ``/auth``; list HAProxy's own addresses."""
+_IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # how a dual-stack socket shows IPv4 peers (RFC 4291 §2.5.5.2)
+GRAFANA_ROLES = ("Viewer", "Editor", "Admin")
+"""Grafana's organisation roles, the vocabulary of a ``grafana`` upstream's role set (its auth proxy Role header)."""
+GRAFANA_ADMIN = "GrafanaAdmin"
+"""Grafana's server-admin role: only [auth.jwt] with ``allow_assign_grafana_admin`` grants it, and only with
+``allow_grafana_admin: true`` on the upstream."""
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class ServerConfig(_Model):
@@ -32,6 +43,7 @@ class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=9180, ge=1, le=65535)
     # Only these networks may call /auth (HAProxy's address). Like uvicorn's forwarded-allow-ips: known hops only.
+    # Not empty, no host bits, none wider than MIN_TRUSTED_PREFIX.
     trusted_callers: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     # Seconds a single decision may take before it is answered as a deny (fail closed).
     decision_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
@@ -41,9 +53,31 @@ class ServerConfig(_Model):
     @field_validator("trusted_callers")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for net in value:
-            ipaddress.ip_network(net, strict=False)
+        if not value:
+            raise ValueError("list at least one network (HAProxy's address): an empty list refuses every /auth caller")
+        problems = [p for text in value if (p := _trusted_network_problem(text))]
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
+
+
+def _trusted_network_problem(text: str) -> str | None:
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"{text!r} is not an IP network"
+    host = text.split("/")[0]
+    if ipaddress.ip_address(host) != net.network_address:
+        return f"{text!r} has host bits set: write {net} for the network, or {host}/{net.max_prefixlen} for one host"
+    version, prefix = net.version, net.prefixlen
+    if net.version == 6 and net.overlaps(_IPV4_MAPPED):  # IPv4 peers of a dual-stack socket are ::ffff:a.b.c.d
+        version, prefix = 4, max(prefix - 96, 0)
+    if prefix < MIN_TRUSTED_PREFIX[version]:
+        return (
+            f"{text!r} is too wide: a trusted caller can assert any request facts; list HAProxy's addresses "
+            f"(at most an IPv4 /{MIN_TRUSTED_PREFIX[4]} or an IPv6 /{MIN_TRUSTED_PREFIX[6]})"
+        )
+    return None
 
 
 class SpoaConfig(_Model):
@@ -89,9 +123,12 @@ class IssuerConfig(_Model):
     name: str
     issuer: str
     discovery: bool = True
+    # jwks_uri on another host than the issuer's is refused unless pinned here (e.g. Google: accounts.google.com
+    # publishes its keys at www.googleapis.com). Declared before jwks_uri, whose validator reads it.
+    jwks_uri_host_mismatch_ok: bool = False
     jwks_uri: str | None = None
     ca_file: str | None = None
-    audiences: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()  # required: the default fails validation
     algorithms: tuple[str, ...] = ("RS256",)
     require_at_jwt_typ: bool = True
     leeway_seconds: float = Field(default=30, ge=0, le=300)
@@ -143,12 +180,33 @@ class IssuerConfig(_Model):
             raise ValueError(f"{value!r} is not https (allowed only with dev_mode: true)")
         return value
 
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks_host(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A field validator, not a model one: it runs (and reports) even when other fields are wrong."""
+        pinned, issuer = info.data.get("jwks_uri_host_mismatch_ok"), info.data.get("issuer")
+        if value is None:
+            if pinned:
+                raise ValueError("jwks_uri_host_mismatch_ok is set without a jwks_uri")
+            return None
+        keys_host = urlsplit(value).hostname
+        issuer_host = urlsplit(issuer).hostname if isinstance(issuer, str) else keys_host
+        if keys_host != issuer_host and not pinned:
+            raise ValueError(
+                f"jwks_uri is on host {keys_host!r}, not the issuer's {issuer_host!r}: whoever serves those keys signs "
+                "for this issuer; set jwks_uri_host_mismatch_ok: true if the issuer really publishes them there"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> IssuerConfig:
+        problems = []
         if not self.discovery and self.jwks_uri is None:
-            raise ValueError("set jwks_uri when discovery is false")
+            problems.append("set jwks_uri when discovery is false")
         if self.jwks.min_ttl_seconds > self.jwks.max_ttl_seconds:
-            raise ValueError("jwks.min_ttl_seconds exceeds jwks.max_ttl_seconds")
+            problems.append("jwks.min_ttl_seconds exceeds jwks.max_ttl_seconds")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -191,6 +249,22 @@ class UpstreamConfig(_Model):
     user_from: Literal["username", "email", "subject"] = "username"
     # When set, idgate mints a short-lived signed JWT with this audience for the upstream (needs `assertion`).
     assertion_audience: str | None = None
+    # profile grafana: the role set may also name GrafanaAdmin (Grafana's server admin), granted only by Grafana's
+    # [auth.jwt] with allow_assign_grafana_admin = true.
+    allow_grafana_admin: bool = False
+
+    @field_validator("assertion_audience")
+    @classmethod
+    def _audience(cls, value: str | None) -> str | None:
+        if value is not None and (not value or value != value.strip()):
+            raise ValueError("must be a non-empty audience without surrounding spaces (omit it for no assertion)")
+        return value
+
+    @model_validator(mode="after")
+    def _grafana_admin(self) -> UpstreamConfig:
+        if self.allow_grafana_admin and self.profile != "grafana":
+            raise ValueError("allow_grafana_admin applies to profile grafana only")
+        return self
 
 
 class SessionConfig(_Model):
@@ -262,6 +336,15 @@ class AssertionConfig(_Model):
     lifetime_seconds: int = Field(default=120, ge=30, le=300)
     algorithm: Literal["ES256", "RS256"] = "ES256"
     keys_file: str | None = None  # PEM private key(s); without it a key is generated at start
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        if not value or value != value.strip():
+            raise ValueError(
+                "must be a non-empty iss value without surrounding spaces, e.g. https://idgate.example.com"
+            )
+        return value
 
 
 class AllowRule(_Model):

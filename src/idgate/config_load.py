@@ -11,35 +11,45 @@ Secrets: a key ``X`` that holds a secret is given as ``X_env: VARIABLE`` or ``X_
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from idgate.config import NAME_RE, Config
+from idgate.config import GRAFANA_ADMIN, GRAFANA_ROLES, NAME_RE, Config
+from idgate.config_checks import (
+    assertion_key_problems,
+    ca_bundle_problems,
+    key_ring_problems,
+    secret_problems,
+)
+from idgate.config_files import load_yaml, read_text
 from idgate.errors import ConfigError
 
-PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "example", "xxx", "todo"})
-MIN_SECRET_CHARS = 16
+UNRESOLVED = "<unresolved>"  # a secret whose source is given but unusable; only ever in a refused config
 
 
 def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
     """Load and validate the YAML config at ``path``.
 
     Raises:
-        ConfigError: with every problem found (unreadable file, YAML syntax, schema, cross references, secrets).
+        ConfigError: with every problem found (an unreadable, binary or non-UTF-8 file, YAML syntax, duplicate
+            keys, schema, cross references, secrets and key files).
     """
+    text = read_text(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
-    try:
-        raw = yaml.safe_load(text)
+        raw, duplicates = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    return parse_config(raw, environ=os.environ if environ is None else environ, base_dir=Path(path).parent)
+    try:
+        config = parse_config(raw, environ=os.environ if environ is None else environ, base_dir=Path(path).parent)
+    except ConfigError as exc:
+        raise ConfigError([*duplicates, *exc.problems]) from None
+    if duplicates:
+        raise ConfigError(list(duplicates))
+    return config
 
 
 def parse_config(raw: object, *, environ: Mapping[str, str], base_dir: Path | None = None) -> Config:
@@ -74,7 +84,7 @@ def _format_error(err: Mapping[str, Any]) -> str:
 def _resolve_secrets(
     raw: dict[str, Any], environ: Mapping[str, str], problems: list[str], base_dir: Path
 ) -> dict[str, Any]:
-    """Replace ``X_env`` / ``X_file`` with the secret value ``X``; resolve relative file paths."""
+    """Replace ``X_env`` / ``X_file`` with the secret value ``X``; resolve and check the files named."""
     data = dict(raw)
     issuers = data.get("issuers")
     if isinstance(issuers, list):
@@ -84,20 +94,32 @@ def _resolve_secrets(
                 issuer = dict(issuer)
                 if isinstance(issuer.get("ca_file"), str):
                     issuer["ca_file"] = str(base_dir / issuer["ca_file"])
-                    if not Path(issuer["ca_file"]).is_file():
-                        problems.append(f"issuers.{i}.ca_file: {issuer['ca_file']} is not a readable file")
-                _resolve_secret(issuer, "client_secret", f"issuers.{i}", environ, problems, base_dir)
+                    if _read(issuer["ca_file"], f"issuers.{i}.ca_file", problems) is not None:
+                        problems += [f"issuers.{i}.ca_file: {p}" for p in ca_bundle_problems(Path(issuer["ca_file"]))]
+                _resolve_secret(issuer, "client_secret", f"issuers.{i}", environ, problems, base_dir, secret_problems)
             resolved.append(issuer)
         data["issuers"] = resolved
     if isinstance(data.get("sessions"), dict):
         data["sessions"] = dict(data["sessions"])
-        _resolve_secret(data["sessions"], "keys", "sessions", environ, problems, base_dir, min_chars=43)
-    if isinstance(data.get("assertion"), dict) and isinstance(data["assertion"].get("keys_file"), str):
-        data["assertion"] = dict(data["assertion"])
-        data["assertion"]["keys_file"] = str(base_dir / data["assertion"]["keys_file"])
-        if not Path(data["assertion"]["keys_file"]).is_file():
-            problems.append(f"assertion.keys_file: {data['assertion']['keys_file']} is not a readable file")
+        _resolve_secret(data["sessions"], "keys", "sessions", environ, problems, base_dir, key_ring_problems)
+    assertion = data.get("assertion")
+    if isinstance(assertion, dict) and isinstance(assertion.get("keys_file"), str):
+        data["assertion"] = assertion = dict(assertion)
+        assertion["keys_file"] = str(base_dir / assertion["keys_file"])
+        text = _read(assertion["keys_file"], "assertion.keys_file", problems)
+        if text is not None:
+            found = assertion_key_problems(text, assertion.get("algorithm", "ES256"))
+            problems += [f"assertion.keys_file: {assertion['keys_file']}: {p}" for p in found]
     return data
+
+
+def _read(path: str | Path, where: str, problems: list[str]) -> str | None:
+    """The text of the file at ``path``, or None after appending why it cannot be read to ``problems``."""
+    try:
+        return read_text(path)
+    except ConfigError as exc:
+        problems += [f"{where}: {p}" for p in exc.problems]
+        return None
 
 
 def _resolve_secret(
@@ -107,15 +129,17 @@ def _resolve_secret(
     environ: Mapping[str, str],
     problems: list[str],
     base_dir: Path,
-    *,
-    min_chars: int = MIN_SECRET_CHARS,
+    check: Callable[[str], list[str]],
 ) -> None:
-    """Resolve ``section[key + "_env"|"_file"]`` into ``section[key]`` in place; never echo the value."""
+    """Resolve ``section[key + "_env"|"_file"]`` into ``section[key]`` in place when ``check`` finds no problem;
+    never echo the value."""
     where = f"{where}.{key}"
     if key in section:
         problems.append(f"{where}: inline secrets are refused; use {key}_env or {key}_file")
         del section[key]
     env_name, file_name = section.pop(f"{key}_env", None), section.pop(f"{key}_file", None)
+    if env_name is not None or file_name is not None:
+        section[key] = UNRESOLVED  # replaced below when the secret is usable; the problems say why it is not
     if env_name is not None and file_name is not None:
         problems.append(f"{where}: set only one of {key}_env and {key}_file")
         return
@@ -125,25 +149,23 @@ def _resolve_secret(
         if value is None:
             problems.append(f"{where}_env: environment variable {env_name!s} is not set")
     elif file_name is not None:
-        try:
-            value = (base_dir / str(file_name)).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            problems.append(f"{where}_file: cannot read {file_name}: {exc.strerror or exc}")
+        text = _read(base_dir / str(file_name), f"{where}_file", problems)
+        value = None if text is None else text.strip()
     if value is not None:
-        if len(value) < min_chars or value.lower() in PLACEHOLDER_SECRETS:
-            problems.append(f"{where}: weak or placeholder secret (need {min_chars}+ characters)")
-        else:
+        found = check(value)
+        problems += [f"{where}: weak or placeholder secret: {p}" for p in found]
+        if not found:
             section[key] = value
 
 
 def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
-    """Checks spanning sections; tolerant of malformed input (the schema reports that)."""
+    """Checks spanning sections; tolerant of malformed input (the schema reports that): a name that is not a string
+    never takes part in a lookup."""
     problems: list[str] = []
-    upstreams: dict[Any, Any] = data["upstreams"] if isinstance(data.get("upstreams"), dict) else {}
-    role_sets: dict[Any, Any] = data["role_sets"] if isinstance(data.get("role_sets"), dict) else {}
+    upstreams, role_sets = _mapping(data.get("upstreams")), _mapping(data.get("role_sets"))
     if not data.get("issuers"):
         problems.append("issuers: at least one issuer is required")
-    names = [str(i.get("name")) for i in data.get("issuers") or [] if isinstance(i, dict)]
+    names = [str(i.get("name")) for i in _dicts(data.get("issuers"))]
     problems += [f"issuers: duplicate name {n!r}" for n in sorted({n for n in names if names.count(n) > 1})]
     for name in upstreams:
         if not (isinstance(name, str) and NAME_RE.match(name)):
@@ -151,34 +173,50 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
     for name, upstream in upstreams.items():
         if isinstance(upstream, dict) and upstream.get("role_set") not in (None, *role_sets):
             problems.append(f"upstreams.{name}.role_set: unknown role set {upstream.get('role_set')!r}")
+        problems += _profile_role_problems(name, upstream, role_sets)
     problems += _login_problems(data, upstreams)
     routes = data.get("routes")
     if not isinstance(routes, list) or not routes:
         problems.append("routes: at least one route is required (no match = deny)")
         return problems
-    seen: set[object] = set()
+    seen: set[str] = set()
     for i, route in enumerate(routes):
         if not isinstance(route, dict):
             continue
-        where = f"routes.{i}"
-        if route.get("name") in seen:
-            problems.append(f"{where}.name: duplicate route name {route.get('name')!r}")
-        seen.add(route.get("name"))
+        where, name = f"routes.{i}", _name(route.get("name"))
+        if name in seen:
+            problems.append(f"{where}.name: duplicate route name {name!r}")
+        seen.add(name or "")
         upstream_name = route.get("upstream")
-        upstream = upstreams.get(upstream_name) if isinstance(upstream_name, str) else None
+        upstream = upstreams.get(_name(upstream_name))
         if upstream_name is not None and upstream is None:
             problems.append(f"{where}.upstream: unknown upstream {upstream_name!r}")
         allow = route.get("allow")
         if isinstance(allow, dict) and allow.get("roles") and isinstance(upstream, dict):
-            role_set = role_sets.get(upstream.get("role_set"))
+            role_set = role_sets.get(_name(upstream.get("role_set")))
             if not isinstance(role_set, dict):
                 problems.append(f"{where}.allow.roles: upstream {upstream_name!r} has no role_set to take roles from")
             else:
-                vocabulary = set(role_set.get("roles") or ())
-                missing = [r for r in allow["roles"] if r not in vocabulary]
+                vocabulary = set(_strings(role_set.get("roles")))
+                missing = [r for r in _strings(allow["roles"]) if r not in vocabulary]
                 if missing:
                     problems.append(f"{where}.allow.roles: not in role set {upstream.get('role_set')!r}: {missing}")
     return problems
+
+
+def _profile_role_problems(name: object, upstream: object, role_sets: dict[Any, Any]) -> list[str]:
+    """A ``grafana`` upstream's role set may only name Grafana's roles (GrafanaAdmin with its opt-in)."""
+    if not isinstance(upstream, dict) or upstream.get("profile") != "grafana":
+        return []
+    role_set = role_sets.get(_name(upstream.get("role_set")))
+    vocabulary = {*GRAFANA_ROLES, *([GRAFANA_ADMIN] if upstream.get("allow_grafana_admin") is True else [])}
+    unknown = [r for r in _strings(_mapping(role_set).get("roles")) if r not in vocabulary]
+    if not unknown:
+        return []
+    return [
+        f"upstreams.{name}: role set {upstream.get('role_set')!r} names roles Grafana does not have: {unknown} "
+        f"(Grafana's roles are {', '.join(GRAFANA_ROLES)}; {GRAFANA_ADMIN} needs allow_grafana_admin: true)"
+    ]
 
 
 def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[str]:
@@ -187,8 +225,8 @@ def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[
     if isinstance(login, dict):
         if not isinstance(data.get("sessions"), dict):
             problems.append("login: browser login needs a sessions section (cookie keys)")
-        issuers = {i.get("name"): i for i in data.get("issuers") or [] if isinstance(i, dict)}
-        issuer = issuers.get(login.get("issuer"))
+        issuers = {i.get("name"): i for i in _dicts(data.get("issuers")) if _name(i.get("name"))}
+        issuer = issuers.get(_name(login.get("issuer")))
         if issuer is None:
             problems.append(f"login.issuer: no issuer named {login.get('issuer')!r}")
         elif not issuer.get("client_id") or "client_secret" not in issuer:
@@ -198,6 +236,22 @@ def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[
             if isinstance(upstream, dict) and upstream.get("assertion_audience"):
                 problems.append(f"upstreams.{name}.assertion_audience: needs an assertion section")
     return problems
+
+
+def _mapping(value: object) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value: object) -> list[dict[Any, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _strings(value: object) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _name(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def summarize(config: Config) -> str:

@@ -174,6 +174,28 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
     return agent
 
 
+def preflight(config: Config) -> list[str]:
+    """Build every component of ``config`` once, as the lifespan will, without serving or any network I/O.
+
+    ``idgate check-config`` and ``idgate serve`` run it after :func:`idgate.config_load.load_config`: a component
+    that refuses a setting the configuration checks let through is one problem line (exit 1), not a traceback from
+    uvicorn's lifespan at startup. Returns the problems, empty when every component was built.
+    """
+
+    async def build() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {}
+            for ca in {i.ca_file for i in config.issuers}:
+                clients[ca] = await stack.enter_async_context(_client_for(ca, None))
+            _agent(config, _services(config, clients))
+
+    try:
+        asyncio.run(build())
+    except Exception as exc:  # the boundary: whatever a component raises is reported, never a traceback
+        return [f"the service cannot be built from this configuration: {type(exc).__name__}: {exc}"]
+    return []
+
+
 def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """Build the ASGI app for ``config``. Components, key caches and HTTP clients live in the lifespan.
 

@@ -229,3 +229,78 @@ def test_grpc_route_excludes_path_and_authorization_is_pass_or_strip() -> None:
     config = parse_config(doc, environ={})
     assert config.routes[2].grpc == "/pkg.v1.Svc/*" and config.routes[2].authorization == "strip"
     assert "rpc: * gRPC /pkg.v1.Svc/* → app  [groups=['g'], Authorization stripped]" in summarize(config)
+
+
+def test_an_issuer_without_the_audiences_key_is_refused() -> None:
+    doc = copy.deepcopy(BASE)
+    del doc["issuers"][0]["audiences"]
+    assert problems_of(doc) == [
+        "issuers.0.audiences: at least one non-empty audience is required (RFC 9068 §4: aud must name us)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("networks", "expected"),
+    [
+        ([], "list at least one network (HAProxy's address): an empty list refuses every /auth caller"),
+        (["0.0.0.0/0"], "'0.0.0.0/0' is too wide"),
+        (["::/0"], "'::/0' is too wide"),
+        (["10.0.0.0/7"], "'10.0.0.0/7' is too wide"),
+        (["2001:db8::/31"], "'2001:db8::/31' is too wide"),
+        (["::ffff:0:0/96"], "'::ffff:0:0/96' is too wide"),  # every IPv4 peer of a dual-stack socket
+        (["::/64"], "'::/64' is too wide"),  # contains ::ffff:0:0/96
+        (["192.168.1.10/16"], "'192.168.1.10/16' has host bits set: write 192.168.0.0/16 for the network"),
+        (["localhost"], "'localhost' is not an IP network"),
+    ],
+)
+def test_trusted_callers_must_be_narrow_networks(networks: list[str], expected: str) -> None:
+    doc = copy.deepcopy(BASE) | {"server": {"trusted_callers": networks}}
+    (problem,) = problems_of(doc)
+    assert problem.startswith("server.trusted_callers: ") and expected in problem, problem
+
+
+def test_every_bad_trusted_caller_is_named_and_narrow_ones_pass() -> None:
+    doc = copy.deepcopy(BASE) | {"server": {"trusted_callers": ["0.0.0.0/0", "10.0.0.0/8", "::/0", "x"]}}
+    (problem,) = problems_of(doc)
+    assert "'0.0.0.0/0'" in problem and "'::/0'" in problem and "'x'" in problem and "10.0.0.0/8" not in problem
+    ok = ["10.0.0.0/8", "172.29.213.10/32", "127.0.0.1", "2001:db8::/32", "fd00:10:244::/56", "::ffff:10.0.0.0/104"]
+    doc["server"]["trusted_callers"] = ok
+    assert parse_config(doc, environ={}).server.trusted_callers == tuple(ok)
+
+
+def test_jwks_uri_on_another_host_needs_an_explicit_pin() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["issuers"][0].update(discovery=False, jwks_uri="https://keys.attacker.example/jwks.json")
+    (problem,) = problems_of(doc)
+    assert problem.startswith("issuers.0.jwks_uri: jwks_uri is on host 'keys.attacker.example', not the issuer's")
+    doc["issuers"][0]["jwks_uri_host_mismatch_ok"] = True
+    assert parse_config(doc, environ={}).issuers[0].jwks_uri == "https://keys.attacker.example/jwks.json"
+    doc["issuers"][0]["jwks_uri"] = "https://IDP.example.com:8443/keys"  # same host: case and port do not matter
+    doc["issuers"][0]["jwks_uri_host_mismatch_ok"] = False
+    assert parse_config(doc, environ={}).issuers[0].jwks_uri == "https://IDP.example.com:8443/keys"
+    del doc["issuers"][0]["jwks_uri"]
+    doc["issuers"][0].update(discovery=True, jwks_uri_host_mismatch_ok=True)
+    assert problems_of(doc) == ["issuers.0.jwks_uri: jwks_uri_host_mismatch_ok is set without a jwks_uri"]
+
+
+def test_grafana_role_sets_use_grafanas_vocabulary() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["role_sets"]["grafana"]["roles"] = ["Viewer", "Editor", "Admin", "viewer", "GrafanaAdmin", "SuperAdmin"]
+    (problem,) = problems_of(doc)
+    assert problem == (
+        "upstreams.grafana: role set 'grafana' names roles Grafana does not have: ['viewer', 'GrafanaAdmin', "
+        "'SuperAdmin'] (Grafana's roles are Viewer, Editor, Admin; GrafanaAdmin needs allow_grafana_admin: true)"
+    )
+    doc["role_sets"]["grafana"]["roles"] = ["Viewer", "Editor", "Admin", "GrafanaAdmin"]
+    assert "'GrafanaAdmin'" in problems_of(doc)[0]
+    doc["upstreams"]["grafana"]["allow_grafana_admin"] = True
+    assert parse_config(doc, environ={}).role_sets["grafana"].roles[-1] == "GrafanaAdmin"
+    doc["upstreams"]["app"] = {"role_set": "grafana", "allow_grafana_admin": True}  # any vocabulary, but no opt-in
+    assert problems_of(doc) == ["upstreams.app: allow_grafana_admin applies to profile grafana only"]
+
+
+@pytest.mark.parametrize("value", ["", " ", " https://idgate.example.com"])
+def test_assertion_issuer_and_audience_are_not_empty(value: str) -> None:
+    doc = copy.deepcopy(BASE) | {"assertion": {"issuer": value}}
+    doc["upstreams"]["app"] = {"assertion_audience": value}
+    assert [p.split(":")[0] for p in problems_of(doc)] == ["assertion.issuer", "upstreams.app.assertion_audience"]

@@ -1,0 +1,93 @@
+"""Warnings about a valid configuration: legal, but likely not what its author meant.
+
+``idgate check-config`` prints them on stderr (exit 0) and ``idgate serve`` logs them at startup:
+
+- a ``public: true`` route on ``/`` (prefix): every path no earlier route matches is public;
+- a public route whose prefix covers a protected route: before it (first match wins), the protected route is
+  never reached; after it, every path under the prefix that the protected route does not match is public;
+- group names that differ only by case or surrounding spaces (``Admins``, ``admins ``), anywhere in
+  ``role_sets.*.from_groups`` and ``routes[].allow.groups``: IdP groups are compared exactly, so all but the
+  IdP's own spelling are dead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from idgate.config import Config, RouteConfig
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Scope:
+    """The requests a route matches: ``path`` alone, or with ``prefix`` also every path below it."""
+
+    host: str
+    path: str
+    prefix: bool
+
+
+def config_warnings(config: Config) -> tuple[str, ...]:
+    """Every warning about ``config``, one line each, in file order."""
+    return (*_public_route_warnings(config.routes), *_group_warnings(config))
+
+
+def _scope(route: RouteConfig) -> _Scope:
+    if route.grpc is not None:
+        service = route.grpc.removesuffix("/*")
+        return _Scope(host=route.host, path=service, prefix=service != route.grpc)
+    if route.match == "exact":
+        return _Scope(host=route.host, path=route.path, prefix=False)
+    return _Scope(host=route.host, path=route.path.rstrip("/") or "/", prefix=True)
+
+
+def _covers(outer: _Scope, inner: _Scope) -> bool:
+    """Does ``outer`` match every request ``inner`` matches, on at least one host they share?"""
+    if "*" not in (outer.host, inner.host) and outer.host != inner.host:
+        return False
+    if not outer.prefix:
+        return not inner.prefix and inner.path == outer.path
+    return outer.path == "/" or inner.path == outer.path or inner.path.startswith(outer.path + "/")
+
+
+def _public_route_warnings(routes: tuple[RouteConfig, ...]) -> list[str]:
+    warnings = []
+    for i, public in enumerate(routes):
+        if not public.public:
+            continue
+        scope = _scope(public)
+        covered = [(j, r.name) for j, r in enumerate(routes) if not r.public and _covers(scope, _scope(r))]
+        before, after = [name for j, name in covered if j < i], [name for j, name in covered if j > i]
+        root = scope.prefix and scope.path == "/"
+        parts = ["makes every path public that no earlier route matches"] if root else []
+        if before and not root:
+            parts.append(
+                f"covers the protected routes {before} before it: any path below it they do not match is public"
+            )
+        if after:
+            parts.append(f"hides the protected routes {after} after it: first match wins, they are never reached")
+        if parts:
+            host = "any host" if public.host == "*" else public.host
+            where = f"gRPC {public.grpc}" if public.grpc else f"{public.path} ({public.match})"
+            warnings.append(f"routes.{i} ({public.name}): public: true on {host} {where} " + "; ".join(parts))
+    return warnings
+
+
+def _group_warnings(config: Config) -> list[str]:
+    places: dict[str, dict[str, list[str]]] = {}  # normalised name → spelling → where it is used
+    named = [(f"role_sets.{n}.from_groups", tuple(rs.from_groups)) for n, rs in config.role_sets.items()]
+    named += [(f"routes.{i}.allow.groups", r.allow.groups) for i, r in enumerate(config.routes) if r.allow]
+    for where, groups in named:
+        for group in groups:
+            places.setdefault(group.strip().casefold(), {}).setdefault(group, []).append(where)
+    warnings = []
+    for spellings in places.values():
+        used = ", ".join(sorted({w for ws in spellings.values() for w in ws}))
+        if len(spellings) > 1:
+            names = " and ".join(repr(g) for g in spellings)
+            warnings.append(
+                f"groups {names} differ only by case or surrounding spaces ({used}): IdP groups are compared "
+                "exactly, so only the spelling the IdP sends can match"
+            )
+        elif (group := next(iter(spellings))) != group.strip():
+            warnings.append(f"group {group!r} has surrounding spaces ({used}): IdP groups are compared exactly")
+    return warnings
