@@ -20,7 +20,7 @@ from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
 from idgate.runtime import preflight
 from idgate_devstack.certs import generate_dev_certs
-from idgate_devstack.demo import _write_secrets
+from idgate_devstack.stack_config import write_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 WRONG_TYPES: tuple[object, ...] = (None, [], [["x"]], {}, {"a": ["b"]}, 5, -1.5, "x", True)
@@ -108,6 +108,6 @@ def test_the_demo_config_with_the_files_the_demo_generates_passes_without_warnin
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "demo.yaml").write_text((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
     generate_dev_certs(tmp_path / ".run" / "demo" / "tls")
-    _write_secrets(tmp_path / ".run" / "demo")
+    write_secrets(tmp_path / ".run" / "demo" / "secrets")
     config = load_config(tmp_path / "config" / "demo.yaml", environ={})
     assert config_warnings(config) == () and preflight(config) == []
