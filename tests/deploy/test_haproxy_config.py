@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import wire
 
 from idgate_devstack.certs import DevCerts, generate_dev_certs
 from idgate_devstack.echo import EchoRecord, EchoUpstream
@@ -593,3 +594,43 @@ def test_grpc_message_is_percent_encoded(stack: Stack) -> None:
     assert re.fullmatch(r"[\x20-\x7e]*", message) and urllib.parse.unquote_to_bytes(message) == "a b,c%d/é".encode(
         "latin-1"
     )
+
+
+# --- edge rules: one Cookie header, no obs-fold, one authority --------------------------------------------------
+
+
+def _hostport(st: Stack) -> str:
+    return st.settings.https_url.removeprefix("https://")
+
+
+def test_several_http1_cookie_lines_reach_idgate_and_the_upstream_as_one(stack: Stack, certs: DevCerts) -> None:
+    head = f"GET /allow/c HTTP/1.1\r\nHost: {_hostport(stack)}\r\nCookie: a=1\r\nCookie: b=2, c\r\nCookie: d=4"
+    answer = wire.http1(stack.settings.https_url, certs.ca, head)
+    assert answer.status == 200
+    (seen,) = stack.fake.received
+    assert _values(seen, "Cookie") == ["a=1; b=2, c; d=4"]
+    (rec,) = stack.hits("app")
+    assert _values(rec["headers"], "cookie") == ["a=1; b=2, c; d=4"]
+
+
+def test_split_http2_cookie_fields_reach_idgate_as_one(stack: Stack, certs: DevCerts) -> None:
+    answer = wire.http2(
+        stack.settings.https_url,
+        certs.ca,
+        [*wire.pseudo(stack.settings.https_url, "/allow/c2"), ("cookie", "a=1"), ("cookie", "b=2")],
+    )
+    assert answer.status == 200
+    (seen,) = stack.fake.received
+    assert _values(seen, "Cookie") == ["a=1; b=2"]
+
+
+def test_more_cookie_lines_than_joined_are_400_before_idgate(stack: Stack, certs: DevCerts) -> None:
+    eight = "".join(f"\r\nCookie: c{i}={i}" for i in range(8))
+    head = f"GET /forbidden/c HTTP/1.1\r\nHost: {_hostport(stack)}"
+    assert wire.http1(stack.settings.https_url, certs.ca, head + eight).status == 403
+    (seen,) = stack.fake.received
+    assert _values(seen, "Cookie") == ["; ".join(f"c{i}={i}" for i in range(8))]
+    nine = wire.http1(stack.settings.https_url, certs.ca, head.replace("/c ", "/c9 ") + eight + "\r\nCookie: c8=8")
+    assert nine.status == 400
+    assert len(stack.fake.received) == 1 and stack.hits("app") == []
+    assert re.search(r"GET /forbidden/c9 .* reason=too_many_cookie_lines", _wait_for_log(stack.haproxy, "c9 .*reason"))
