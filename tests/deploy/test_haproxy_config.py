@@ -634,3 +634,77 @@ def test_more_cookie_lines_than_joined_are_400_before_idgate(stack: Stack, certs
     assert nine.status == 400
     assert len(stack.fake.received) == 1 and stack.hits("app") == []
     assert re.search(r"GET /forbidden/c9 .* reason=too_many_cookie_lines", _wait_for_log(stack.haproxy, "c9 .*reason"))
+
+
+@pytest.mark.parametrize("fold", ["\r\n  b", "\r\n\tb", "  \r\n b"], ids=["space", "tab", "trailing-space"])
+def test_obs_fold_is_400_before_idgate(stack: Stack, certs: DevCerts, fold: str) -> None:
+    head = f"GET /allow/fold HTTP/1.1\r\nHost: {_hostport(stack)}\r\nX-Note: a{fold}"
+    answer = wire.http1(stack.settings.https_url, certs.ca, head)
+    assert answer.status == 400
+    assert stack.fake.received == [] and stack.hits("app") == []
+    assert answer.values("strict-transport-security") == ["max-age=31536000"]
+    assert "reason=obs_fold" in _wait_for_log(stack.haproxy, "reason=obs_fold")
+
+
+def test_folded_authorization_never_reaches_idgate(stack: Stack, certs: DevCerts) -> None:
+    head = f"GET /allow/fold HTTP/1.1\r\nHost: {_hostport(stack)}\r\nAuthorization: Bearer a\r\n b"
+    assert wire.http1(stack.settings.https_url, certs.ca, head).status == 400
+    assert stack.fake.received == []
+
+
+def test_inner_spaces_without_a_fold_pass(stack: Stack, certs: DevCerts) -> None:
+    """Two spaces (HTTP/1.1) or three (HTTP/2, which has no obs-fold) inside a value are not a fold."""
+    one = wire.http1(
+        stack.settings.https_url, certs.ca, f"GET /allow/s HTTP/1.1\r\nHost: {_hostport(stack)}\r\nX-Note: a  b"
+    )
+    two = wire.http2(
+        stack.settings.https_url,
+        certs.ca,
+        [*wire.pseudo(stack.settings.https_url, "/allow/s2"), ("x-note", "a   b")],
+    )
+    assert (one.status, two.status) == (200, 200)
+    assert [_values(rec["headers"], "x-note") for rec in stack.hits("app")] == [["a  b"], ["a   b"]]
+
+
+def test_http2_host_field_never_overrides_authority(stack: Stack, certs: DevCerts) -> None:
+    """HAProxy (2.8, h2.c) builds Host from :authority and drops a client's differing host field: idgate judges and
+    the upstream receives the same authority; the other value is seen by neither."""
+    answer = wire.http2(
+        stack.settings.https_url,
+        certs.ca,
+        [*wire.pseudo(stack.settings.https_url, "/allow/h"), ("host", "evil.example")],
+    )
+    assert answer.status == 200
+    (seen,) = stack.fake.received
+    assert _values(seen, "X-Idgate-Host") == [_hostport(stack)]
+    (rec,) = stack.hits("app")
+    assert _values(rec["headers"], "host") == [_hostport(stack)]
+    assert all("evil.example" not in value for _, value in [*seen, *rec["headers"]])
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/allow/a", "https://{hp}/allow/a"])
+def test_http1_absolute_uri_disagreeing_with_host_is_400(stack: Stack, certs: DevCerts, target: str) -> None:
+    host = "evil.example" if "{hp}" in target else _hostport(stack)
+    head = f"GET {target.format(hp=_hostport(stack))} HTTP/1.1\r\nHost: {host}"
+    assert wire.http1(stack.settings.https_url, certs.ca, head).status == 400
+    assert stack.fake.received == [] and stack.hits("app") == []
+
+
+@pytest.mark.parametrize("hosts", ["Host: {hp}\r\nHost: evil.example", "Host: {hp}, evil.example"])
+def test_two_distinct_http1_hosts_are_400_before_idgate(stack: Stack, certs: DevCerts, hosts: str) -> None:
+    head = f"GET /allow/hosts HTTP/1.1\r\n{hosts.format(hp=_hostport(stack))}"
+    assert wire.http1(stack.settings.https_url, certs.ca, head).status == 400
+    assert stack.fake.received == [] and stack.hits("app") == []
+
+
+def test_http2_without_authority_keeps_the_first_host_field_only(stack: Stack, certs: DevCerts) -> None:
+    fields = [(n, v) for n, v in wire.pseudo(stack.settings.https_url, "/allow/hosts") if n != ":authority"]
+    answer = wire.http2(
+        stack.settings.https_url, certs.ca, [*fields, ("host", "first.example"), ("host", "evil.example")]
+    )
+    assert answer.status == 200
+    (seen,) = stack.fake.received
+    assert _values(seen, "X-Idgate-Host") == ["first.example"]
+    (rec,) = stack.hits("app")
+    assert _values(rec["headers"], "host") == ["first.example"]
+    assert all("evil.example" not in value for _, value in [*seen, *rec["headers"]])

@@ -1,5 +1,5 @@
-"""HAProxy's edge rules with the real idgate, in both modes: one Cookie header holding every cookie. Requests are
-written byte for byte (tests/support/wire.py): ordinary clients never send these."""
+"""HAProxy's edge rules with the real idgate, in both modes: one Cookie header holding every cookie, no obs-fold,
+one authority. Requests are written byte for byte (tests/support/wire.py): ordinary clients never send these."""
 
 from __future__ import annotations
 
@@ -69,3 +69,35 @@ def test_a_session_on_one_cookie_line_and_the_apps_cookie_on_another(fresh: Stac
     for record in records:
         assert [v for n, v in record["headers"] if n.lower() == "cookie"] == ["theme=dark"]
         assert [v for n, v in record["headers"] if n.lower() == "x-auth-user"] == ["alice"]
+
+
+@pytest.mark.parametrize(
+    ("name", "fold"), [pytest.param("space", "\r\n x", id="space"), pytest.param("tab", "\r\n\tx", id="tab")]
+)
+def test_obs_fold_is_400_and_never_reaches_idgate(fresh: Stack, name: str, fold: str) -> None:
+    token = fresh.login("alice").access_token
+    path = f"/app/fold-{name}"
+    head = f"GET {path} HTTP/1.1\r\nHost: {hostport(fresh)}\r\nAuthorization: Bearer {token}\r\nX-Note: a{fold}"
+    assert wire.http1(fresh.url, fresh.certs.ca, head).status == 400
+    assert audit_reasons(fresh, path) == []
+    assert fresh.upstream_hits() == 0
+    unfolded = head.replace(fold, " x")
+    assert wire.http1(fresh.url, fresh.certs.ca, unfolded).status == 200  # the same request without the fold
+
+
+def test_http2_host_field_never_overrides_authority(fresh: Stack) -> None:
+    """HAProxy 2.8 builds Host from :authority and drops a differing host field: idgate judges, and the upstream
+    receives, the authority; the other value reaches neither."""
+    token = fresh.login("alice").access_token
+    answer = wire.http2(
+        fresh.url,
+        fresh.certs.ca,
+        [*wire.pseudo(fresh.url, "/app/authority"), ("host", "evil.example"), ("authorization", f"Bearer {token}")],
+    )
+    assert answer.status == 200
+    time.sleep(0.1)
+    decisions = [json.loads(line) for line in fresh.idgate.log_text().splitlines() if '"/app/authority"' in line]
+    assert [d["host"] for d in decisions] == [hostport(fresh)]
+    (record,) = fresh.upstreams["app"].requests()
+    assert [v for n, v in record["headers"] if n.lower() == "host"] == [hostport(fresh)]
+    assert all("evil.example" not in v for _, v in record["headers"])
