@@ -9,6 +9,8 @@ control path, not through HAProxy).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import socket
 import ssl
@@ -708,3 +710,103 @@ def test_http2_without_authority_keeps_the_first_host_field_only(stack: Stack, c
     (rec,) = stack.hits("app")
     assert _values(rec["headers"], "host") == ["first.example"]
     assert all("evil.example" not in value for _, value in [*seen, *rec["headers"]])
+
+
+# --- credentials never reach HAProxy's log ----------------------------------------------------------------------
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQtand0In0.c2VjcmV0LXNpZ25hdHVyZQ"
+# target -> what its logged URI must be (every SECRET... value and the JWT are gone)
+REDACTED_URIS = {
+    f"/allow/q?access_token={JWT}&y=1": "/allow/q?access_token=<redacted>&y=1",
+    "/forbidden/cb?code=SECRETCODE1&state=SECRETSTATE1&iss=https%3A%2F%2Fidp": (
+        "/forbidden/cb?code=<redacted>&state=<redacted>&iss=https%3A%2F%2Fidp"
+    ),
+    "/forbidden/cb?STATE=SECRETSTATE2;Code=SECRETCODE2": "/forbidden/cb?STATE=<redacted>",
+    "/forbidden/t?id_token=SECRETID&refresh_token=SECRETREFRESH&client_secret=SECRETCLIENT": (
+        "/forbidden/t?id_token=<redacted>&refresh_token=<redacted>&client_secret=<redacted>"
+    ),
+    "/forbidden/t?id_token_hint=SECRETHINT&logout_token=SECRETLOGOUT": (
+        "/forbidden/t?id_token_hint=<redacted>&logout_token=<redacted>"
+    ),
+    "/forbidden/rd?rd=%2Fapp%3Fx%3D1%26access_token%3DSECRETNESTED%26y%3D2": (
+        "/forbidden/rd?rd=%2Fapp%3Fx%3D1%26access_token%3D<redacted>%26y%3D2"
+    ),
+    "/forbidden/rd?rd=/app?code=SECRETRAW&z=1": "/forbidden/rd?rd=/app?code=<redacted>&z=1",
+    f"/forbidden/p/{JWT}/x?token={JWT}": "/forbidden/p/<jwt>/x?token=<jwt>",
+    "/forbidden/q?access_token=a%26SECRETTAIL": "/forbidden/q?access_token=<redacted>",
+    "/forbidden/q?xcode=kept&codes=kept2&state_x=kept3": "/forbidden/q?xcode=kept&codes=kept2&state_x=kept3",
+}
+
+
+def _log_lines(hap: Haproxy, marker: str) -> list[str]:
+    """HAProxy's request log lines (not its <HTTPCLIENT> lines), once ``marker`` has been logged."""
+    text = _wait_for_log(hap, re.escape(marker))
+    return [line for line in text.splitlines() if "fe_https" in line and "HTTPCLIENT" not in line]
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_credentials_in_the_uri_are_redacted_in_the_text_log(stack: Stack, http2: bool) -> None:
+    marker = f"/forbidden/end-text-{http2}"
+    with stack.client(http2=http2) as c:
+        for target in [*REDACTED_URIS, marker]:
+            c.get(target)
+    lines = _log_lines(stack.haproxy, marker)
+    version = "HTTP/2.0" if http2 else "HTTP/1.1"
+    for uri in REDACTED_URIS.values():
+        assert any(f'"GET {uri} {version}"' in line for line in lines), uri
+    assert not re.search(r"SECRET|eyJ", "\n".join(lines))
+
+
+def test_json_log_format_with_more_redacted_parameters(
+    certs: DevCerts, echoes: dict[str, EchoUpstream], tmp_path: Path
+) -> None:
+    with FakeAuth() as fake:
+        settings = dataclasses.replace(
+            _settings(certs, tmp_path, fake.url, echoes), log_format="json", log_redact_params="api_key|sig"
+        )
+        with Haproxy(settings, log_path=tmp_path / "haproxy.log") as hap:
+            ctx = ssl.create_default_context(cafile=str(certs.ca))
+            with httpx.Client(base_url=settings.https_url, verify=ctx, timeout=10.0) as c:
+                for target in [*REDACTED_URIS, "/allow/k?api_key=SECRETKEY&SIG=SECRETSIG&password=kept", "/end"]:
+                    c.get(target, headers={"Cookie": "__Host-idgate_0=SECRETCOOKIE"})
+            lines = _log_lines(hap, '"uri":"\\/end"')
+            two_hosts = "GET /SECRETBAD?code=SECRETBADCODE HTTP/1.1\r\nHost: a.example\r\nHost: b.example"
+            assert wire.http1(settings.https_url, certs.ca, two_hosts).status == 400
+            broken = _log_lines(hap, '"PR--"')[-1]
+    parsed = [json.loads(line) for line in lines]  # every line is JSON: requests, and connection errors
+    records = [r for r in parsed if "error" not in r]
+    errors = [r for r in parsed if "error" in r]  # at least the launcher's TCP probe (closed during handshake)
+    assert errors and {r["error"] for r in errors} >= {"Connection closed during SSL handshake"}
+    uris = [r["uri"] for r in records]
+    assert uris == [*REDACTED_URIS.values(), "/allow/k?api_key=<redacted>&SIG=<redacted>&password=kept", "/end"]
+    allowed = records[0]
+    assert allowed | {"ts": 0, "client_port": 0, "Ta": 0, "TR": 0, "Tr": 0, "Tc": 0, "bytes": 0} == {
+        "ts": 0,
+        "client": "127.0.0.1",
+        "client_port": 0,
+        "frontend": "fe_https~",
+        "backend": "be_app",
+        "server": "app",
+        "TR": 0,
+        "Tw": 0,
+        "Tc": 0,
+        "Tr": 0,
+        "Ta": 0,
+        "status": 200,
+        "bytes": 0,
+        "termination": "----",
+        "conns": allowed["conns"],
+        "queues": "0/0",
+        "method": "GET",
+        "uri": "/allow/q?access_token=<redacted>&y=1",
+        "version": "HTTP/1.1",
+        "idgate": "200",
+        "decision": "allow",
+        "reason": "ok",
+        "user": "alice",
+        "upstream": "app",
+        "spoe_err": "-",
+    }
+    assert [r["status"] for r in records[-2:]] == [200, 403] and {r["status"] for r in records[1:-2]} == {403}
+    assert (json.loads(broken)["status"], json.loads(broken)["method"]) == (400, "<BADREQ>")
+    assert not re.search(r"SECRET|eyJ", "\n".join([*lines, broken]))
