@@ -94,7 +94,9 @@ def test_no_token_code_state_or_cookie_reaches_a_log_line(fresh: Stack) -> None:
         "logout_token": [logout_token],
     }
     assert all(secrets.values()), secrets  # each kind was really used
-    time.sleep(0.3)  # HAProxy logs a request once its response is sent
+    deadline = time.monotonic() + 3  # HAProxy logs a request once its response is sent
+    while "/.idgate/backchannel-logout?logout_token=" not in fresh.haproxy.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     logs = {"haproxy": fresh.haproxy.log_text(), "idgate": fresh.idgate.log_text()}
     for log_name, text in logs.items():
         for kind, values in secrets.items():
