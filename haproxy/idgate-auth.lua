@@ -12,8 +12,8 @@
 -- Request to idgate (no body):
 --     X-Idgate-Method, X-Idgate-Host, X-Idgate-Path (HAProxy's normalised path, no query),
 --     X-Idgate-Query (may be empty), X-Idgate-Source (client address), X-Idgate-Proto (https|http),
---     plus the client's Authorization (every copy), Cookie, Accept, Content-Type, X-Requested-With,
---     Sec-Fetch-Mode and User-Agent when present.
+--     plus the client's Authorization (every copy), Cookie (every line joined with "; "), Accept,
+--     Content-Type, X-Requested-With, Sec-Fetch-Mode and User-Agent when present.
 --
 -- Answer from idgate: 200 allow, 401 no/bad credentials, 403 forbidden, 400 malformed, 302 login redirect.
 -- Its X-Idgate-* headers land in txn.idgate.* variables (see ANSWER_VARS). Any other status, a duplicated
@@ -115,6 +115,11 @@ local function build_request_headers(txn)
     local client = txn.http:req_get_headers()
     for _, pair in ipairs(FORWARDED_HEADERS) do
         local vals = values_of(client[pair[1]])
+        if #vals > 1 and pair[1] == "cookie" then
+            -- one Cookie field holding every cookie (RFC 9113 §8.2.3), as the SPOE message reads it; haproxy.cfg
+            -- already joins several lines, this keeps the Lua right on its own
+            vals = { table.concat(vals, "; ") }
+        end
         if #vals > 0 then
             hdrs[pair[2]] = vals
         end

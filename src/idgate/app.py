@@ -59,7 +59,8 @@ def facts_from_request(request: Request) -> RequestFacts | None:
         source=h.get("x-idgate-source", ""),
         query=h.get("x-idgate-query", ""),
         authorization=tuple(h.getlist("authorization")),
-        cookie=h.get("cookie") or None,  # HAProxy sends an empty value for "absent"
+        # every Cookie field joined with "; " (RFC 9113 §8.2.3), never only one; HAProxy sends "" for "absent"
+        cookie="; ".join(h.getlist("cookie")) or None,
         accept=h.get("accept") or None,
         requested_with=h.get("x-requested-with") or None,
         fetch_mode=h.get("sec-fetch-mode") or None,

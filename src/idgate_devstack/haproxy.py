@@ -115,7 +115,9 @@ class HaproxySettings:
     Addresses are ``host:port`` strings as HAProxy's ``bind`` / ``server`` take them. ``https_port`` is
     the port written into the HTTP->HTTPS redirect (default: the port of ``https_bind``; set it when a
     port mapping or another proxy sits in front). ``auth_timeout_ms`` bounds the auth call in ms (it is
-    also its connect timeout). ``lua_dir`` defaults to ``haproxy_dir()``.
+    also its connect timeout). ``lua_dir`` defaults to ``haproxy_dir()``. ``log_format`` is ``text`` or ``json``;
+    ``log_redact_params`` names query parameters redacted in the log besides the built-in credential names
+    (``"api_key|sig"``; None keeps the config's default).
     """
 
     tls_pem: Path
@@ -139,6 +141,8 @@ class HaproxySettings:
     stream_timeout: str = "5m"  # inactivity timeout of long-lived (gRPC) streams
     stats_socket: Path = field(default_factory=_default_stats_socket)
     lua_dir: Path | None = None
+    log_format: Literal["text", "json"] = "text"  # HAProxy's request log line (IDGATE_LOG_FORMAT)
+    log_redact_params: str | None = None  # more query parameters to redact in it, "a|b" (IDGATE_LOG_REDACT_PARAMS)
 
     def __post_init__(self) -> None:
         if self.auth_timeout_ms <= 0:
@@ -189,9 +193,11 @@ class HaproxySettings:
                 "IDGATE_UPSTREAM_GRPC_NAME": self.upstream_grpc_name,
             }
         h2c = {"IDGATE_H2C_BIND": self.h2c_bind} if self.h2c_bind is not None else {}
+        redact = {"IDGATE_LOG_REDACT_PARAMS": self.log_redact_params} if self.log_redact_params else {}
         return (
             grpc_tls
             | h2c
+            | redact
             | {
                 "IDGATE_MODE": self.mode,
                 "IDGATE_SPOA_ADDR": self.spoa_addr,
@@ -212,6 +218,7 @@ class HaproxySettings:
                 "IDGATE_STREAM_TIMEOUT": self.stream_timeout,
                 "IDGATE_STATS_SOCKET": str(self.stats_socket),
                 "IDGATE_LUA_DIR": str(Path(lua_dir).resolve()),
+                "IDGATE_LOG_FORMAT": self.log_format,
             }
         )
 

@@ -275,7 +275,8 @@ _CONDITIONAL = re.compile(r"\.(if|elif|else|endif)\b\s*(.*)")
 
 
 def config_variables(text: str) -> ConfigVariables:
-    """presetenv defaults and variables read by one HAProxy config text, minding its conditional blocks.
+    """presetenv defaults (and setenv values) and variables read by one HAProxy config text, minding its conditional
+    blocks.
 
     Only a branch whose whole condition is ``defined(NAME)`` guards NAME (nested blocks included); its ``.else`` /
     ``.elif`` branches do not, nor does a guard of another name. A ``.elif``'s own condition is read outside the
@@ -300,7 +301,7 @@ def config_variables(text: str) -> ConfigVariables:
                     open_branches.pop()
                 else:
                     open_branches[-1] = None
-        if m := re.match(r'\s*presetenv\s+(\w+)\s+"([^"]*)"', line):
+        if m := re.match(r'\s*(?:pre)?setenv\s+(\w+)\s+"([^"]*)"', line):  # setenv: set by the config itself
             defaults[m[1]] = m[2]
         for name in {a or b for a, b in re.findall(r'\$\{(\w+)\}|"\$(\w+)"', line)}:
             (guarded if name in open_branches else required).add(name)
@@ -421,6 +422,7 @@ def test_config_variables_understands_defined_guards() -> None:
     text = """
 global
     presetenv A "1"
+    setenv B "x${A}"
     # "${COMMENTED}" is not read
 .if defined(OPT)
     bind "${OPT}" name plain
@@ -447,7 +449,7 @@ global
 .endif
 """
     variables = config_variables(text)
-    assert variables.defaults == {"A": "1"}
+    assert variables.defaults == {"A": "1", "B": "x${A}"}
     assert variables.optional == {"OPT", "ALT"}
     assert variables.required == {"A", "ELSE", "Y", "BOTH", "LATE"}
     for broken in (".endif\n", ".if defined(A)\n", ".else\n"):

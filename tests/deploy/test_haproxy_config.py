@@ -9,6 +9,8 @@ control path, not through HAProxy).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import socket
 import ssl
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import wire
 
 from idgate_devstack.certs import DevCerts, generate_dev_certs
 from idgate_devstack.echo import EchoRecord, EchoUpstream
@@ -593,3 +596,217 @@ def test_grpc_message_is_percent_encoded(stack: Stack) -> None:
     assert re.fullmatch(r"[\x20-\x7e]*", message) and urllib.parse.unquote_to_bytes(message) == "a b,c%d/é".encode(
         "latin-1"
     )
+
+
+# --- edge rules: one Cookie header, no obs-fold, one authority --------------------------------------------------
+
+
+def _hostport(st: Stack) -> str:
+    return st.settings.https_url.removeprefix("https://")
+
+
+def test_several_http1_cookie_lines_reach_idgate_and_the_upstream_as_one(stack: Stack, certs: DevCerts) -> None:
+    head = f"GET /allow/c HTTP/1.1\r\nHost: {_hostport(stack)}\r\nCookie: a=1\r\nCookie: b=2, c\r\nCookie: d=4"
+    answer = wire.http1(stack.settings.https_url, certs.ca, head)
+    assert answer.status == 200
+    (seen,) = stack.fake.received
+    assert _values(seen, "Cookie") == ["a=1; b=2, c; d=4"]
+    (rec,) = stack.hits("app")
+    assert _values(rec["headers"], "cookie") == ["a=1; b=2, c; d=4"]
+
+
+def test_split_http2_cookie_fields_reach_idgate_as_one(stack: Stack, certs: DevCerts) -> None:
+    answer = wire.http2(
+        stack.settings.https_url,
+        certs.ca,
+        [*wire.pseudo(stack.settings.https_url, "/allow/c2"), ("cookie", "a=1"), ("cookie", "b=2")],
+    )
+    assert answer.status == 200
+    (seen,) = stack.fake.received
+    assert _values(seen, "Cookie") == ["a=1; b=2"]
+
+
+def test_more_cookie_lines_than_joined_are_400_before_idgate(stack: Stack, certs: DevCerts) -> None:
+    eight = "".join(f"\r\nCookie: c{i}={i}" for i in range(8))
+    head = f"GET /forbidden/c HTTP/1.1\r\nHost: {_hostport(stack)}"
+    assert wire.http1(stack.settings.https_url, certs.ca, head + eight).status == 403
+    (seen,) = stack.fake.received
+    assert _values(seen, "Cookie") == ["; ".join(f"c{i}={i}" for i in range(8))]
+    nine = wire.http1(stack.settings.https_url, certs.ca, head.replace("/c ", "/c9 ") + eight + "\r\nCookie: c8=8")
+    assert nine.status == 400
+    assert len(stack.fake.received) == 1 and stack.hits("app") == []
+    assert re.search(r"GET /forbidden/c9 .* reason=too_many_cookie_lines", _wait_for_log(stack.haproxy, "c9 .*reason"))
+
+
+@pytest.mark.parametrize("fold", ["\r\n  b", "\r\n\tb", "  \r\n b"], ids=["space", "tab", "trailing-space"])
+def test_obs_fold_is_400_before_idgate(stack: Stack, certs: DevCerts, fold: str) -> None:
+    head = f"GET /allow/fold HTTP/1.1\r\nHost: {_hostport(stack)}\r\nX-Note: a{fold}"
+    answer = wire.http1(stack.settings.https_url, certs.ca, head)
+    assert answer.status == 400
+    assert stack.fake.received == [] and stack.hits("app") == []
+    assert answer.values("strict-transport-security") == ["max-age=31536000"]
+    assert "reason=obs_fold" in _wait_for_log(stack.haproxy, "reason=obs_fold")
+
+
+def test_folded_authorization_never_reaches_idgate(stack: Stack, certs: DevCerts) -> None:
+    head = f"GET /allow/fold HTTP/1.1\r\nHost: {_hostport(stack)}\r\nAuthorization: Bearer a\r\n b"
+    assert wire.http1(stack.settings.https_url, certs.ca, head).status == 400
+    assert stack.fake.received == []
+
+
+def test_inner_spaces_without_a_fold_pass(stack: Stack, certs: DevCerts) -> None:
+    """Two spaces (HTTP/1.1) or three (HTTP/2, which has no obs-fold) inside a value are not a fold."""
+    one = wire.http1(
+        stack.settings.https_url, certs.ca, f"GET /allow/s HTTP/1.1\r\nHost: {_hostport(stack)}\r\nX-Note: a  b"
+    )
+    two = wire.http2(
+        stack.settings.https_url,
+        certs.ca,
+        [*wire.pseudo(stack.settings.https_url, "/allow/s2"), ("x-note", "a   b")],
+    )
+    assert (one.status, two.status) == (200, 200)
+    assert [_values(rec["headers"], "x-note") for rec in stack.hits("app")] == [["a  b"], ["a   b"]]
+
+
+def test_http2_host_field_never_overrides_authority(stack: Stack, certs: DevCerts) -> None:
+    """HAProxy (2.8, h2.c) builds Host from :authority and drops a client's differing host field: idgate judges and
+    the upstream receives the same authority; the other value is seen by neither."""
+    answer = wire.http2(
+        stack.settings.https_url,
+        certs.ca,
+        [*wire.pseudo(stack.settings.https_url, "/allow/h"), ("host", "evil.example")],
+    )
+    assert answer.status == 200
+    (seen,) = stack.fake.received
+    assert _values(seen, "X-Idgate-Host") == [_hostport(stack)]
+    (rec,) = stack.hits("app")
+    assert _values(rec["headers"], "host") == [_hostport(stack)]
+    assert all("evil.example" not in value for _, value in [*seen, *rec["headers"]])
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/allow/a", "https://{hp}/allow/a"])
+def test_http1_absolute_uri_disagreeing_with_host_is_400(stack: Stack, certs: DevCerts, target: str) -> None:
+    host = "evil.example" if "{hp}" in target else _hostport(stack)
+    head = f"GET {target.format(hp=_hostport(stack))} HTTP/1.1\r\nHost: {host}"
+    assert wire.http1(stack.settings.https_url, certs.ca, head).status == 400
+    assert stack.fake.received == [] and stack.hits("app") == []
+
+
+@pytest.mark.parametrize("hosts", ["Host: {hp}\r\nHost: evil.example", "Host: {hp}, evil.example"])
+def test_two_distinct_http1_hosts_are_400_before_idgate(stack: Stack, certs: DevCerts, hosts: str) -> None:
+    head = f"GET /allow/hosts HTTP/1.1\r\n{hosts.format(hp=_hostport(stack))}"
+    assert wire.http1(stack.settings.https_url, certs.ca, head).status == 400
+    assert stack.fake.received == [] and stack.hits("app") == []
+
+
+def test_http2_without_authority_keeps_the_first_host_field_only(stack: Stack, certs: DevCerts) -> None:
+    fields = [(n, v) for n, v in wire.pseudo(stack.settings.https_url, "/allow/hosts") if n != ":authority"]
+    answer = wire.http2(
+        stack.settings.https_url, certs.ca, [*fields, ("host", "first.example"), ("host", "evil.example")]
+    )
+    assert answer.status == 200
+    (seen,) = stack.fake.received
+    assert _values(seen, "X-Idgate-Host") == ["first.example"]
+    (rec,) = stack.hits("app")
+    assert _values(rec["headers"], "host") == ["first.example"]
+    assert all("evil.example" not in value for _, value in [*seen, *rec["headers"]])
+
+
+# --- credentials never reach HAProxy's log ----------------------------------------------------------------------
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQtand0In0.c2VjcmV0LXNpZ25hdHVyZQ"
+# target -> what its logged URI must be (every SECRET... value and the JWT are gone)
+REDACTED_URIS = {
+    f"/allow/q?access_token={JWT}&y=1": "/allow/q?access_token=<redacted>&y=1",
+    "/forbidden/cb?code=SECRETCODE1&state=SECRETSTATE1&iss=https%3A%2F%2Fidp": (
+        "/forbidden/cb?code=<redacted>&state=<redacted>&iss=https%3A%2F%2Fidp"
+    ),
+    "/forbidden/cb?STATE=SECRETSTATE2;Code=SECRETCODE2": "/forbidden/cb?STATE=<redacted>",
+    "/forbidden/t?id_token=SECRETID&refresh_token=SECRETREFRESH&client_secret=SECRETCLIENT": (
+        "/forbidden/t?id_token=<redacted>&refresh_token=<redacted>&client_secret=<redacted>"
+    ),
+    "/forbidden/t?id_token_hint=SECRETHINT&logout_token=SECRETLOGOUT": (
+        "/forbidden/t?id_token_hint=<redacted>&logout_token=<redacted>"
+    ),
+    "/forbidden/rd?rd=%2Fapp%3Fx%3D1%26access_token%3DSECRETNESTED%26y%3D2": (
+        "/forbidden/rd?rd=%2Fapp%3Fx%3D1%26access_token%3D<redacted>%26y%3D2"
+    ),
+    "/forbidden/rd?rd=/app?code=SECRETRAW&z=1": "/forbidden/rd?rd=/app?code=<redacted>&z=1",
+    f"/forbidden/p/{JWT}/x?token={JWT}": "/forbidden/p/<jwt>/x?token=<jwt>",
+    "/forbidden/q?access_token=a%26SECRETTAIL": "/forbidden/q?access_token=<redacted>",
+    "/forbidden/q?xcode=kept&codes=kept2&state_x=kept3": "/forbidden/q?xcode=kept&codes=kept2&state_x=kept3",
+}
+
+
+def _log_lines(hap: Haproxy, marker: str) -> list[str]:
+    """HAProxy's request log lines (not its <HTTPCLIENT> lines), once ``marker`` has been logged."""
+    text = _wait_for_log(hap, re.escape(marker))
+    return [line for line in text.splitlines() if "fe_https" in line and "HTTPCLIENT" not in line]
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_credentials_in_the_uri_are_redacted_in_the_text_log(stack: Stack, http2: bool) -> None:
+    marker = f"/forbidden/end-text-{http2}"
+    with stack.client(http2=http2) as c:
+        for target in [*REDACTED_URIS, marker]:
+            c.get(target)
+    lines = _log_lines(stack.haproxy, marker)
+    version = "HTTP/2.0" if http2 else "HTTP/1.1"
+    for uri in REDACTED_URIS.values():
+        assert any(f'"GET {uri} {version}"' in line for line in lines), uri
+    assert not re.search(r"SECRET|eyJ", "\n".join(lines))
+
+
+def test_json_log_format_with_more_redacted_parameters(
+    certs: DevCerts, echoes: dict[str, EchoUpstream], tmp_path: Path
+) -> None:
+    with FakeAuth() as fake:
+        settings = dataclasses.replace(
+            _settings(certs, tmp_path, fake.url, echoes), log_format="json", log_redact_params="api_key|sig"
+        )
+        with Haproxy(settings, log_path=tmp_path / "haproxy.log") as hap:
+            ctx = ssl.create_default_context(cafile=str(certs.ca))
+            with httpx.Client(base_url=settings.https_url, verify=ctx, timeout=10.0) as c:
+                for target in [*REDACTED_URIS, "/allow/k?api_key=SECRETKEY&SIG=SECRETSIG&password=kept", "/end"]:
+                    c.get(target, headers={"Cookie": "__Host-idgate_0=SECRETCOOKIE"})
+            lines = _log_lines(hap, '"uri":"\\/end"')
+            two_hosts = "GET /SECRETBAD?code=SECRETBADCODE HTTP/1.1\r\nHost: a.example\r\nHost: b.example"
+            assert wire.http1(settings.https_url, certs.ca, two_hosts).status == 400
+            broken = _log_lines(hap, '"PR--"')[-1]
+    parsed = [json.loads(line) for line in lines]  # every line is JSON: requests, and connection errors
+    records = [r for r in parsed if "error" not in r]
+    errors = [r for r in parsed if "error" in r]  # at least the launcher's TCP probe (closed during handshake)
+    assert errors and {r["error"] for r in errors} >= {"Connection closed during SSL handshake"}
+    uris = [r["uri"] for r in records]
+    assert uris == [*REDACTED_URIS.values(), "/allow/k?api_key=<redacted>&SIG=<redacted>&password=kept", "/end"]
+    allowed = records[0]
+    assert allowed | {"ts": 0, "client_port": 0, "Ta": 0, "TR": 0, "Tr": 0, "Tc": 0, "bytes": 0} == {
+        "ts": 0,
+        "client": "127.0.0.1",
+        "client_port": 0,
+        "frontend": "fe_https~",
+        "backend": "be_app",
+        "server": "app",
+        "TR": 0,
+        "Tw": 0,
+        "Tc": 0,
+        "Tr": 0,
+        "Ta": 0,
+        "status": 200,
+        "bytes": 0,
+        "termination": "----",
+        "conns": allowed["conns"],
+        "queues": "0/0",
+        "method": "GET",
+        "uri": "/allow/q?access_token=<redacted>&y=1",
+        "version": "HTTP/1.1",
+        "idgate": "200",
+        "decision": "allow",
+        "reason": "ok",
+        "user": "alice",
+        "upstream": "app",
+        "spoe_err": "-",
+    }
+    assert [r["status"] for r in records[-2:]] == [200, 403] and {r["status"] for r in records[1:-2]} == {403}
+    assert (json.loads(broken)["status"], json.loads(broken)["method"]) == (400, "<BADREQ>")
+    assert not re.search(r"SECRET|eyJ", "\n".join([*lines, broken]))

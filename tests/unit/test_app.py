@@ -14,7 +14,9 @@ import httpx
 import jwt
 import pytest
 from fake_issuer import config, idp, token
+from starlette.requests import Request
 
+from idgate.app import facts_from_request
 from idgate.config import Config
 from idgate.config_load import parse_config
 from idgate.runtime import create_app
@@ -204,3 +206,19 @@ async def test_trusting_unverified_email_is_a_warning_at_startup(caplog: pytest.
         assert [(w["warning"], w["issuer"]) for w in warnings] == [("trust_unverified_email", "test")]
     else:
         assert warnings == []
+
+
+def test_auth_facts_join_every_cookie_field() -> None:
+    """Several Cookie fields (HTTP/2 splits them, RFC 9113 §8.2.3) are judged together, never only the first: a
+    second copy of a session cookie on another line makes a duplicate, not a different user's session."""
+    base = [(k.encode(), v.encode()) for k, v in FACTS.items()] + [(b"x-idgate-path", b"/app")]
+    split = Request({"type": "http", "headers": [*base, (b"cookie", b"__Host-idgate_0=a"), (b"cookie", b"t=1")]})
+    one = Request({"type": "http", "headers": [*base, (b"cookie", b"__Host-idgate_0=a")]})
+    empty = Request({"type": "http", "headers": [*base, (b"cookie", b"")]})
+    none = Request({"type": "http", "headers": base})
+    assert [facts_from_request(r).cookie for r in (split, one, empty, none)] == [  # type: ignore[union-attr]
+        "__Host-idgate_0=a; t=1",
+        "__Host-idgate_0=a",
+        None,
+        None,
+    ]
