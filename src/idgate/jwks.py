@@ -1,4 +1,5 @@
-"""An async two-tier JWKS cache for one issuer (RFC 7517 §5, OIDC Discovery §4, RFC 8725 §3.1).
+"""An async two-tier JWKS cache for one issuer (RFC 7517 §5, OIDC Discovery §4, RFC 8725 §3.1); keys are read by
+:mod:`idgate.jwk`.
 
 Behaviour:
 - The key set's TTL is the response's ``Cache-Control: max-age`` clamped to [min_ttl, max_ttl] seconds (no
@@ -7,7 +8,7 @@ Behaviour:
   the last good keys (stale-if-error) and is retried no sooner than the refetch cooldown.
 - An unknown ``kid`` triggers one forced refetch, single-flight (concurrent callers share it), at most once per
   refetch cooldown (seconds; 0 in tests).
-- A malformed, symmetric, private or non-signing key is skipped and counted, never fatal.
+- A malformed, symmetric, private, non-signing or sub-2048-bit RSA key is skipped and counted, never fatal.
 - Every fetch is an ``httpx.AsyncClient`` call with a timeout and a body-size cap: nothing blocks the event loop.
 - With discovery, ``jwks_uri`` comes from ``{issuer}/.well-known/openid-configuration`` whose ``issuer`` must equal
   the configured issuer exactly (OIDC Discovery §4.3).
@@ -18,37 +19,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
-import jwt
 
 from idgate.config import IssuerConfig
 from idgate.errors import KeySetError, TokenError
+from idgate.jwk import VerificationKey, parse_jwks, ttl_from_cache_control
+
+__all__ = ["JwksCache", "JwksStats", "KeySet", "VerificationKey", "parse_jwks", "ttl_from_cache_control"]
 
 log = logging.getLogger("idgate.jwks")
-
-_ALGS_BY_KEY = {
-    ("RSA", None): frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}),
-    ("EC", "P-256"): frozenset({"ES256"}),
-    ("EC", "P-384"): frozenset({"ES384"}),
-    ("EC", "P-521"): frozenset({"ES512"}),
-    ("OKP", "Ed25519"): frozenset({"EdDSA"}),
-    ("OKP", "Ed448"): frozenset({"EdDSA"}),
-}
-_MAX_AGE_RE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class VerificationKey:
-    """One usable public key: the key object and the pinned algorithms it may verify."""
-
-    kid: str | None
-    key: object
-    algorithms: frozenset[str]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,58 +51,6 @@ class JwksStats:
     failures: int = 0
     skipped_keys: int = 0
     last_error: str = ""
-
-
-def ttl_from_cache_control(value: str | None, *, min_ttl: float, max_ttl: float) -> float:
-    """TTL in seconds from a Cache-Control header value, clamped to [min_ttl, max_ttl] (RFC 9111 §5.2.2.1)."""
-    if not value or re.search(r"no-cache|no-store", value, re.IGNORECASE):
-        return min_ttl
-    match = _MAX_AGE_RE.search(value)
-    if not match:
-        return min_ttl
-    return min(max(float(match.group(1)), min_ttl), max_ttl)
-
-
-def parse_jwks(document: object, *, pinned: frozenset[str]) -> tuple[dict[str | None, VerificationKey], int]:
-    """Parse a JWKS document into usable keys and a count of skipped ones.
-
-    Raises:
-        KeySetError: the document is not a JSON object with a ``keys`` array.
-    """
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise KeySetError("JWKS is not an object with a 'keys' array")
-    keys: dict[str | None, VerificationKey] = {}
-    skipped = 0
-    for jwk in document["keys"]:
-        parsed = _parse_key(jwk, pinned)
-        if parsed is None or parsed.kid in keys:
-            skipped += 1  # malformed, unusable, or a duplicate kid (ambiguous: the first one wins)
-            continue
-        keys[parsed.kid] = parsed
-    return keys, skipped
-
-
-def _parse_key(jwk: object, pinned: frozenset[str]) -> VerificationKey | None:
-    if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig" or "d" in jwk:
-        return None
-    kid, kty, crv, alg = (jwk.get(k) for k in ("kid", "kty", "crv", "alg"))
-    if not all(v is None or isinstance(v, str) for v in (kid, kty, crv, alg)):
-        return None  # an array or object where a string belongs: malformed
-    if kid is not None and len(kid) > 256:
-        return None
-    algs = _ALGS_BY_KEY.get((kty, None if kty == "RSA" else crv))  # type: ignore[arg-type]
-    if algs is None:
-        return None  # "oct" (symmetric) and unknown key types are never verification keys here
-    if alg is not None:
-        algs = algs & {alg}
-    algs = algs & pinned
-    if not algs:
-        return None
-    try:
-        key = jwt.PyJWK(jwk, algorithm=next(iter(sorted(algs)))).key
-    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
-        return None
-    return VerificationKey(kid=kid, key=key, algorithms=frozenset(algs))
 
 
 @dataclass(kw_only=True)
