@@ -3,7 +3,8 @@
 
 ``/auth`` takes the request facts HAProxy computed from ``X-Idgate-*`` headers (contract in ``haproxy/README.md``)
 and answers the decision: 200 + the ``X-Idgate-*`` headers of :data:`idgate.facts.ANSWER_HEADERS`, 401 +
-``WWW-Authenticate: Bearer error=...`` (RFC 6750 §3), 403, 400, 302 or 503. Only callers from
+``WWW-Authenticate: Bearer error=...`` (RFC 6750 §3), 403, 400, 302 or 503 (+ ``Retry-After`` when the issuer's
+keys cannot be had). Only callers from
 ``server.trusted_callers`` may ask (others get 403 ``untrusted_caller``): like uvicorn's ProxyHeadersMiddleware,
 facts are trusted only from known hops. Both of this adapter's own denies (``untrusted_caller``,
 ``missing_facts``) are audited and counted through :meth:`DecisionEngine.refused`.
@@ -82,6 +83,8 @@ def decision_response(decision: Decision) -> Response:
         headers[ANSWER_HEADERS["www_authenticate"]] = decision.www_authenticate
     if decision.location:
         headers[ANSWER_HEADERS["location"]] = decision.location
+    if decision.retry_after is not None:
+        headers[ANSWER_HEADERS["retry_after"]] = str(decision.retry_after)
     response = PlainTextResponse(f"{decision.status} {','.join(decision.reasons)}\n", decision.status, headers)
     for value in decision.set_cookies:
         response.headers.append("set-cookie", value)

@@ -8,6 +8,8 @@ Behaviour:
   the last good keys (stale-if-error) and is retried no sooner than the refetch cooldown.
 - An unknown ``kid`` triggers one forced refetch, single-flight (concurrent callers share it), at most once per
   refetch cooldown (seconds; 0 in tests).
+- No key set at all (never fetched): :class:`~idgate.errors.KeysUnavailable` ``keys_unavailable`` with the seconds
+  until the next fetch may start (503 + ``Retry-After``), never a verdict on the token.
 - A malformed, symmetric, private, non-signing or sub-2048-bit RSA key is skipped and counted, never fatal.
 - Every fetch is an ``httpx.AsyncClient`` call with a timeout and a body-size cap: nothing blocks the event loop.
 - With discovery, ``jwks_uri`` comes from ``{issuer}/.well-known/openid-configuration`` whose ``issuer`` must equal
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from idgate.config import IssuerConfig
-from idgate.errors import KeySetError, TokenError
+from idgate.errors import KeySetError, KeysUnavailable, TokenError
 from idgate.jwk import VerificationKey, parse_jwks, ttl_from_cache_control
 
 __all__ = ["JwksCache", "JwksStats", "KeySet", "VerificationKey", "parse_jwks", "ttl_from_cache_control"]
@@ -83,8 +86,8 @@ class JwksCache:
         """The verification key for ``kid``.
 
         Raises:
-            TokenError: ``unknown_kid`` when no published key matches after the allowed refetch;
-                ``keys_unavailable`` when no key set was ever fetched.
+            TokenError: ``unknown_kid`` when no published key matches after the allowed refetch.
+            KeysUnavailable: ``keys_unavailable`` when no key set was ever fetched.
         """
         keyset = self._keyset
         now = self.clock()
@@ -93,7 +96,8 @@ class JwksCache:
         if keyset is None:
             keyset = await self._refetch() if may_fetch else None
             if keyset is None:
-                raise TokenError("keys_unavailable", f"no JWKS fetched yet for {self.config.issuer}")
+                detail = f"no JWKS fetched yet for {self.config.issuer}"
+                raise KeysUnavailable("keys_unavailable", detail, retry_after=self._retry_after())
             may_fetch = False  # that fetch was this cooldown's one
         elif now >= keyset.expires_at and may_fetch:
             self._start_refetch()  # stale-while-revalidate: this request uses the keys we have
@@ -104,6 +108,11 @@ class JwksCache:
         if key is None:
             raise TokenError("unknown_kid", "no published key matches the token's kid")
         return key
+
+    def _retry_after(self) -> int:
+        """Whole seconds until a fetch may start again (at least 1)."""
+        wait = self._last_attempt + self.config.jwks.refetch_cooldown_seconds - self.clock()
+        return max(1, math.ceil(wait))
 
     @staticmethod
     def _lookup(keyset: KeySet, kid: str | None) -> VerificationKey | None:

@@ -9,7 +9,8 @@ Order of checks, cheapest first, each failure a :class:`~idgate.errors.TokenErro
    ``jku``/``x5u``/``jwk``/``x5c`` present (``forbidden_header``: never honoured, so refused); any ``crit``
    (``unsupported_crit``: we implement no extension, RFC 7515 §4.1.11); ``typ`` ``at+jwt`` when the issuer
    requires it (``invalid_typ``);
-4. the key for ``kid`` (``unknown_kid``, ``keys_unavailable``), and ``alg`` usable with that key's type;
+4. the key for ``kid`` (``unknown_kid``), and ``alg`` usable with that key's type; when the issuer's keys cannot
+   be had, :class:`~idgate.errors.KeysUnavailable` (503, not a verdict on the token: see :mod:`idgate.jwks`);
 5. PyJWT: signature (``invalid_signature``), exact ``iss``, ``aud`` containing a configured audience
    (``invalid_audience``), ``exp`` (``expired``), ``nbf``/``iat`` (``not_yet_valid``) with the leeway;
 6. not an ID token or logout token (``nonce``, ``at_hash``, ``c_hash``, ``events``; Keycloak ``typ`` ID/Logout):
@@ -89,6 +90,7 @@ async def verify_jws(
 
     Raises:
         TokenError: with a reason code.
+        KeysUnavailable: the issuer's keys cannot be had now.
     """
     header, _, signature = split_compact_jws(token, max_bytes=trusted.config.max_token_bytes)
     return await _verify_parts(token, header, signature, trusted, kind=kind, audiences=audiences, require=require)
@@ -152,6 +154,7 @@ class Verifier:
 
         Raises:
             TokenError: with one of the reason codes listed in the module docstring.
+            KeysUnavailable: the issuer's keys cannot be had now (answered 503, never 401).
         """
         if self._cache is not None:
             cached = self._cache.get(token)

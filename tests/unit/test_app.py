@@ -84,16 +84,20 @@ async def test_auth_endpoint_refuses_untrusted_callers() -> None:
 
 
 @pytest.mark.anyio
-async def test_readyz_waits_for_keys_and_auth_fails_closed() -> None:
+async def test_readyz_waits_for_keys_and_auth_answers_503_with_retry_after() -> None:
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
     async with serve(transport=httpx.MockTransport(down)) as c:
         r = await c.get("/readyz")
-        assert r.status_code == 503 and "test" in r.text
+        assert r.status_code == 503 and r.text == "waiting for keys: test\n"
         assert (await c.get("/healthz")).status_code == 200
         denied = await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app", "authorization": f"Bearer {token()}"})
-        assert denied.status_code == 401 and denied.headers["x-idgate-reason"] == "keys_unavailable"
+        # a server-side outage, not a verdict on the token: no 401, no challenge telling the client to drop it
+        assert denied.status_code == 503 and denied.headers["x-idgate-reason"] == "keys_unavailable"
+        assert denied.headers["x-idgate-decision"] == "deny" and "www-authenticate" not in denied.headers
+        assert denied.headers["retry-after"] in ("1", "2")
+        assert 'idgate_jwks_ready{issuer="test"} 0.0' in (await c.get("/metrics")).text
 
 
 @pytest.mark.anyio

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from idgate.config import IssuerConfig, JwksSettings
-from idgate.errors import KeySetError, TokenError
+from idgate.errors import KeySetError, KeysUnavailable, TokenError
 from idgate.jwks import JwksCache, parse_jwks, ttl_from_cache_control
 
 if TYPE_CHECKING:
@@ -74,7 +74,8 @@ async def drain(cache: JwksCache) -> None:
 
 
 async def reason_of(cache: JwksCache, kid: str | None) -> str:
-    with pytest.raises(TokenError) as excinfo:
+    """The reason code of a refusal (TokenError, 401) or of keys that cannot be had (KeysUnavailable, 503)."""
+    with pytest.raises((TokenError, KeysUnavailable)) as excinfo:
         await cache.get_key(kid)
     return excinfo.value.reason
 
@@ -528,7 +529,7 @@ async def test_concurrent_calls_while_the_idp_is_down_make_one_request(
     fake_idp.delay = 0.05
     cache = make_cache(fake_idp, clock)
     results = await asyncio.gather(*(cache.get_key("rsa-1") for _ in range(20)), return_exceptions=True)
-    assert all(isinstance(r, TokenError) and r.reason == "keys_unavailable" for r in results)
+    assert all(isinstance(r, KeysUnavailable) and r.reason == "keys_unavailable" for r in results)
     assert len(fake_idp.requests) == 1
 
 

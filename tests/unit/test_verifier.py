@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from idgate.config import ClaimPaths, IssuerConfig, JwksSettings
-from idgate.errors import TokenError
+from idgate.errors import KeysUnavailable, TokenError
 from idgate.jwks import JwksCache
 from idgate.principal import Principal
 from idgate.verifier import TrustedIssuer, Verifier, split_compact_jws
@@ -707,13 +707,16 @@ async def test_subject_from_a_configured_path(make_verifier: MakeVerifier, rsa_k
 
 
 @pytest.mark.anyio
-async def test_keys_unavailable_when_the_idp_is_down(
+async def test_keys_unavailable_when_the_idp_is_down_is_no_verdict_on_the_token(
     verifier: Verifier, rsa_key: rsa.RSAPrivateKey, fake_idp: FakeIdP
 ) -> None:
     fake_idp.down = True
     token = sign(rsa_header(), claims(), rsa_key, "RS256")
-    assert await reason_of(verifier, token) == "keys_unavailable"
-    assert await reason_of(verifier, token) == "keys_unavailable"
+    for _ in range(2):
+        with pytest.raises(KeysUnavailable) as info:  # not a TokenError: the token may well be valid
+            await verifier.verify(token)
+        assert (info.value.reason, info.value.retry_after) == ("keys_unavailable", 30)
+        assert not isinstance(info.value, TokenError)
     assert len(fake_idp.requests) == 1
 
 

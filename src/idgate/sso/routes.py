@@ -8,7 +8,8 @@
     POST /.idgate/sign_out            same-origin only (``Origin`` must be this site) and the CSRF token must open to
                                       the session id: revoke, clear cookies, 302 to the IdP's end_session_endpoint
     POST /.idgate/backchannel-logout  OIDC Back-Channel Logout: a logout+jwt ends sessions by ``sid`` or ``sub``;
-                                      a replayed ``jti`` is refused
+                                      a replayed ``jti`` is refused; 503 + ``Retry-After`` while the issuer's keys
+                                      cannot be had (the IdP may retry)
 
 Every failure is a clear 4xx/5xx page or JSON with a reason code in the log — never a stack trace or a 500.
 Return URLs go through :func:`idgate.sso.redirects.safe_return_to` (exact origins, WHATWG-style parsing).
@@ -238,6 +239,9 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         except CredentialError as exc:
             _event("backchannel_logout_refused", reason=exc.reason)
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
+        except ProviderError as exc:  # the issuer's keys cannot be had now: the token is not at fault, retry later
+            _event("backchannel_logout_deferred", reason=exc.reason)
+            return JSONResponse({"error": "temporarily_unavailable"}, 503, headers=headers | {"retry-after": "5"})
         now = sso.clock()
         until = now + sso.absolute_timeout_seconds
         if not await sso.store.remember_once(f"jti:{claims['iss']}|{claims['jti']}", until=until):

@@ -883,3 +883,20 @@ async def test_end_session_url_http_in_dev_mode(make_client: MakeClient, idp: To
     idp.idp.publish(DISCOVERY_URL, discovery(end_session_endpoint="http://idp.test/logout"))
     url = await make_client(dev_mode=True).end_session_url(id_token_hint=None)
     assert url is not None and url.startswith("http://idp.test/logout?")
+
+
+@pytest.mark.anyio
+async def test_keys_that_cannot_be_had_are_a_transient_provider_error_not_a_bad_token(
+    client: OidcClient, fake_idp: FakeIdP, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """The callback answers a transient ProviderError with 503, a refresh keeps the session within its grace, and
+    back-channel logout answers 503: a TokenError would instead refuse a sign-in or end a session for an IdP
+    outage."""
+    fake_idp.down = True
+    for verify in (
+        client.verify_id_token(sign(id_claims(), rsa_key), nonce=NONCE, access_token=None),
+        client.verify_logout_token(sign(logout_claims(), rsa_key, typ="logout+jwt")),
+    ):
+        with pytest.raises(ProviderError) as info:
+            await verify
+        assert (info.value.reason, info.value.transient) == ("keys_unavailable", True)
