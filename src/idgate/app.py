@@ -8,8 +8,11 @@ keys cannot be had). Only callers from
 ``server.trusted_callers`` may ask (others get 403 ``untrusted_caller``): like uvicorn's ProxyHeadersMiddleware,
 facts are trusted only from known hops. Both of this adapter's own denies (``untrusted_caller``,
 ``missing_facts``) are audited and counted through :meth:`DecisionEngine.refused`.
-``/healthz`` is 200 while the process serves; ``/readyz`` is 200 once the config is loaded and every issuer's keys
-were fetched at least once, else 503 listing the issuers still waiting.
+
+``/healthz`` is 200 while the process serves. ``/readyz`` is 503 (``waiting for keys: NAME, …``) until every
+issuer's keys were fetched once, then 200: ``ready``, plus one ``degraded: NAME (…)`` line per issuer whose last
+fetch failed. A degraded issuer still verifies with its last good keys, and every replica shares its IdP: taking
+replicas out of rotation for an IdP fault would turn a glitch that cached keys ride out into a full outage.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from idgate.sso.routes import PREFIX, Sso, sso_routes
 
 log = logging.getLogger("idgate")
 FACT_HEADERS = ("x-idgate-method", "x-idgate-host", "x-idgate-path")
+NO_STORE = {"cache-control": "no-store"}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -125,10 +129,17 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         return Response(registry.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def readyz(request: Request) -> Response:
-        waiting = [c.config.name for c in get(request).caches if not c.ready]
+        health = [cache.health() for cache in get(request).caches]
+        waiting = [h.name for h in health if not h.ready]
         if waiting:
             return PlainTextResponse(f"waiting for keys: {', '.join(waiting)}\n", 503)
-        return PlainTextResponse("ready\n")
+        lines = ["ready"] + [
+            f"degraded: {h.name} (serving {h.keys} key(s) fetched {h.age_seconds or 0:.0f} s ago; "
+            f"last fetch failed: {h.last_error})"
+            for h in health
+            if h.degraded
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n", headers=NO_STORE)
 
     async def jwks(request: Request) -> Response:
         """``GET /.idgate/jwks.json``: the assertion signer's public keys (404 without assertions configured)."""

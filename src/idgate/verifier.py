@@ -31,7 +31,7 @@ import jwt
 
 from idgate.config import IssuerConfig
 from idgate.errors import TokenError
-from idgate.jwks import JwksCache
+from idgate.jwks import JwksCache, VerificationKey
 from idgate.principal import Principal, principal_from_claims
 from idgate.token_cache import TokenCache
 
@@ -93,7 +93,8 @@ async def verify_jws(
         KeysUnavailable: the issuer's keys cannot be had now.
     """
     header, _, signature = split_compact_jws(token, max_bytes=trusted.config.max_token_bytes)
-    return await _verify_parts(token, header, signature, trusted, kind=kind, audiences=audiences, require=require)
+    claims, _ = await _verify_parts(token, header, signature, trusted, kind=kind, audiences=audiences, require=require)
+    return claims
 
 
 async def _verify_parts(
@@ -105,7 +106,8 @@ async def _verify_parts(
     kind: TokenKind,
     audiences: Sequence[str],
     require: Sequence[str],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], VerificationKey]:
+    """The verified claims and the key that verified them."""
     cfg = trusted.config
     if len(token) > cfg.max_token_bytes:
         raise TokenError("token_too_large", f"token exceeds {cfg.max_token_bytes} bytes")
@@ -132,7 +134,7 @@ async def _verify_parts(
     key = await trusted.keys.get_key(kid)
     if alg not in key.algorithms:
         raise TokenError("alg_not_allowed", f"alg {alg} does not fit the key's type")
-    return _decode(token, key.key, alg, cfg, audiences=audiences, require=require)
+    return _decode(token, key.key, alg, cfg, audiences=audiences, require=require), key
 
 
 class Verifier:
@@ -140,7 +142,8 @@ class Verifier:
 
     def __init__(self, *, issuers: Mapping[str, TrustedIssuer], cache: TokenCache | None = None) -> None:
         """``issuers`` maps the exact ``iss`` string to its :class:`TrustedIssuer`; ``cache`` remembers verified
-        tokens until their ``exp`` (see :mod:`idgate.token_cache`)."""
+        tokens until their ``exp`` with the kid of the key that verified them, so that withdrawing a key drops them
+        (see :mod:`idgate.token_cache`)."""
         self._issuers = dict(issuers)
         self._cache = cache
         self._max_bytes = max((t.config.max_token_bytes for t in self._issuers.values()), default=16384)
@@ -160,24 +163,24 @@ class Verifier:
             cached = self._cache.get(token)
             if cached is not None:
                 return cached
-        principal = await self._verify(token)
+        principal, kid = await self._verify(token)
         if self._cache is not None:
-            self._cache.put(token, principal)
+            self._cache.put(token, principal, kid=kid)
         return principal
 
-    async def _verify(self, token: str) -> Principal:
+    async def _verify(self, token: str) -> tuple[Principal, str | None]:
         header, payload, signature = split_compact_jws(token, max_bytes=self._max_bytes)
         iss = payload.get("iss")
         trusted = self._issuers.get(iss) if isinstance(iss, str) else None
         if trusted is None:
             raise TokenError("invalid_issuer", "iss is not a configured issuer")
         cfg = trusted.config
-        claims = await _verify_parts(
+        claims, key = await _verify_parts(
             token, header, signature, trusted, kind="access", audiences=cfg.audiences, require=_ACCESS_REQUIRED
         )
         if any(c in claims for c in _ID_TOKEN_CLAIMS) or claims.get("typ") in ("ID", "Logout"):
             raise TokenError("invalid_typ", "an ID or logout token is not a bearer token (RFC 8725 §3.11)")
-        return principal_from_claims(claims, paths=cfg.claims)
+        return principal_from_claims(claims, paths=cfg.claims), key.kid
 
 
 def _decode(

@@ -23,6 +23,7 @@ import yaml
 from idgate_devstack import navigate
 from idgate_devstack.certs import DevCerts, generate_dev_certs
 from idgate_devstack.echo import EchoUpstream
+from idgate_devstack.faultproxy import FaultProxy
 from idgate_devstack.grafana_stub import GrafanaStub
 from idgate_devstack.grpc_echo import GrpcUpstream
 from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
@@ -44,11 +45,20 @@ CLIENT_SECRET = "idgate-test-secret-0123456789abcdef"
 
 
 def stack_config(
-    issuer: str, ca_file: Path, *, site: str, secrets_dir: Path, refresh_before: float = 60, spoa_port: int = 9181
+    issuer: str,
+    ca_file: Path,
+    *,
+    site: str,
+    secrets_dir: Path,
+    refresh_before: float = 60,
+    spoa_port: int = 9181,
+    jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
 ) -> dict[str, Any]:
-    """The idgate config the e2e stack runs with (mirrors config/demo.yaml, with a 0 s refetch cooldown).
+    """The idgate config the e2e stack runs with (mirrors config/demo.yaml, with 0 s refetch cooldowns).
 
     ``site`` is HAProxy's https origin; secrets (client secret, cookie keys) are written to ``secrets_dir``.
+    ``jwks`` replaces the issuer's ``jwks`` settings; ``jwks_uri`` fetches its keys there instead of from discovery.
     """
     (secrets_dir / "client_secret").write_text(CLIENT_SECRET)
     (secrets_dir / "session_keys").write_text(base64.b64encode(os.urandom(32)).decode())
@@ -75,7 +85,8 @@ def stack_config(
                 "audiences": [AUDIENCE],
                 "algorithms": ["RS256"],
                 "leeway_seconds": 2,
-                "jwks": {"refetch_cooldown_seconds": 0},
+                "jwks": {"refetch_cooldown_seconds": 0, "unknown_kid_cooldown_seconds": 0} if jwks is None else jwks,
+                **({"jwks_uri": jwks_uri} if jwks_uri else {}),
                 "client_id": "idgate",
                 "client_secret_file": str(secrets_dir / "client_secret"),
             }
@@ -140,6 +151,7 @@ class Stack:
     settings: HaproxySettings
     upstreams: dict[str, EchoUpstream | GrafanaStub | GrpcUpstream]
     redirect_uri: str
+    faults: FaultProxy | None = None
 
     @property
     def mode(self) -> Mode:
@@ -180,10 +192,19 @@ class Stack:
 
 
 @contextlib.contextmanager
-def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_before: float = 60) -> Iterator[Stack]:
+def run_stack(
+    root: Path,
+    *,
+    mode: Mode = "spoe",
+    token_ttl: int = 300,
+    refresh_before: float = 60,
+    jwks: dict[str, Any] | None = None,
+    fault_proxy: bool = False,
+) -> Iterator[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
-    ``sessions.refresh_before_seconds``."""
+    ``sessions.refresh_before_seconds``, ``jwks`` the issuer's ``jwks`` settings (default: 0 s cooldowns).
+    ``fault_proxy``: idgate fetches the IdP's keys through a :class:`FaultProxy` (``Stack.faults``)."""
     certs = generate_dev_certs(root / "tls")
     https_port, spoa_port = free_tcp_port(), free_tcp_port()
     site = f"https://127.0.0.1:{https_port}"
@@ -202,7 +223,11 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
         test_endpoints=True,
         log_file=root / "idp.log",
     )
-    with TestIdp(idp_config) as idp:
+    with TestIdp(idp_config) as idp, contextlib.ExitStack() as exits:
+        faults = None
+        if fault_proxy:
+            faults = FaultProxy(upstream=idp.jwks_uri, tls_cert=certs.cert, tls_key=certs.key, ca_file=certs.ca)
+            exits.enter_context(faults)
         config_path = root / "idgate.yaml"
         config_path.write_text(
             yaml.safe_dump(
@@ -213,6 +238,8 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
                     secrets_dir=root,
                     refresh_before=refresh_before,
                     spoa_port=spoa_port,
+                    jwks=jwks,
+                    jwks_uri=faults.url if faults else None,
                 )
             )
         )
@@ -262,6 +289,7 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
                     settings=settings,
                     upstreams=upstreams,
                     redirect_uri=redirect_uri,
+                    faults=faults,
                 )
         finally:
             idgate.stop()

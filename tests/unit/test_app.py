@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
-from fake_issuer import config, idp, token
+from fake_issuer import AUD, ISS, JWK, KEY, config, idp, token
 
 from idgate.config import Config
 from idgate.config_load import parse_config
@@ -98,6 +99,64 @@ async def test_readyz_waits_for_keys_and_auth_answers_503_with_retry_after() -> 
         assert denied.headers["x-idgate-decision"] == "deny" and "www-authenticate" not in denied.headers
         assert denied.headers["retry-after"] in ("1", "2")
         assert 'idgate_jwks_ready{issuer="test"} 0.0' in (await c.get("/metrics")).text
+
+
+class Switchable:
+    """The fake issuer's JWKS endpoint, answering whatever ``document`` is now (``None``: connection refused)."""
+
+    def __init__(self) -> None:
+        self.document: object = {"keys": [JWK]}
+        self.fetches = 0
+
+    def transport(self) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            self.fetches += 1
+            if self.document is None:
+                raise httpx.ConnectError("refused")
+            return httpx.Response(200, json=self.document, headers={"cache-control": "max-age=300"})
+
+        return httpx.MockTransport(handler)
+
+
+AUTH_APP = FACTS | {"x-idgate-path": "/app"}
+
+
+def no_window() -> Config:
+    """The fake issuer's config with a 0 s unknown-kid window: every unknown kid refetches at once."""
+    raw = config().model_dump(mode="json", exclude_none=True)
+    raw["issuers"][0]["jwks"]["unknown_kid_cooldown_seconds"] = 0
+    return parse_config(raw, environ={})
+
+
+def unknown_kid_token(kid: str) -> str:
+    now = int(time.time())
+    claims = {"iss": ISS, "aud": AUD, "sub": "alice", "exp": now + 300, "iat": now}
+    return jwt.encode(claims, KEY, algorithm="RS256", headers={"kid": kid, "typ": "at+jwt"})
+
+
+@pytest.mark.anyio
+async def test_readyz_stays_200_but_says_degraded_while_the_issuer_answers_no_usable_key() -> None:
+    issuer = Switchable()
+    async with serve(transport=issuer.transport(), cfg=no_window()) as c:
+        await ready(c)
+        issuer.document = {"keys": []}
+        forced = await c.get("/auth", headers=AUTH_APP | {"authorization": f"Bearer {unknown_kid_token('k9')}"})
+        assert forced.status_code == 503 and forced.headers["x-idgate-reason"] == "keys_unavailable"
+        r = await c.get("/readyz")
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+        assert r.text.startswith("ready\ndegraded: test (serving 1 key(s) fetched ")
+        assert "last fetch failed: KeySetError" in r.text and "no usable key in the set (0 skipped)" in r.text
+        text = (await c.get("/metrics")).text
+        assert 'idgate_jwks_degraded{issuer="test"} 1.0' in text and 'idgate_jwks_keys{issuer="test"} 1.0' in text
+        assert 'idgate_jwks_unusable_sets_total{issuer="test"} 1.0' in text
+        ok = await c.get("/auth", headers=AUTH_APP | {"authorization": f"Bearer {token()}"})
+        assert ok.status_code == 200  # the last good keys still verify
+        issuer.document = {"keys": [JWK]}
+        again = await c.get("/auth", headers=AUTH_APP | {"authorization": f"Bearer {unknown_kid_token('k8')}"})
+        assert again.status_code == 401 and again.headers["x-idgate-reason"] == "unknown_kid"
+        assert (await c.get("/readyz")).text == "ready\n"
+        assert 'idgate_jwks_degraded{issuer="test"} 0.0' in (await c.get("/metrics")).text
+        assert issuer.fetches == 3
 
 
 @pytest.mark.anyio

@@ -129,7 +129,7 @@ def issuer_config(**overrides: Any) -> IssuerConfig:
         "audiences": (API_AUDIENCE,),
         "client_id": CLIENT_ID,
         "client_secret": SecretStr(CLIENT_SECRET),
-        "jwks": JwksSettings(refetch_cooldown_seconds=0),
+        "jwks": JwksSettings(refetch_cooldown_seconds=0, unknown_kid_cooldown_seconds=0),
     }
     settings.update(overrides)
     return IssuerConfig(**settings)
