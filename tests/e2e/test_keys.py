@@ -7,7 +7,9 @@ The stack here runs idgate with the shipped JWKS defaults (no test-only cooldown
   counted, and ``/readyz`` stays 200 but says ``degraded``;
 - no key at all (cold start, IdP down): 503 + ``Retry-After`` and the reason (gRPC: UNAVAILABLE), never 401;
 - a key published and signed with at once is accepted within 5 s while a flood of random kids costs at most one
-  fetch per unknown-kid window.
+  fetch per unknown-kid window;
+- ``idgate jwks refresh`` withdraws a dropped key at once (cached verifications of its tokens included), and its
+  admin endpoint cannot be reached through HAProxy.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import random
 import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -267,3 +271,45 @@ def test_a_new_kid_is_accepted_within_5s_while_a_random_kid_flood_costs_one_fetc
     assert set(seen) <= {200, 503}  # a valid token is never told to go away (401) while its key is being fetched
     assert flood[200] == 0 and set(flood) <= {401, 503} and sum(flood.values()) > 100
     assert fetches <= int(elapsed / WINDOW) + 1
+
+
+# --- 4. emergency withdrawal -----------------------------------------------------------------------------------
+
+
+def test_jwks_refresh_withdraws_a_dropped_key_at_once(keys: Stack, faults: FaultProxy) -> None:
+    old = fresh_token(keys)
+    with keys.client() as client:
+        assert get(client, keys, "/app/old", old).status_code == 200
+        assert get(client, keys, "/app/old-cached", old).status_code == 200  # verified once, now cached
+        rotation = keys.idp.rotate_keys(drop_old=True)
+        assert kid_of(old) not in rotation.published
+        assert get(client, keys, "/app/old-not-yet-refetched", old).status_code == 200  # idgate cannot know yet
+        command = [sys.executable, "-m", "idgate.cli", "jwks", "refresh", "--url", keys.idgate.url]
+        done = subprocess.run([*command, "--issuer", "testidp"], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+        withdrawn = re.search(r"; withdrawn ([^;]+); ([1-9][0-9]*) cached verification\(s\) dropped$", done.stdout)
+        assert withdrawn is not None and kid_of(old) in withdrawn.group(1).split(", "), done.stdout
+        refused = get(client, keys, "/app/old-withdrawn", old)
+        assert refused.status_code == 401
+        assert 'error_description="unknown_kid"' in refused.headers["www-authenticate"]
+        assert get(client, keys, "/app/new", fresh_token(keys)).status_code == 200
+        unknown = subprocess.run([*command, "--issuer", "nosuch"], capture_output=True, text=True, timeout=30)
+        assert unknown.returncode == 1 and "nosuch" in unknown.stderr
+    paths = [r["path"] for r in keys.upstreams["app"].requests()]
+    assert paths == ["/app/old", "/app/old-cached", "/app/old-not-yet-refetched", "/app/new"]
+
+
+def test_the_admin_endpoint_answers_only_direct_callers_never_through_haproxy(keys: Stack, faults: FaultProxy) -> None:
+    before = faults.fetches
+    token = keys.login("alice").access_token  # alice may use /admin: the route's upstream is the app, not idgate
+    with keys.client() as client:
+        through = client.post(keys.url + "/admin/jwks/refresh", headers={"authorization": f"Bearer {token}"})
+        assert through.status_code == 200 and through.json()["upstream"] == "app"
+        for path in ("/.idgate/admin/jwks/refresh", "/.idgate/../admin/jwks/refresh", "/.idgate//admin/jwks/refresh"):
+            assert client.post(keys.url + path).status_code in (401, 404), path
+    proxied = httpx.post(keys.idgate.url + "/admin/jwks/refresh", headers={"x-forwarded-for": "203.0.113.9"})
+    assert proxied.status_code == 403
+    assert faults.fetches == before  # nothing above made idgate refetch
+    direct = httpx.post(keys.idgate.url + "/admin/jwks/refresh", timeout=10)
+    assert direct.status_code == 200 and direct.json()["issuers"][0]["issuer"] == "testidp"
+    assert faults.fetches == before + 1

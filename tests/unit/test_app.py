@@ -159,6 +159,83 @@ async def test_readyz_stays_200_but_says_degraded_while_the_issuer_answers_no_us
         assert issuer.fetches == 3
 
 
+REFRESH = "/admin/jwks/refresh"
+
+
+@pytest.mark.anyio
+async def test_admin_refresh_reports_a_failed_refetch_with_502_and_keeps_the_keys() -> None:
+    issuer = Switchable()
+    async with serve(transport=issuer.transport()) as c:
+        await ready(c)
+        issuer.document = {"keys": []}
+        failed = await c.post(REFRESH)
+        assert failed.status_code == 502 and failed.headers["cache-control"] == "no-store"
+        [report] = failed.json()["issuers"]
+        assert report["ok"] is False and report["kids"] == ["k1"] and report["withdrawn"] == []
+        assert "no usable key" in report["error"]
+        assert (await c.get("/auth", headers=AUTH_APP | {"authorization": f"Bearer {token()}"})).status_code == 200
+        assert (await c.get("/readyz")).text.startswith("ready\ndegraded: test")
+
+
+@pytest.mark.anyio
+async def test_admin_refresh_withdraws_a_key_and_its_cached_tokens_at_once() -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    issuer = Switchable()
+    async with serve(transport=issuer.transport()) as c:
+        await ready(c)
+        bearer = {"authorization": f"Bearer {token()}"}
+        assert (await c.get("/auth", headers=AUTH_APP | bearer)).status_code == 200
+        assert (await c.get("/auth", headers=AUTH_APP | bearer)).status_code == 200  # from the token cache
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        issuer.document = {
+            "keys": [jwt.algorithms.RSAAlgorithm.to_jwk(other.public_key(), as_dict=True) | {"kid": "k2"}]
+        }
+        assert (await c.get("/auth", headers=AUTH_APP | bearer)).status_code == 200  # idgate cannot know yet
+        refreshed = await c.post(REFRESH, params={"issuer": "test"})
+        assert refreshed.status_code == 200
+        assert refreshed.json() == {
+            "issuers": [
+                {"issuer": "test", "ok": True, "kids": ["k2"], "withdrawn": ["k1"], "purged_tokens": 1, "error": ""}
+            ]
+        }
+        refused = await c.get("/auth", headers=AUTH_APP | bearer)
+        assert refused.status_code == 401 and refused.headers["x-idgate-reason"] == "unknown_kid"
+        text = (await c.get("/metrics")).text
+    assert 'idgate_jwks_withdrawn_keys_total{issuer="test"} 1.0' in text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "header", ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"]
+)
+async def test_admin_refresh_refuses_anything_that_came_through_a_proxy(header: str) -> None:
+    issuer = Switchable()
+    async with serve(transport=issuer.transport()) as c:
+        await ready(c)
+        before = issuer.fetches
+        refused = await c.post(REFRESH, headers={header: "203.0.113.9"})
+        assert refused.status_code == 403 and refused.json() == {"error": "forbidden"}
+        assert issuer.fetches == before
+
+
+@pytest.mark.anyio
+async def test_admin_refresh_refuses_untrusted_peers_unknown_issuers_and_other_methods() -> None:
+    issuer = Switchable()
+    async with serve(peer="203.0.113.9", transport=issuer.transport()) as outsider:
+        await asyncio.sleep(0.05)
+        before = issuer.fetches
+        assert (await outsider.post(REFRESH)).status_code == 403
+        assert issuer.fetches == before
+    async with serve(transport=issuer.transport()) as c:
+        await ready(c)
+        before = issuer.fetches
+        unknown = await c.post(REFRESH, params={"issuer": "nosuch"})
+        assert unknown.status_code == 404 and unknown.json() == {"error": "unknown_issuer", "issuer": "nosuch"}
+        assert (await c.get(REFRESH)).status_code == 405
+        assert issuer.fetches == before
+
+
 @pytest.mark.anyio
 async def test_metrics_count_decisions_and_cache_hits() -> None:
     async with serve() as c:
