@@ -74,8 +74,9 @@ class KeysUnavailable(IdgateError):
 
     A server-side outage: answered 503 with ``Retry-After: <retry_after>`` (RFC 9110 §15.6.4, §10.2.3; gRPC
     UNAVAILABLE), never 401 — ``invalid_token`` tells a client to throw away a token that may well be valid.
-    ``reason``: ``keys_unavailable`` (no key set was ever fetched, or the refetch this token's kid needed failed)
-    or ``unknown_kid_pending`` (the kid is not in the keys held and the next refetch may not start yet).
+    ``reason``: ``keys_unavailable`` (no key set was ever fetched, or the last fetch failed) or
+    ``unknown_kid_pending`` (the kid is not in the keys held and no fetch begun after the token arrived has looked
+    yet: the next refetch may not start yet).
     ``retry_after``: whole seconds, at least 1.
     """
 

@@ -946,6 +946,32 @@ async def test_a_kid_known_absent_costs_no_fetch_until_its_ttl_ends(
 
 
 @pytest.mark.anyio
+async def test_a_kid_refused_before_it_is_published_is_accepted_once_its_entry_expires_or_a_fetch_brings_it(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
+) -> None:
+    """The bound on negative caching a kid before the IdP publishes it (e.g. a guessed, predictable kid)."""
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
+    cache = make_cache(fake_idp, clock)
+    await cache.get_key("rsa-1")
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "key-2") == "unknown_kid"  # guessed early: confirmed absent
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key_2, "key-2"), rsa_jwk(rsa_key, "rsa-1")]})
+    clock.advance(NEGATIVE - 0.1)
+    assert await reason_of(cache, "key-2") == "unknown_kid"  # published, but still remembered absent
+    clock.advance(0.1)
+    assert same_key((await cache.get_key("key-2")).key, rsa_key_2)  # the entry expired: one refetch
+    # any other fetch brings a published kid in at once, whatever its entry says
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "key-3")]})
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "key-4") == "unknown_kid"
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "key-3"), rsa_jwk(rsa_key_2, "key-4")]})
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "key-5") == "unknown_kid"  # another kid's refetch brings key-4
+    assert same_key((await cache.get_key("key-4")).key, rsa_key_2)
+    assert len(fake_idp.requests) == 5
+
+
+@pytest.mark.anyio
 async def test_a_fetch_begun_before_the_token_arrived_proves_nothing_about_its_kid(
     fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
 ) -> None:
