@@ -764,7 +764,8 @@ async def test_id_token_malformed(client: OidcClient, token: str) -> None:
         pytest.param(logout_claims(sub=...), id="sid-only"),
         pytest.param(logout_claims(sid=...), id="sub-only"),
         pytest.param(logout_claims(aud=[CLIENT_ID, "other"]), id="aud-list"),
-        pytest.param(logout_claims(exp=int(time.time()) + 120), id="with-exp"),
+        # built at collection time: the whole suite (minutes of e2e tests first) must run before it expires
+        pytest.param(logout_claims(exp=int(time.time()) + 3600), id="with-exp"),
     ],
 )
 async def test_logout_token_good(client: OidcClient, rsa_key: rsa.RSAPrivateKey, claims: dict[str, Any]) -> None:
