@@ -15,10 +15,12 @@
 --     plus the client's Authorization (every copy), Cookie (every line joined with "; "), Accept,
 --     Content-Type, X-Requested-With, Sec-Fetch-Mode and User-Agent when present.
 --
--- Answer from idgate: 200 allow, 401 no/bad credentials, 403 forbidden, 400 malformed, 302 login redirect.
--- Its X-Idgate-* headers land in txn.idgate.* variables (see ANSWER_VARS). Any other status, a duplicated
--- or invalid answer header, a connection error or a timeout sets NO variable and logs one warning; the
--- config turns "no txn.idgate.status" into 503. The action never raises (everything runs under pcall).
+-- Answer from idgate: 200 allow, 401 no/bad credentials, 403 forbidden, 400 malformed, 302 login redirect,
+-- 503 with X-Idgate-Decision (idgate's own refusal: e.g. keys_unavailable + Retry-After, relayed by the config).
+-- Its X-Idgate-* headers land in txn.idgate.* variables (see ANSWER_VARS). Any other status (a 503 without
+-- X-Idgate-Decision is httpclient's own "could not connect"), a duplicated or invalid answer header, a connection
+-- error or a timeout sets NO variable and logs one warning; the config turns "no txn.idgate.status" into 503.
+-- The action never raises (everything runs under pcall).
 --
 -- HAProxy 2.8 detail: header tables (request and httpclient response) map a lower-case name to a
 -- 0-indexed list of values. The helpers below accept 0- and 1-indexed lists, so a later HAProxy that
@@ -53,6 +55,7 @@ local ANSWER_VARS = {
     { "x-idgate-issuer", "txn.idgate.issuer" },
     { "www-authenticate", "txn.idgate.www_authenticate" },
     { "location", "txn.idgate.location" },
+    { "retry-after", "txn.idgate.retry_after" },
     { "x-idgate-assertion", "txn.idgate.assertion" },
     { "x-idgate-cookie-rewrite", "txn.idgate.cookie_rewrite" },
     { "x-idgate-cookie", "txn.idgate.cookie" },
@@ -63,8 +66,9 @@ local ANSWER_VARS = {
 -- lands in txn.idgate.set_cookie_<i>, and haproxy.cfg adds them to the client's response. More is an error.
 local MAX_SET_COOKIES = 8
 
--- Statuses idgate may answer; anything else is an error (nothing set -> 503).
-local KNOWN_STATUS = { [200] = true, [302] = true, [400] = true, [401] = true, [403] = true }
+-- Statuses idgate may answer; anything else is an error (nothing set -> 503). A 503 counts only when it carries
+-- X-Idgate-Decision (idgate's own answer; httpclient synthesises a bare 503 when it cannot connect).
+local KNOWN_STATUS = { [200] = true, [302] = true, [400] = true, [401] = true, [403] = true, [503] = true }
 
 local STATUS_HINT = {
     [502] = " (bad or truncated answer)",
@@ -145,11 +149,11 @@ local function ask_idgate(txn, url, timeout_ms)
     if status == nil or status == 0 then
         return nil, "no answer (connection refused, reset or timed out)"
     end
-    if not KNOWN_STATUS[status] then
+    local headers = res.headers or {}
+    if not KNOWN_STATUS[status] or (status == 503 and #values_of(headers["x-idgate-decision"]) == 0) then
         -- HAProxy's httpclient synthesises 503 when it cannot connect and 504 on timeout
         return nil, "unexpected status " .. tostring(status) .. (STATUS_HINT[status] or "")
     end
-    local headers = res.headers or {}
     local vars = { ["txn.idgate.status"] = tostring(math.floor(status)) }
     for _, pair in ipairs(ANSWER_VARS) do
         local vals = values_of(headers[pair[1]])

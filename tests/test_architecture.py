@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
         [
             "policy",
             "identity",
+            "jwk",
             "jwks",
             "token_cache",
             "verifier",

@@ -1,18 +1,31 @@
-"""The HTTP face of idgate: ``GET /auth`` (auth_request mode), ``/healthz``, ``/readyz``, ``/metrics`` and
-``/.idgate/jwks.json``, with the SSO endpoints of :mod:`idgate.sso.routes` mounted beside them.
+"""The HTTP face of idgate: ``GET /auth`` (auth_request mode), ``/healthz``, ``/readyz``, ``/metrics``,
+``POST /admin/jwks/refresh`` and ``/.idgate/jwks.json``, with the SSO endpoints of :mod:`idgate.sso.routes`
+mounted beside them.
 
 ``/auth`` takes the request facts HAProxy computed from ``X-Idgate-*`` headers (contract in ``haproxy/README.md``)
 and answers the decision: 200 + the ``X-Idgate-*`` headers of :data:`idgate.facts.ANSWER_HEADERS`, 401 +
-``WWW-Authenticate: Bearer error=...`` (RFC 6750 §3), 403, 400, 302 or 503. Only callers from
-``server.trusted_callers`` may ask (others get 403 ``untrusted_caller``): like uvicorn's ProxyHeadersMiddleware,
-facts are trusted only from known hops. Both of this adapter's own denies (``untrusted_caller``,
-``missing_facts``) are audited and counted through :meth:`DecisionEngine.refused`.
-``/healthz`` is 200 while the process serves; ``/readyz`` is 200 once the config is loaded and every issuer's keys
-were fetched at least once, else 503 listing the issuers still waiting.
+``WWW-Authenticate: Bearer error=...`` (RFC 6750 §3), 403, 400, 302 or 503 (+ ``Retry-After`` when the issuer's
+keys cannot be had). Only callers from ``server.trusted_callers`` may ask (others get 403 ``untrusted_caller``):
+like uvicorn's ProxyHeadersMiddleware, facts are trusted only from known hops. Both of this adapter's own denies
+(``untrusted_caller``, ``missing_facts``) are audited and counted through :meth:`DecisionEngine.refused`.
+
+``/healthz`` is 200 while the process serves. ``/readyz`` is 503 (``waiting for keys: NAME, …``) until every
+issuer's keys were fetched once, then 200: ``ready``, plus one ``degraded: NAME (…)`` line per issuer whose last
+fetch failed. A degraded issuer still verifies with its last good keys, and every replica shares its IdP: taking
+replicas out of rotation for an IdP fault would turn a glitch that cached keys ride out into a full outage.
+
+``POST /admin/jwks/refresh[?issuer=NAME]`` (emergency key withdrawal; ``idgate jwks refresh`` calls it) refetches
+the keys of every issuer (or NAME) at once, whatever the cooldowns, drops withdrawn keys and every cached
+verification of their tokens, and answers JSON ``{"issuers": [{"issuer", "ok", "kids", "withdrawn",
+"purged_tokens", "error"}]}``: 200, or 502 when a refetch failed (the last good keys stay), 404 for an unknown NAME.
+Only ``server.trusted_callers`` may call it, and never through a proxy: a request carrying ``Forwarded`` or
+``X-Forwarded-*`` (HAProxy's frontend adds ``X-Forwarded-For`` to everything it forwards) gets 403. HAProxy only
+ever routes ``/.idgate/`` paths to idgate, so the endpoint lives outside them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -26,12 +39,15 @@ from starlette.routing import BaseRoute, Route
 from idgate.assertion import AssertionSigner
 from idgate.decision import DecisionEngine
 from idgate.facts import ANSWER_HEADERS, Decision, RequestFacts
-from idgate.jwks import JwksCache
+from idgate.jwks import FetchOutcome, JwksCache
 from idgate.metrics import Metrics
 from idgate.sso.routes import PREFIX, Sso, sso_routes
 
 log = logging.getLogger("idgate")
 FACT_HEADERS = ("x-idgate-method", "x-idgate-host", "x-idgate-path")
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
+ADMIN_JWKS_REFRESH = "/admin/jwks/refresh"
+NO_STORE = {"cache-control": "no-store"}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -83,6 +99,8 @@ def decision_response(decision: Decision) -> Response:
         headers[ANSWER_HEADERS["www_authenticate"]] = decision.www_authenticate
     if decision.location:
         headers[ANSWER_HEADERS["location"]] = decision.location
+    if decision.retry_after is not None:
+        headers[ANSWER_HEADERS["retry_after"]] = str(decision.retry_after)
     response = PlainTextResponse(f"{decision.status} {','.join(decision.reasons)}\n", decision.status, headers)
     for value in decision.set_cookies:
         response.headers.append("set-cookie", value)
@@ -95,6 +113,22 @@ def _trusted(peer: str, networks: tuple[Network, ...]) -> bool:
     except ValueError:
         return False
     return any(address in net for net in networks)
+
+
+def _kids(kids: frozenset[str | None]) -> list[str | None]:
+    return sorted(kids, key=lambda kid: (kid is None, kid or ""))
+
+
+def refresh_report(name: str, outcome: FetchOutcome) -> dict[str, object]:
+    """One issuer's entry in the ``/admin/jwks/refresh`` answer."""
+    return {
+        "issuer": name,
+        "ok": outcome.ok,
+        "kids": _kids(outcome.kids),
+        "withdrawn": _kids(outcome.withdrawn),
+        "purged_tokens": outcome.purged,
+        "error": outcome.error,
+    }
 
 
 def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
@@ -123,10 +157,34 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         return Response(registry.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def readyz(request: Request) -> Response:
-        waiting = [c.config.name for c in get(request).caches if not c.ready]
+        health = [cache.health() for cache in get(request).caches]
+        waiting = [h.name for h in health if not h.ready]
         if waiting:
             return PlainTextResponse(f"waiting for keys: {', '.join(waiting)}\n", 503)
-        return PlainTextResponse("ready\n")
+        lines = ["ready"] + [
+            f"degraded: {h.name} (serving {h.keys} key(s) fetched {h.age_seconds or 0:.0f} s ago; "
+            f"last fetch failed: {h.last_error})"
+            for h in health
+            if h.degraded
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n", headers=NO_STORE)
+
+    async def jwks_refresh(request: Request) -> Response:
+        services = get(request)
+        peer = request.client.host if request.client else ""
+        proxied = [name for name in PROXY_HEADERS if name in request.headers]
+        if not _trusted(peer, services.trusted) or proxied:
+            log.warning(json.dumps({"event": "admin_refused", "peer": peer[:64], "proxied": proxied}))
+            return JSONResponse({"error": "forbidden"}, 403, headers=NO_STORE)
+        name = request.query_params.get("issuer")
+        caches = [c for c in services.caches if name is None or c.config.name == name]
+        if not caches:
+            return JSONResponse({"error": "unknown_issuer", "issuer": (name or "")[:64]}, 404, headers=NO_STORE)
+        outcomes = await asyncio.gather(*(cache.refresh_now() for cache in caches))
+        reports = [refresh_report(c.config.name, o) for c, o in zip(caches, outcomes, strict=True)]
+        log.warning(json.dumps({"event": "admin_jwks_refresh", "peer": peer[:64], "issuers": reports}))
+        status = 200 if all(o.ok for o in outcomes) else 502
+        return JSONResponse({"issuers": reports}, status, headers=NO_STORE)
 
     async def jwks(request: Request) -> Response:
         """``GET /.idgate/jwks.json``: the assertion signer's public keys (404 without assertions configured)."""
@@ -140,6 +198,7 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route(ADMIN_JWKS_REFRESH, jwks_refresh, methods=["POST"]),
         *sso_routes(lambda request: get(request).sso),
         Route(f"{PREFIX}/jwks.json", jwks, methods=["GET"]),
     ]

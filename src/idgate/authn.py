@@ -7,6 +7,9 @@ browser login is configured, idgate's session cookie (:class:`~idgate.sso.manage
 - a non-Bearer scheme or a malformed b64token: 401 ``unsupported_scheme`` / ``malformed_authorization`` with
   ``WWW-Authenticate: Bearer error="invalid_request"`` (RFC 6750 §3.1);
 - a token that fails verification: 401 with its reason code and ``error="invalid_token"``;
+- a token whose issuer's keys cannot be had now (:class:`~idgate.errors.KeysUnavailable`): 503 with
+  ``Retry-After`` and ``keys_unavailable`` / ``unknown_kid_pending`` — a server-side outage, not a verdict on the
+  token (a 401 would tell the client to throw a possibly valid token away);
 - no usable credential: a page navigation (:meth:`~idgate.facts.RequestFacts.is_navigation`) is redirected (302)
   to ``/.idgate/start?rd=<path>`` when login is configured; anything else is 401 ``missing_credentials`` with a
   bare ``Bearer realm="idgate"`` challenge. A bad session cookie adds its reason (``session_expired`` …) and its
@@ -19,7 +22,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from idgate.errors import CredentialError
+from idgate.errors import CredentialError, KeysUnavailable
 from idgate.facts import RequestFacts
 from idgate.principal import Principal
 from idgate.sso.cookies import without_cookies
@@ -43,13 +46,15 @@ class Authenticated:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Refused:
-    """No principal: the status (400, 401 or 302) and reason codes, with the challenge or login redirect."""
+    """No principal: the status (400, 401, 302 or 503) and reason codes, with the challenge, the login redirect or
+    (503) the seconds after which to retry."""
 
     status: int
     reasons: tuple[str, ...]
     www_authenticate: str | None = None
     location: str | None = None
     set_cookies: tuple[str, ...] = ()
+    retry_after: int | None = None
 
 
 def www_authenticate(error: str | None = None, description: str | None = None) -> str:
@@ -88,6 +93,8 @@ class Authenticator:
                 return Refused(
                     status=401, reasons=(exc.reason,), www_authenticate=www_authenticate("invalid_token", exc.reason)
                 )
+            except KeysUnavailable as exc:
+                return Refused(status=503, reasons=(exc.reason,), retry_after=exc.retry_after)
             key = f"bearer:{principal.issuer}|{principal.subject}"
             return Authenticated(principal=principal, cache_key=key, upstream_cookie=rest)
         outcome = await self._sessions.resolve(facts.cookie) if self._sessions else None

@@ -4,12 +4,17 @@
     idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0),
                                       and warnings on stderr (exit 0)
     idgate --version                  the installed version (package metadata)
+    idgate jwks refresh [--issuer NAME] [--url URL | --config FILE]
+                                      emergency key withdrawal: make a running idgate refetch its issuers' keys now,
+                                      drop withdrawn keys and every cached verification of their tokens
+                                      (``POST /admin/jwks/refresh`` on idgate's HTTP port, from a trusted address)
 
 More commands come from installed plugins (entry-point group ``idgate.commands``): a source checkout's
 ``idgate_devstack`` adds ``idgate demo`` (HAProxy + idgate + the test IdP + sample upstreams on loopback). idgate itself
 never imports the dev harness.
 
-Exit codes: 0 success, 1 invalid configuration, 2 usage error.
+Exit codes: 0 success, 1 invalid configuration (``jwks refresh``: idgate unreachable or refusing, an unknown issuer,
+or a refetch that failed — the last good keys then stay), 2 usage error.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import httpx
 
 from idgate.config import Config
 from idgate.config_load import load_config, summarize
@@ -119,6 +127,69 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
     return 0
 
 
+ADMIN_JWKS_REFRESH = "/admin/jwks/refresh"  # idgate.app's route (the CLI imports nothing of the service's layers)
+DEFAULT_URL = "http://127.0.0.1:9180"
+
+
+def _service_url(url: str | None, config_path: str | None) -> str:
+    """``--url``, else ``server.host:port`` of ``--config`` (a wildcard host means this machine), else the default."""
+    if url:
+        return url.rstrip("/")
+    if config_path is None:
+        return DEFAULT_URL
+    server = load_config(config_path).server
+    host = "127.0.0.1" if server.host in ("", "0.0.0.0", "::") else server.host  # a wildcard bind: this machine
+    return f"http://[{host}]:{server.port}" if ":" in host else f"http://{host}:{server.port}"
+
+
+def _jwks_refresh(*, url: str | None, config_path: str | None, issuer: str | None, timeout: float, raw: bool) -> int:
+    prog = "idgate jwks refresh"
+    try:
+        endpoint = _service_url(url, config_path) + ADMIN_JWKS_REFRESH
+    except ConfigError as exc:
+        _print_problems(f"{prog}: {config_path} has", exc)
+        return 1
+    try:
+        response = httpx.post(endpoint, params={"issuer": issuer} if issuer else None, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        print(f"{prog}: cannot reach {endpoint}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if response.status_code == 404 and isinstance(body, dict) and body.get("error") == "unknown_issuer":
+        print(f"{prog}: idgate has no issuer named {issuer!r}", file=sys.stderr)
+        return 1
+    if (
+        response.status_code not in (200, 502)
+        or not isinstance(body, dict)
+        or not isinstance(body.get("issuers"), list)
+    ):
+        print(f"{prog}: {endpoint} answered {response.status_code}: {response.text[:300]}", file=sys.stderr)
+        return 1
+    if raw:
+        print(json.dumps(body, indent=2))
+    for report in body["issuers"]:
+        kids = ", ".join(str(k) for k in report.get("kids", []))
+        if report.get("ok"):
+            withdrawn = ", ".join(str(k) for k in report.get("withdrawn", []))
+            line = f"{report.get('issuer')}: refetched, {len(report.get('kids', []))} key(s) ({kids}); "
+            line += (
+                f"withdrawn {withdrawn}; {report.get('purged_tokens', 0)} cached verification(s) dropped"
+                if withdrawn
+                else "nothing withdrawn"
+            )
+            print(line)
+        else:
+            print(
+                f"{report.get('issuer')}: refetch FAILED ({report.get('error')}); still serving the last good keys "
+                f"({kids})",
+                file=sys.stderr,
+            )
+    return 0 if response.status_code == 200 else 1
+
+
 COMMANDS_GROUP = "idgate.commands"
 """Entry-point group of plugin commands: each entry loads a ``register(subparsers)`` callable that adds one
 subcommand whose parser sets ``run`` (``Callable[[argparse.Namespace], int]``) as a default."""
@@ -151,6 +222,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("config")
     check.set_defaults(run=lambda a: _check_config(a.config))
+    jwks = sub.add_parser("jwks", help="act on a running idgate's issuer keys").add_subparsers(
+        dest="action", required=True
+    )
+    refresh = jwks.add_parser(
+        "refresh", help="refetch the issuers' keys now: drop withdrawn keys and their cached verifications"
+    )
+    refresh.add_argument("--issuer", help="only this issuer (its name in the config); default: every issuer")
+    where = refresh.add_mutually_exclusive_group()
+    where.add_argument("--url", help=f"idgate's HTTP base URL (default {DEFAULT_URL}, or from --config)")
+    where.add_argument("--config", help="take host and port from this config's server section")
+    refresh.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)")
+    refresh.add_argument("--json", action="store_true", help="also print idgate's JSON answer")
+    refresh.set_defaults(
+        run=lambda a: _jwks_refresh(url=a.url, config_path=a.config, issuer=a.issuer, timeout=a.timeout, raw=a.json)
+    )
     _plugin_commands(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -108,11 +108,20 @@ class ClaimPaths(_Model):
 
 
 class JwksSettings(_Model):
-    """JWKS cache tuning. TTL comes from the response's Cache-Control max-age, clamped to [min, max]."""
+    """JWKS cache tuning (seconds, bytes). TTL comes from the response's Cache-Control max-age, clamped to
+    [min, max]; behaviour in :mod:`idgate.jwks`."""
 
     min_ttl_seconds: float = Field(default=60, ge=0)
     max_ttl_seconds: float = Field(default=86400, gt=0)
+    # background refetches of an expired set, and retries after a failed fetch, start at most this often
     refetch_cooldown_seconds: float = Field(default=30, ge=0)
+    # refetches forced by a kid not in the set start at most this often: a key the IdP publishes and signs with at
+    # once is accepted within this window plus one fetch, and a flood of random kids costs one fetch per window
+    unknown_kid_cooldown_seconds: float = Field(default=2, ge=0, le=60)
+    # a kid that a fresh fetch did not hold (or that was withdrawn) is refused at once, without a fetch, this long;
+    # keep it short: a kid refused before the IdP publishes it (an attacker guessing a predictable kid) stays
+    # refused up to this long after publication, unless another fetch brings it in first
+    negative_kid_ttl_seconds: float = Field(default=5, ge=0, le=3600)
     timeout_seconds: float = Field(default=5, gt=0, le=60)
     max_bytes: int = Field(default=512 * 1024, gt=0)
 

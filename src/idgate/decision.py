@@ -8,7 +8,8 @@ assertion (:mod:`idgate.assertion`); then one audit line (:mod:`idgate.audit`) a
 malformed message, an agent timeout) are audited and counted here too, through :meth:`DecisionEngine.refused`.
 
 The contract follows oauth2-proxy's ``AuthOnly`` and nginx ``auth_request``: 200 allow with identity, 401 no or
-bad credentials, 403 authenticated but not allowed, 400 malformed request, 302 to login for a browser navigation;
+bad credentials, 403 authenticated but not allowed, 400 malformed request, 302 to login for a browser navigation,
+503 + ``Retry-After`` when the issuer's keys cannot be had (``keys_unavailable``, ``unknown_kid_pending``);
 anything else (including a decision slower than ``decision_timeout_seconds``: 503 ``decision_timeout``, or an
 unexpected error: 503 ``internal_error``) is a deny.
 """
@@ -108,7 +109,11 @@ class DecisionEngine:
 
         if isinstance(authn, Refused):
             return answer(
-                authn.status, *authn.reasons, www_authenticate=authn.www_authenticate, location=authn.location
+                authn.status,
+                *authn.reasons,
+                www_authenticate=authn.www_authenticate,
+                location=authn.location,
+                retry_after=authn.retry_after,
             )
         principal = authn.principal
         grant = self._policy.check(route, principal)

@@ -5,6 +5,8 @@
     IdgateError
     ├── ConfigError            bad configuration; ``problems`` lists every problem found, not just the first
     ├── KeySetError            a JWKS could not be fetched or parsed (the cache keeps serving last good keys)
+    ├── KeysUnavailable        an issuer's keys cannot be had now: a token can be neither accepted nor refused
+    │                          (503 + ``Retry-After``; ``reason``, ``retry_after`` seconds)
     ├── RequestError           the request facts are malformed (400): ambiguous path, bad host, two Authorization
     ├── CredentialError        a request's credential is unusable; ``reason`` is a stable ASCII reason code
     │   └── TokenError         a bearer token failed verification (RFC 6750 §3.1 ``invalid_token`` family)
@@ -63,9 +65,27 @@ class TokenError(CredentialError):
     Reason codes: ``invalid_token`` (malformed, bad signature, wrong type), ``expired``, ``not_yet_valid``,
     ``invalid_audience``, ``invalid_issuer``, ``unknown_kid``, ``alg_not_allowed``, ``forbidden_header``
     (``jku``/``x5u``/``jwk``/``x5c``), ``unsupported_crit``, ``invalid_typ``, ``invalid_claims``,
-    ``invalid_claim_type`` (a registered claim of the wrong JSON type, :mod:`idgate.claims`), ``token_too_large``,
-    ``keys_unavailable``.
+    ``invalid_claim_type`` (a registered claim of the wrong JSON type, :mod:`idgate.claims`), ``token_too_large``.
+    (Keys that cannot be had are :class:`KeysUnavailable`, not a verdict on the token.)
     """
+
+
+class KeysUnavailable(IdgateError):
+    """The issuer's keys cannot be had right now, so the token can be neither accepted nor refused.
+
+    A server-side outage: answered 503 with ``Retry-After: <retry_after>`` (RFC 9110 §15.6.4, §10.2.3; gRPC
+    UNAVAILABLE), never 401 — ``invalid_token`` tells a client to throw away a token that may well be valid.
+    ``reason``: ``keys_unavailable`` (no key set was ever fetched, or the last fetch failed) or
+    ``unknown_kid_pending`` (the kid is not in the keys held and no fetch begun after the token arrived has looked
+    yet: the next refetch may not start yet).
+    ``retry_after``: whole seconds, at least 1.
+    """
+
+    def __init__(self, reason: str, detail: str = "", *, retry_after: int) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.retry_after = max(1, retry_after)
+        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 class ProviderError(IdgateError):

@@ -45,6 +45,7 @@ ANSWER_HEADERS: Mapping[str, str] = {
     **{slot: _slot_header(slot) for slot in ALLOW_SLOTS},
     "www_authenticate": "www-authenticate",
     "location": "location",
+    "retry_after": "retry-after",
 }
 """HAProxy variable name (``txn.idgate.<name>``) → the ``/auth`` response header that carries it."""
 ANSWER_VARIABLES = ("status", *ANSWER_HEADERS, *(f"set_cookie_{i}" for i in range(MAX_SET_COOKIES)))
@@ -122,7 +123,8 @@ class RequestFacts:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Decision:
     """The answer. ``reasons`` are reason codes; ``identity`` maps slots of :data:`ALLOW_SLOTS` to their values
-    (an allow only; each adapter puts them on its own wire)."""
+    (an allow only; each adapter puts them on its own wire). ``retry_after``: on a 503 for a server-side outage,
+    whole seconds after which the client may retry (``Retry-After``, RFC 9110 §10.2.3)."""
 
     status: int
     reasons: tuple[str, ...]
@@ -133,6 +135,7 @@ class Decision:
     www_authenticate: str | None = None
     location: str | None = None
     set_cookies: tuple[str, ...] = ()
+    retry_after: int | None = None
 
     @property
     def allow(self) -> bool:

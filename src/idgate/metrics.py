@@ -6,7 +6,9 @@ Counted on the hot path (prometheus-client, one registry per app — no global r
 Read at scrape time from the components' own counters (no work per request):
     idgate_token_cache_hits_total / _misses_total / _entries, idgate_token_cache_hit_ratio
     idgate_jwks_fetches_total{issuer}, idgate_jwks_fetch_failures_total{issuer}, idgate_jwks_keys_skipped_total{issuer},
-    idgate_jwks_ready{issuer}
+    idgate_jwks_unusable_sets_total{issuer} (answers without one usable key, kept out like failures),
+    idgate_jwks_withdrawn_keys_total{issuer}, idgate_jwks_ready{issuer}, idgate_jwks_degraded{issuer} (1 while the
+    last fetch failed and the last good keys serve), idgate_jwks_keys{issuer} (keys held)
     idgate_assertions_minted_total, idgate_assertions_reused_total
     idgate_session_cache_hits_total / _misses_total (decoded session cookies)
     idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, notifies, denies,
@@ -59,14 +61,27 @@ class _ComponentCollector(Collector):
         skipped = CounterMetricFamily(
             "idgate_jwks_keys_skipped", "Malformed or unusable JWKs skipped", labels=["issuer"]
         )
+        unusable = CounterMetricFamily(
+            "idgate_jwks_unusable_sets", "JWKS answers without one usable key (kept out)", labels=["issuer"]
+        )
+        withdrawn = CounterMetricFamily("idgate_jwks_withdrawn_keys", "Keys withdrawn by the issuer", labels=["issuer"])
         ready = GaugeMetricFamily("idgate_jwks_ready", "1 once the issuer's keys were fetched", labels=["issuer"])
+        degraded = GaugeMetricFamily(
+            "idgate_jwks_degraded", "1 while the last fetch failed and the last good keys serve", labels=["issuer"]
+        )
+        held = GaugeMetricFamily("idgate_jwks_keys", "Usable keys held", labels=["issuer"])
         for cache in self._caches:
             name = [cache.config.name]
+            health = cache.health()
             fetches.add_metric(name, cache.stats.fetches)
             failures.add_metric(name, cache.stats.failures)
             skipped.add_metric(name, cache.stats.skipped_keys)
-            ready.add_metric(name, 1.0 if cache.ready else 0.0)
-        yield from (fetches, failures, skipped, ready)
+            unusable.add_metric(name, cache.stats.unusable_sets)
+            withdrawn.add_metric(name, cache.stats.withdrawn_keys)
+            ready.add_metric(name, 1.0 if health.ready else 0.0)
+            degraded.add_metric(name, 1.0 if health.degraded else 0.0)
+            held.add_metric(name, health.keys)
+        yield from (fetches, failures, skipped, unusable, withdrawn, ready, degraded, held)
         if self._sessions is not None:
             yield CounterMetricFamily(
                 "idgate_session_cache_hits", "Decoded-session cache hits", value=self._sessions.decoded_hits

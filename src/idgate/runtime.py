@@ -127,8 +127,9 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
     caches = tuple(JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers)
     entries = config.server.token_cache_entries
     token_cache = TokenCache(max_entries=entries) if entries else None
-    for cache in caches:
-        cache.on_keys_removed = token_cache.clear if token_cache is not None else None
+    if token_cache is not None:
+        for cache in caches:  # a withdrawn key's tokens are refused at once, cached verifications included
+            cache.on_keys_withdrawn = lambda issuer, kids: token_cache.purge(issuer=issuer, kids=kids)
     verifier = Verifier(
         issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches}, cache=token_cache
     )

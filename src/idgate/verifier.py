@@ -13,7 +13,8 @@ Order of checks, cheapest first, each failure a :class:`~idgate.errors.TokenErro
    ``exp``/``nbf``/``iat`` numbers, ``iss``/``sub``/``jti``/``azp``/``sid``/``client_id`` strings, ``aud`` a string
    or an array of strings (``invalid_claim_type``; :mod:`idgate.claims`), before PyJWT reads any of them: PyJWT
    would coerce ``"exp": "9999999999"`` into a number;
-5. the key for ``kid`` (``unknown_kid``, ``keys_unavailable``), and ``alg`` usable with that key's type;
+5. the key for ``kid`` (``unknown_kid``), and ``alg`` usable with that key's type; when the issuer's keys cannot
+   be had, :class:`~idgate.errors.KeysUnavailable` (503, not a verdict on the token: see :mod:`idgate.jwks`);
 6. PyJWT: signature (``invalid_signature``), exact ``iss``, ``aud`` containing a configured audience
    (``invalid_audience``), ``exp`` (``expired``), ``nbf``/``iat`` (``not_yet_valid``) with the leeway;
 7. not an ID token or logout token (``nonce``, ``at_hash``, ``c_hash``, ``events``; Keycloak ``typ`` ID/Logout):
@@ -35,7 +36,7 @@ import jwt
 from idgate.claims import check_claims
 from idgate.config import IssuerConfig
 from idgate.errors import TokenError
-from idgate.jwks import JwksCache
+from idgate.jwks import JwksCache, VerificationKey
 from idgate.principal import Principal, principal_from_claims
 from idgate.token_cache import TokenCache
 
@@ -95,11 +96,13 @@ async def verify_jws(
 
     Raises:
         TokenError: with a reason code.
+        KeysUnavailable: the issuer's keys cannot be had now.
     """
     header, payload, signature = split_compact_jws(token, max_bytes=trusted.config.max_token_bytes)
-    return await _verify_parts(
+    claims, _ = await _verify_parts(
         token, header, payload, signature, trusted, kind=kind, audiences=audiences, require=require
     )
+    return claims
 
 
 async def _verify_parts(
@@ -112,7 +115,8 @@ async def _verify_parts(
     kind: TokenKind,
     audiences: Sequence[str],
     require: Sequence[str],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], VerificationKey]:
+    """The verified claims and the key that verified them."""
     cfg = trusted.config
     if len(token) > cfg.max_token_bytes:
         raise TokenError("token_too_large", f"token exceeds {cfg.max_token_bytes} bytes")
@@ -140,7 +144,7 @@ async def _verify_parts(
     key = await trusted.keys.get_key(kid)
     if alg not in key.algorithms:
         raise TokenError("alg_not_allowed", f"alg {alg} does not fit the key's type")
-    return _decode(token, key.key, alg, cfg, audiences=audiences, require=require)
+    return _decode(token, key.key, alg, cfg, audiences=audiences, require=require), key
 
 
 class Verifier:
@@ -148,7 +152,8 @@ class Verifier:
 
     def __init__(self, *, issuers: Mapping[str, TrustedIssuer], cache: TokenCache | None = None) -> None:
         """``issuers`` maps the exact ``iss`` string to its :class:`TrustedIssuer`; ``cache`` remembers verified
-        tokens until their ``exp`` (see :mod:`idgate.token_cache`)."""
+        tokens until their ``exp`` with the kid of the key that verified them, so that withdrawing a key drops them
+        (see :mod:`idgate.token_cache`)."""
         self._issuers = dict(issuers)
         self._cache = cache
         self._max_bytes = max((t.config.max_token_bytes for t in self._issuers.values()), default=16384)
@@ -162,24 +167,25 @@ class Verifier:
 
         Raises:
             TokenError: with one of the reason codes listed in the module docstring.
+            KeysUnavailable: the issuer's keys cannot be had now (answered 503, never 401).
         """
         if self._cache is not None:
             cached = self._cache.get(token)
             if cached is not None:
                 return cached
-        principal = await self._verify(token)
+        principal, kid = await self._verify(token)
         if self._cache is not None:
-            self._cache.put(token, principal)
+            self._cache.put(token, principal, kid=kid)
         return principal
 
-    async def _verify(self, token: str) -> Principal:
+    async def _verify(self, token: str) -> tuple[Principal, str | None]:
         header, payload, signature = split_compact_jws(token, max_bytes=self._max_bytes)
         iss = payload.get("iss")
         trusted = self._issuers.get(iss) if isinstance(iss, str) else None
         if trusted is None:
             raise TokenError("invalid_issuer", "iss is not a configured issuer")
         cfg = trusted.config
-        claims = await _verify_parts(
+        claims, key = await _verify_parts(
             token,
             header,
             payload,
@@ -191,7 +197,7 @@ class Verifier:
         )
         if any(c in claims for c in _ID_TOKEN_CLAIMS) or claims.get("typ") in ("ID", "Logout"):
             raise TokenError("invalid_typ", "an ID or logout token is not a bearer token (RFC 8725 §3.11)")
-        return principal_from_claims(claims, paths=cfg.claims)
+        return principal_from_claims(claims, paths=cfg.claims), key.kid
 
 
 def _decode(

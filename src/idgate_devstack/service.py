@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -21,7 +22,8 @@ class IdgateService(StartStop):
     """``python -m idgate serve --config CONFIG --port PORT`` with output in ``log_path``.
 
     ``start()`` waits (up to ``ready_timeout`` seconds) for ``/readyz`` to answer 200, i.e. for every issuer's
-    keys to be fetched, and raises ``RuntimeError`` with the log tail if the process dies or never gets ready.
+    keys to be fetched (``start(wait_for="healthz")``: only for the server to answer, e.g. with the IdP down), and
+    raises ``RuntimeError`` with the log tail if the process dies or never gets there.
     """
 
     def __init__(
@@ -53,8 +55,8 @@ class IdgateService(StartStop):
         """Everything the service logged so far (JSON lines)."""
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
 
-    def start(self) -> None:
-        """Start the process and wait for readiness."""
+    def start(self, *, wait_for: Literal["readyz", "healthz"] = "readyz") -> None:
+        """Start the process and wait until ``wait_for`` answers 200."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -80,7 +82,7 @@ class IdgateService(StartStop):
             if self._proc.poll() is not None:
                 raise RuntimeError(f"idgate exited with {self._proc.returncode}:\n{self.log_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/{wait_for}", timeout=1.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

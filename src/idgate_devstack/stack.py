@@ -28,6 +28,7 @@ import yaml
 
 from idgate_devstack.certs import DevCerts, generate_dev_certs
 from idgate_devstack.echo import EchoUpstream
+from idgate_devstack.faultproxy import FaultProxy
 from idgate_devstack.grafana_stub import GrafanaStub
 from idgate_devstack.grpc_echo import GrpcUpstream
 from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
@@ -64,6 +65,8 @@ class StackPlan:
     ``idp_test_endpoints``: the IdP's ``/test/*``; ``idp_logout``: idgate's post-logout and back-channel logout URIs
     registered at the IdP. ``grpc_tls``: TLS from HAProxy to the gRPC upstream, verified against the dev CA.
     ``auth_timeout_ms``, ``http_timeout``, ``stream_timeout`` (HAProxy time format): the ``HaproxySettings`` values.
+    ``jwks``: the generated config's issuer ``jwks`` settings (None: 0 s cooldowns); ``fault_proxy``: idgate fetches
+    the IdP's keys through a :class:`~idgate_devstack.faultproxy.FaultProxy` (``Stack.faults``; generated config only).
     """
 
     run_dir: Path
@@ -82,6 +85,8 @@ class StackPlan:
     auth_timeout_ms: int = HaproxySettings.auth_timeout_ms
     http_timeout: str = HaproxySettings.timeout
     stream_timeout: str = HaproxySettings.stream_timeout
+    jwks: Mapping[str, Any] | None = None
+    fault_proxy: bool = False
 
     def port(self, name: str) -> int:
         """The port for listener ``name`` (a :data:`FIXED_PORTS` key); ``"free"``: one free a moment ago, 0 (the
@@ -103,6 +108,7 @@ class Stack:
     settings: HaproxySettings
     upstreams: dict[str, Upstream]
     redirect_uri: str
+    faults: FaultProxy | None = None
 
     @property
     def mode(self) -> Mode:
@@ -215,6 +221,10 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             test_endpoints=plan.idp_test_endpoints,
             logout=plan.idp_logout,
         )
+        faults = None
+        if plan.fault_proxy:
+            proxy = FaultProxy(upstream=idp.jwks_uri, tls_cert=certs.cert, tls_key=certs.key, ca_file=certs.ca)
+            faults = stack.enter_context(proxy)
         if plan.config is None:
             config = stack_config(
                 idp.issuer,
@@ -223,6 +233,8 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
                 secrets_dir=secrets_dir,
                 refresh_before=plan.refresh_before,
                 spoa_port=spoa_port,
+                jwks=plan.jwks,
+                jwks_uri=faults.url if faults else None,
             )
         else:
             write_secrets(secrets_dir)
@@ -261,6 +273,7 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             settings=settings,
             upstreams=upstreams,
             redirect_uri=idp.config.redirect_uris[0],
+            faults=faults,
         )
 
 

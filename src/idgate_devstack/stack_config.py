@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,7 +39,7 @@ server: {host: 127.0.0.1}
 spoa: {host: 127.0.0.1, port: $spoa_port}
 issuers:
   - {name: testidp, issuer: $issuer, ca_file: $ca_file, audiences: [$audience], algorithms: [RS256], leeway_seconds: 2,
-     jwks: {refetch_cooldown_seconds: 0}, client_id: idgate, client_secret_file: $client_secret_file}
+     client_id: idgate, client_secret_file: $client_secret_file}
 login: {issuer: testidp, redirect_uris: [$redirect_uri], post_logout_redirect_uri: $site_root, resource: $audience}
 sessions: {keys_file: $keys_file, idle_timeout_seconds: 3600, refresh_before_seconds: $refresh_before}
 assertion: {issuer: $assertion_issuer, lifetime_seconds: 120}
@@ -61,16 +62,27 @@ routes:
   - {name: admin, path: /admin, upstream: app, allow: {groups: [grafana-admins]}}
   - {name: app, path: /app, upstream: app, allow: {authenticated: true}}
 """)
-"""The generated config, flow-style like config/demo.yaml; every ``$name`` stands for one JSON scalar."""
+"""The generated config, flow-style like config/demo.yaml; every ``$name`` stands for one JSON scalar (the issuer's
+``jwks`` and ``jwks_uri`` are set after parsing)."""
 
 
 def stack_config(
-    issuer: str, ca_file: Path, *, site: str, secrets_dir: Path, refresh_before: float = 60, spoa_port: int = 9181
+    issuer: str,
+    ca_file: Path,
+    *,
+    site: str,
+    secrets_dir: Path,
+    refresh_before: float = 60,
+    spoa_port: int = 9181,
+    jwks: Mapping[str, Any] | None = None,
+    jwks_uri: str | None = None,
 ) -> dict[str, Any]:
-    """The idgate config of a generated stack (mirrors config/demo.yaml, with a 0 s refetch cooldown and 2 s leeway).
+    """The idgate config of a generated stack (mirrors config/demo.yaml, with 0 s refetch cooldowns and 2 s leeway).
 
     ``site`` is HAProxy's https origin; the secrets (:func:`write_secrets`) are written to ``secrets_dir``;
-    ``refresh_before``: ``sessions.refresh_before_seconds``; ``spoa_port``: idgate's SPOA listener.
+    ``refresh_before``: ``sessions.refresh_before_seconds``; ``spoa_port``: idgate's SPOA listener; ``jwks``: the
+    issuer's ``jwks`` settings (None: both refetch cooldowns 0 s); ``jwks_uri``: fetch its keys there, not from
+    discovery.
     """
     write_secrets(secrets_dir)
     values: dict[str, object] = {
@@ -87,4 +99,10 @@ def stack_config(
         "grpc_audience": GRPC_AUDIENCE,
     }
     config: dict[str, Any] = yaml.safe_load(_GENERATED_CONFIG.substitute({k: json.dumps(v) for k, v in values.items()}))
+    issuer_config = config["issuers"][0]
+    issuer_config["jwks"] = (
+        dict(jwks) if jwks is not None else {"refetch_cooldown_seconds": 0, "unknown_kid_cooldown_seconds": 0}
+    )
+    if jwks_uri:
+        issuer_config["jwks_uri"] = jwks_uri
     return config

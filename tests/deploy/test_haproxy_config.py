@@ -100,6 +100,16 @@ ANSWERS: dict[str, Answer] = {
     "nodecision200": Answer(200, [("X-Idgate-Upstream", "app"), ("X-Idgate-User", "alice")]),
     "bad-upstream": _allow("../app", FULL_IDENTITY),
     "302-without-location": Answer(302, [("X-Idgate-Decision", "deny")]),
+    # idgate's own 503 (the issuer's keys cannot be had): relayed with its Retry-After and reason
+    "keys503": Answer(
+        503, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "keys_unavailable"), ("Retry-After", "2")]
+    ),
+    # a 503 without X-Idgate-Decision is what httpclient makes of a dead idgate: nothing is relayed
+    "bare503": Answer(503, [("X-Idgate-Reason", "keys_unavailable"), ("Retry-After", "2")]),
+    # a Retry-After that is not 1-99999 seconds is never copied to the client
+    "odd-retry503": Answer(
+        503, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "keys_unavailable"), ("Retry-After", "0")]
+    ),
 }
 DEFAULT_ANSWER = Answer(403, [("X-Idgate-Decision", "deny"), ("X-Idgate-Reason", "no_route")])
 
@@ -493,6 +503,18 @@ def test_anything_but_an_explicit_allow_is_503(stack: Stack, route: str) -> None
     assert all(up.requests() == [] for up in stack.echoes.values())
 
 
+def test_idgates_own_503_reaches_the_client_with_retry_after_and_reason(stack: Stack) -> None:
+    with stack.client() as c:
+        relayed, bare, odd = c.get("/keys503/x"), c.get("/bare503/x"), c.get("/odd-retry503/x")
+    assert (relayed.status_code, relayed.headers.get("retry-after")) == (503, "2")
+    assert relayed.text == "503 Service Unavailable (keys_unavailable)"
+    assert "www-authenticate" not in relayed.headers
+    for other in (bare, odd):  # HAProxy's own fail-closed answer: no idgate value leaks through
+        assert other.status_code == 503 and "retry-after" not in other.headers
+        assert other.text == "503 Service Unavailable (authentication unavailable)"
+    assert all(up.requests() == [] for up in stack.echoes.values())
+
+
 def test_allowed_without_known_upstream_is_404(stack: Stack) -> None:
     with stack.client() as c:
         assert c.get("/noupstream/x").status_code == 404
@@ -569,6 +591,8 @@ GRPC_HEADERS = {"content-type": "application/grpc+proto", "te": "trailers"}
         ("forbidden", "7", "policy_denied"),
         ("malformed", "3", "duplicate_authorization"),
         ("status500", "14", "auth_unavailable"),
+        ("keys503", "14", "keys_unavailable"),
+        ("bare503", "14", "auth_unavailable"),
         ("dup-user", "14", "auth_unavailable"),
         ("deny200", "14", "auth_unavailable"),
         ("nosuch", "12", "no_upstream"),
@@ -584,6 +608,8 @@ def test_grpc_refusals_are_trailers_only_grpc_statuses(
     assert r.headers["content-type"] == "application/grpc" and "location" not in r.headers
     assert r.headers["grpc-status"] == grpc_status
     assert r.headers.get("grpc-message", "-") in (grpc_message, "")
+    # idgate's Retry-After becomes gRPC's retry pushback (gRFC A6), only on idgate's own 503
+    assert r.headers.get("grpc-retry-pushback-ms") == ("2000" if route == "keys503" else None)
     assert all(up.requests() == [] for up in stack.echoes.values())
 
 

@@ -1,7 +1,8 @@
 """Shared unit-test fixtures: the anyio backend, signing keys, a fake monotonic clock and a fake IdP.
 
-The fake IdP sits behind ``httpx.MockTransport``: it answers GETs from a URL table the test mutates, records every
-request it receives, can be taken down (``httpx.ConnectError``) and can be made slow (``asyncio.sleep``).
+The fake IdP sits behind ``httpx.MockTransport``: it answers GETs from a URL table the test mutates (as it was when
+the request arrived), records every request it receives, can be taken down (``httpx.ConnectError``) and can be made
+slow (``asyncio.sleep``).
 """
 
 from __future__ import annotations
@@ -81,11 +82,11 @@ class FakeIdP:
 
     async def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        reply = self.table.get(str(request.url))  # what was published when the request arrived
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
-        reply = self.table.get(str(request.url))
         if reply is None:
             return httpx.Response(404, content=b"not found")
         return httpx.Response(reply.status, headers=reply.headers, content=reply.body)

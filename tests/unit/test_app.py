@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
-from fake_issuer import config, idp, token
+from fake_issuer import AUD, ISS, JWK, KEY, config, idp, token
 from starlette.requests import Request
 
 from idgate.app import facts_from_request
@@ -86,16 +87,155 @@ async def test_auth_endpoint_refuses_untrusted_callers() -> None:
 
 
 @pytest.mark.anyio
-async def test_readyz_waits_for_keys_and_auth_fails_closed() -> None:
+async def test_readyz_waits_for_keys_and_auth_answers_503_with_retry_after() -> None:
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
     async with serve(transport=httpx.MockTransport(down)) as c:
         r = await c.get("/readyz")
-        assert r.status_code == 503 and "test" in r.text
+        assert r.status_code == 503 and r.text == "waiting for keys: test\n"
         assert (await c.get("/healthz")).status_code == 200
         denied = await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app", "authorization": f"Bearer {token()}"})
-        assert denied.status_code == 401 and denied.headers["x-idgate-reason"] == "keys_unavailable"
+        # a server-side outage, not a verdict on the token: no 401, no challenge telling the client to drop it
+        assert denied.status_code == 503 and denied.headers["x-idgate-reason"] == "keys_unavailable"
+        assert denied.headers["x-idgate-decision"] == "deny" and "www-authenticate" not in denied.headers
+        assert denied.headers["retry-after"] in ("1", "2")
+        assert 'idgate_jwks_ready{issuer="test"} 0.0' in (await c.get("/metrics")).text
+
+
+class Switchable:
+    """The fake issuer's JWKS endpoint, answering whatever ``document`` is now (``None``: connection refused)."""
+
+    def __init__(self) -> None:
+        self.document: object = {"keys": [JWK]}
+        self.fetches = 0
+
+    def transport(self) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            self.fetches += 1
+            if self.document is None:
+                raise httpx.ConnectError("refused")
+            return httpx.Response(200, json=self.document, headers={"cache-control": "max-age=300"})
+
+        return httpx.MockTransport(handler)
+
+
+AUTH_APP = FACTS | {"x-idgate-path": "/app"}
+
+
+def no_window() -> Config:
+    """The fake issuer's config with a 0 s unknown-kid window: every unknown kid refetches at once."""
+    raw = config().model_dump(mode="json", exclude_none=True)
+    raw["issuers"][0]["jwks"]["unknown_kid_cooldown_seconds"] = 0
+    return parse_config(raw, environ={})
+
+
+def unknown_kid_token(kid: str) -> str:
+    now = int(time.time())
+    claims = {"iss": ISS, "aud": AUD, "sub": "alice", "exp": now + 300, "iat": now}
+    return jwt.encode(claims, KEY, algorithm="RS256", headers={"kid": kid, "typ": "at+jwt"})
+
+
+@pytest.mark.anyio
+async def test_readyz_stays_200_but_says_degraded_while_the_issuer_answers_no_usable_key() -> None:
+    issuer = Switchable()
+    async with serve(transport=issuer.transport(), cfg=no_window()) as c:
+        await ready(c)
+        issuer.document = {"keys": []}
+        forced = await c.get("/auth", headers=AUTH_APP | {"authorization": f"Bearer {unknown_kid_token('k9')}"})
+        assert forced.status_code == 503 and forced.headers["x-idgate-reason"] == "keys_unavailable"
+        r = await c.get("/readyz")
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+        assert r.text.startswith("ready\ndegraded: test (serving 1 key(s) fetched ")
+        assert "last fetch failed: KeySetError" in r.text and "no usable key in the set (0 skipped)" in r.text
+        text = (await c.get("/metrics")).text
+        assert 'idgate_jwks_degraded{issuer="test"} 1.0' in text and 'idgate_jwks_keys{issuer="test"} 1.0' in text
+        assert 'idgate_jwks_unusable_sets_total{issuer="test"} 1.0' in text
+        ok = await c.get("/auth", headers=AUTH_APP | {"authorization": f"Bearer {token()}"})
+        assert ok.status_code == 200  # the last good keys still verify
+        issuer.document = {"keys": [JWK]}
+        again = await c.get("/auth", headers=AUTH_APP | {"authorization": f"Bearer {unknown_kid_token('k8')}"})
+        assert again.status_code == 401 and again.headers["x-idgate-reason"] == "unknown_kid"
+        assert (await c.get("/readyz")).text == "ready\n"
+        assert 'idgate_jwks_degraded{issuer="test"} 0.0' in (await c.get("/metrics")).text
+        assert issuer.fetches == 3
+
+
+REFRESH = "/admin/jwks/refresh"
+
+
+@pytest.mark.anyio
+async def test_admin_refresh_reports_a_failed_refetch_with_502_and_keeps_the_keys() -> None:
+    issuer = Switchable()
+    async with serve(transport=issuer.transport()) as c:
+        await ready(c)
+        issuer.document = {"keys": []}
+        failed = await c.post(REFRESH)
+        assert failed.status_code == 502 and failed.headers["cache-control"] == "no-store"
+        [report] = failed.json()["issuers"]
+        assert report["ok"] is False and report["kids"] == ["k1"] and report["withdrawn"] == []
+        assert "no usable key" in report["error"]
+        assert (await c.get("/auth", headers=AUTH_APP | {"authorization": f"Bearer {token()}"})).status_code == 200
+        assert (await c.get("/readyz")).text.startswith("ready\ndegraded: test")
+
+
+@pytest.mark.anyio
+async def test_admin_refresh_withdraws_a_key_and_its_cached_tokens_at_once() -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    issuer = Switchable()
+    async with serve(transport=issuer.transport()) as c:
+        await ready(c)
+        bearer = {"authorization": f"Bearer {token()}"}
+        assert (await c.get("/auth", headers=AUTH_APP | bearer)).status_code == 200
+        assert (await c.get("/auth", headers=AUTH_APP | bearer)).status_code == 200  # from the token cache
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        issuer.document = {
+            "keys": [jwt.algorithms.RSAAlgorithm.to_jwk(other.public_key(), as_dict=True) | {"kid": "k2"}]
+        }
+        assert (await c.get("/auth", headers=AUTH_APP | bearer)).status_code == 200  # idgate cannot know yet
+        refreshed = await c.post(REFRESH, params={"issuer": "test"})
+        assert refreshed.status_code == 200
+        assert refreshed.json() == {
+            "issuers": [
+                {"issuer": "test", "ok": True, "kids": ["k2"], "withdrawn": ["k1"], "purged_tokens": 1, "error": ""}
+            ]
+        }
+        refused = await c.get("/auth", headers=AUTH_APP | bearer)
+        assert refused.status_code == 401 and refused.headers["x-idgate-reason"] == "unknown_kid"
+        text = (await c.get("/metrics")).text
+    assert 'idgate_jwks_withdrawn_keys_total{issuer="test"} 1.0' in text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "header", ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"]
+)
+async def test_admin_refresh_refuses_anything_that_came_through_a_proxy(header: str) -> None:
+    issuer = Switchable()
+    async with serve(transport=issuer.transport()) as c:
+        await ready(c)
+        before = issuer.fetches
+        refused = await c.post(REFRESH, headers={header: "203.0.113.9"})
+        assert refused.status_code == 403 and refused.json() == {"error": "forbidden"}
+        assert issuer.fetches == before
+
+
+@pytest.mark.anyio
+async def test_admin_refresh_refuses_untrusted_peers_unknown_issuers_and_other_methods() -> None:
+    issuer = Switchable()
+    async with serve(peer="203.0.113.9", transport=issuer.transport()) as outsider:
+        await asyncio.sleep(0.05)
+        before = issuer.fetches
+        assert (await outsider.post(REFRESH)).status_code == 403
+        assert issuer.fetches == before
+    async with serve(transport=issuer.transport()) as c:
+        await ready(c)
+        before = issuer.fetches
+        unknown = await c.post(REFRESH, params={"issuer": "nosuch"})
+        assert unknown.status_code == 404 and unknown.json() == {"error": "unknown_issuer", "issuer": "nosuch"}
+        assert (await c.get(REFRESH)).status_code == 405
+        assert issuer.fetches == before
 
 
 @pytest.mark.anyio

@@ -65,3 +65,17 @@ async def test_refusals_carry_status_reason_and_rfc6750_challenge(
 async def test_without_browser_login_a_navigation_is_401_not_a_login_redirect() -> None:
     result = await authenticator().authenticate(facts(accept="text/html"))
     assert isinstance(result, Refused) and result.status == 401 and result.location is None
+
+
+@pytest.mark.anyio
+async def test_keys_that_cannot_be_had_are_a_503_with_retry_after_never_a_401() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    cfg = config()
+    cache = JwksCache(config=cfg.issuers[0], client=httpx.AsyncClient(transport=httpx.MockTransport(down)))
+    authn = Authenticator(verifier=Verifier(issuers={ISS: TrustedIssuer(config=cfg.issuers[0], keys=cache)}))
+    result = await authn.authenticate(facts(f"Bearer {token()}"))
+    assert isinstance(result, Refused)
+    assert (result.status, result.reasons, result.www_authenticate) == (503, ("keys_unavailable",), None)
+    assert result.retry_after in (1, 2)

@@ -228,6 +228,22 @@ async def test_issuer_opt_in_trusts_unverified_email() -> None:
 
 
 @pytest.mark.anyio
+async def test_keys_unavailable_is_a_503_deny_with_retry_after_and_no_challenge() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    d = await engine(config(), httpx.MockTransport(down)).decide(facts("/app", f"Bearer {token()}"))
+    assert (d.status, d.reasons, d.allow, d.www_authenticate, d.identity) == (
+        503,
+        ("keys_unavailable",),
+        False,
+        None,
+        {},
+    )
+    assert d.retry_after in (1, 2) and d.route == "app"
+
+
+@pytest.mark.anyio
 async def test_late_decision_is_a_503_deny() -> None:
     slow = engine(config(decision_timeout_seconds=0.2), idp(delay=2.0))
     started = time.perf_counter()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from idgate.config import IssuerConfig, JwksSettings
-from idgate.errors import KeySetError, TokenError
+from idgate.errors import KeySetError, KeysUnavailable, TokenError
 from idgate.jwks import JwksCache, parse_jwks, ttl_from_cache_control
 
 if TYPE_CHECKING:
@@ -26,7 +26,9 @@ ISS = "https://idp.test/realms/main"
 AUD = "https://api.test"
 JWKS_URL = f"{ISS}/protocol/openid-connect/certs"
 DISCOVERY_URL = f"{ISS}/.well-known/openid-configuration"
-COOLDOWN = 30.0
+COOLDOWN = 30.0  # background refetches and retries after a failure
+WINDOW = 2.0  # refetches forced by an unknown kid
+NEGATIVE = 10.0  # a kid confirmed absent is refused without a fetch this long
 PINNED = frozenset({"RS256", "ES256"})
 
 
@@ -56,7 +58,9 @@ def issuer_config(**overrides: Any) -> IssuerConfig:
         "jwks_uri": JWKS_URL,
         "audiences": (AUD,),
         "algorithms": ("RS256", "ES256"),
-        "jwks": JwksSettings(refetch_cooldown_seconds=COOLDOWN),
+        "jwks": JwksSettings(
+            refetch_cooldown_seconds=COOLDOWN, unknown_kid_cooldown_seconds=WINDOW, negative_kid_ttl_seconds=NEGATIVE
+        ),
     }
     settings.update(overrides)
     return IssuerConfig(**settings)
@@ -74,7 +78,8 @@ async def drain(cache: JwksCache) -> None:
 
 
 async def reason_of(cache: JwksCache, kid: str | None) -> str:
-    with pytest.raises(TokenError) as excinfo:
+    """The reason code of a refusal (TokenError, 401) or of keys that cannot be had (KeysUnavailable, 503)."""
+    with pytest.raises((TokenError, KeysUnavailable)) as excinfo:
         await cache.get_key(kid)
     return excinfo.value.reason
 
@@ -274,23 +279,29 @@ async def test_unknown_kid_refetches_once_and_finds_a_new_key(
 
 
 @pytest.mark.anyio
-async def test_unknown_kid_within_the_cooldown_does_not_refetch(
+async def test_unknown_kids_refetch_at_most_once_per_window_and_never_get_a_verdict_without_one(
     fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
 ) -> None:
     fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
     cache = make_cache(fake_idp, clock)
     await cache.get_key("rsa-1")
-    clock.advance(COOLDOWN)
+    clock.advance(WINDOW)
     assert await reason_of(cache, "rsa-2") == "unknown_kid"  # forced refetch: rsa-2 is not published yet
     assert len(fake_idp.requests) == 2
 
     fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1"), rsa_jwk(rsa_key_2, "rsa-2")]})
-    clock.advance(COOLDOWN - 1)
-    for kid in ("rsa-2", "other", "../../dev/null"):
-        assert await reason_of(cache, kid) == "unknown_kid"
-    assert len(fake_idp.requests) == 2  # rate-limited: no request within the cooldown
+    clock.advance(WINDOW - 0.5)
+    assert await reason_of(cache, "rsa-2") == "unknown_kid"  # known absent: refused at once
+    for kid in ("other", "../../dev/null"):
+        with pytest.raises(KeysUnavailable) as info:  # not checked yet: "retry", never "throw the token away"
+            await cache.get_key(kid)
+        assert (info.value.reason, info.value.retry_after) == ("unknown_kid_pending", 1)
+    assert len(fake_idp.requests) == 2  # rate-limited: no request within the window
 
-    clock.advance(1)  # the cooldown has now passed since the last attempt
+    clock.advance(0.5)  # the window has now passed since the last attempt
+    assert await reason_of(cache, "other") == "unknown_kid"
+    assert len(fake_idp.requests) == 3
+    # that fetch brought rsa-2: a kid known absent is never hidden once it is published
     assert same_key((await cache.get_key("rsa-2")).key, rsa_key_2)
     assert len(fake_idp.requests) == 3
 
@@ -310,15 +321,29 @@ async def test_unknown_kid_after_the_cooldown_refetches_again(
 
 
 @pytest.mark.anyio
-async def test_a_zero_cooldown_refetches_on_every_unknown_kid(
+async def test_zero_windows_refetch_on_every_unknown_kid(
     fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
     fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
-    cache = make_cache(fake_idp, clock, jwks=JwksSettings(refetch_cooldown_seconds=0))
+    zero = JwksSettings(refetch_cooldown_seconds=0, unknown_kid_cooldown_seconds=0, negative_kid_ttl_seconds=0)
+    cache = make_cache(fake_idp, clock, jwks=zero)
     await cache.get_key("rsa-1")
     for _ in range(3):
         assert await reason_of(cache, "nope") == "unknown_kid"
     assert len(fake_idp.requests) == 4
+
+
+@pytest.mark.anyio
+async def test_a_zero_window_still_remembers_absent_kids(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
+    cache = make_cache(fake_idp, clock, jwks=JwksSettings(unknown_kid_cooldown_seconds=0))
+    await cache.get_key("rsa-1")
+    for _ in range(3):
+        assert await reason_of(cache, "nope") == "unknown_kid"
+        assert await reason_of(cache, "other") == "unknown_kid"
+    assert len(fake_idp.requests) == 3  # one refetch per new kid, none for a kid known absent
 
 
 @pytest.mark.anyio
@@ -446,18 +471,22 @@ async def test_stale_if_error_keeps_serving_the_last_good_keys(
     assert "ConnectError" in cache.stats.last_error
     assert cache.kids == {"rsa-1"}
 
-    # within the cooldown: still served, and no retry
+    # within the cooldown: still served, and no background retry
     clock.advance(COOLDOWN - 1)
     assert same_key((await cache.get_key("rsa-1")).key, rsa_key)
-    assert await reason_of(cache, "nope") == "unknown_kid"
     await drain(cache)
     assert len(fake_idp.requests) == 2
-    # after it: one more background attempt, still served
-    clock.advance(1)
+    # an unknown kid may force one refetch per window; it fails: the kid can be judged neither way (503)
+    assert await reason_of(cache, "nope") == "keys_unavailable"
+    assert await reason_of(cache, "nope") == "keys_unavailable"  # window closed, the IdP still failing
+    assert len(fake_idp.requests) == 3
+    assert cache.kids == {"rsa-1"}
+    # a cooldown after the last attempt: one more background attempt, still served
+    clock.advance(COOLDOWN)
     assert same_key((await cache.get_key("rsa-1")).key, rsa_key)
     await drain(cache)
-    assert len(fake_idp.requests) == 3
-    assert cache.stats.failures == 2
+    assert len(fake_idp.requests) == 4
+    assert cache.stats.failures == 3
 
 
 @pytest.mark.anyio
@@ -499,22 +528,27 @@ async def test_first_fetch_failing_is_keys_unavailable_without_a_refetch_storm(
     fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
     fake_idp.down = True
     cache = make_cache(fake_idp, clock)
-    for _ in range(10):
-        assert await reason_of(cache, "rsa-1") == "keys_unavailable"
-        clock.advance(1)
+    retry_afters = []
+    for _ in range(8):
+        with pytest.raises(KeysUnavailable) as info:
+            await cache.get_key("rsa-1")
+        assert info.value.reason == "keys_unavailable"
+        retry_afters.append(info.value.retry_after)
+        clock.advance(WINDOW / 8)
+    assert retry_afters == [2, 2, 2, 2, 1, 1, 1, 1]  # whole seconds until the next attempt may start
     assert len(fake_idp.requests) == 1
     assert not cache.ready
     assert cache.stats.fetches == 1
     assert cache.stats.failures == 1
 
-    clock.advance(COOLDOWN)  # a retry is allowed again; the IdP is still down
+    # a window later a retry is allowed again; the IdP is still down
     assert await reason_of(cache, "rsa-1") == "keys_unavailable"
     assert len(fake_idp.requests) == 2
 
     fake_idp.down = False
-    assert await reason_of(cache, "rsa-1") == "keys_unavailable"  # recovered, but within the cooldown
+    assert await reason_of(cache, "rsa-1") == "keys_unavailable"  # recovered, but within the window
     assert len(fake_idp.requests) == 2
-    clock.advance(COOLDOWN)
+    clock.advance(WINDOW)
     assert same_key((await cache.get_key("rsa-1")).key, rsa_key)
     assert len(fake_idp.requests) == 3
     assert cache.ready
@@ -528,7 +562,7 @@ async def test_concurrent_calls_while_the_idp_is_down_make_one_request(
     fake_idp.delay = 0.05
     cache = make_cache(fake_idp, clock)
     results = await asyncio.gather(*(cache.get_key("rsa-1") for _ in range(20)), return_exceptions=True)
-    assert all(isinstance(r, TokenError) and r.reason == "keys_unavailable" for r in results)
+    assert all(isinstance(r, KeysUnavailable) and r.reason == "keys_unavailable" for r in results)
     assert len(fake_idp.requests) == 1
 
 
@@ -579,6 +613,7 @@ async def test_no_kid_is_accepted_for_a_single_key_without_kid(
     key = await cache.get_key(None)
     assert same_key(key.key, rsa_key)
     assert key.kid is None
+    clock.advance(WINDOW)
     assert await reason_of(cache, "rsa-1") == "unknown_kid"
 
 
@@ -784,3 +819,264 @@ async def test_deeply_nested_json_is_refused(fake_idp: FakeIdP, clock: FakeClock
     cache = make_cache(fake_idp, clock)
     assert await reason_of(cache, "rsa-1") == "keys_unavailable"
     assert cache.stats.failures == 1
+
+
+# --- an answer without one usable key is a failed fetch -----------------------------------------------------------
+
+
+UNUSABLE = {
+    "empty": {"keys": []},
+    "only-symmetric": {"keys": [{"kty": "oct", "kid": "hmac", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]},
+    "only-encryption": {"keys": [{"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"}]},
+    "only-broken": {"keys": [{"kty": "RSA", "kid": "broken", "e": "AQAB"}, {"kty": "EC", "crv": "P-256"}]},
+}
+
+
+@pytest.mark.parametrize("document", UNUSABLE.values(), ids=UNUSABLE.keys())
+@pytest.mark.anyio
+async def test_a_set_without_one_usable_key_keeps_the_last_good_keys(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, document: dict[str, Any]
+) -> None:
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]}, cache_control="max-age=60")
+    cache = make_cache(fake_idp, clock)
+    await cache.get_key("rsa-1")
+    assert cache.health().degraded is False
+    fake_idp.publish(JWKS_URL, document)
+    clock.advance(COOLDOWN + 60)  # expired: the background refetch gets the unusable answer
+    assert same_key((await cache.get_key("rsa-1")).key, rsa_key)
+    await drain(cache)
+    assert same_key((await cache.get_key("rsa-1")).key, rsa_key)  # kept, not wiped
+    assert cache.kids == {"rsa-1"}
+    assert (cache.stats.fetches, cache.stats.failures, cache.stats.unusable_sets) == (2, 1, 1)
+    assert cache.stats.skipped_keys == len(document["keys"])
+    assert "no usable key in the set" in cache.stats.last_error
+    health = cache.health()
+    assert (health.ready, health.degraded, health.keys, health.age_seconds) == (True, True, 1, COOLDOWN + 60)
+    assert "no usable key" in health.last_error
+    # an unknown kid forces a refetch: the answer is still unusable, so nothing can be said about the kid (503)
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "rsa-2") == "keys_unavailable"
+    assert cache.stats.unusable_sets == 2
+    # the IdP recovers: the next fetch clears the degradation
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "rsa-2") == "unknown_kid"
+    health = cache.health()
+    assert (health.degraded, health.last_error, health.age_seconds) == (False, "", 0)
+    assert (cache.stats.fetches, cache.stats.unusable_sets) == (4, 2)
+
+
+@pytest.mark.anyio
+async def test_a_first_answer_without_a_usable_key_is_not_ready(fake_idp: FakeIdP, clock: FakeClock) -> None:
+    fake_idp.publish(JWKS_URL, {"keys": []})
+    cache = make_cache(fake_idp, clock)
+    assert await cache.refresh() is False
+    assert await reason_of(cache, "rsa-1") == "keys_unavailable"
+    health = cache.health()
+    assert (health.ready, health.degraded, health.keys, health.age_seconds) == (False, False, 0, None)
+    assert cache.stats.unusable_sets == 1
+
+
+# --- a new kid within the window while random kids flood; the negative cache -------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_new_key_is_accepted_within_the_window_while_a_random_kid_flood_costs_one_fetch_per_window(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
+) -> None:
+    """One scenario, on the fake clock in 0.1 s steps for 20 s: 30 random kids and one stale kid every step; at
+    7.05 s the IdP publishes rsa-2 and signs with it at once (Keycloak adding a key provider); from then on every
+    step also presents an rsa-2 token."""
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]}, cache_control="max-age=3600")
+    cache = make_cache(fake_idp, clock)
+    await cache.get_key("rsa-1")
+    start, published_at = clock.now, None
+    new_kid: list[tuple[float, str]] = []  # (seconds since publication, outcome)
+    stale: list[str] = []
+    flood: list[str] = []
+
+    async def outcome(kid: str) -> str:
+        try:
+            await cache.get_key(kid)
+        except (TokenError, KeysUnavailable) as exc:
+            return exc.reason
+        return "ok"
+
+    for step in range(200):
+        clock.now = start + step * 0.1
+        if published_at is None and clock.now - start >= 7.05:
+            fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key_2, "rsa-2"), rsa_jwk(rsa_key, "rsa-1")]})
+            published_at = clock.now
+        kids = [f"random-{step}-{i}" for i in range(30)]
+        results = await asyncio.gather(*(outcome(k) for k in [*kids, "stale-kid", "rsa-1"]))
+        flood += results[:30]
+        stale.append(results[30])
+        assert results[31] == "ok"  # a known key never waits for anything
+        if published_at is not None:
+            new_kid.append((clock.now - published_at, await outcome("rsa-2")))
+    fetches = len(fake_idp.requests) - 1
+    assert fetches <= 20 / WINDOW + 1  # a flood of 6000 random kids: one fetch per window
+    accepted = [t for t, o in new_kid if o == "ok"]
+    assert accepted and accepted[0] <= WINDOW
+    assert all(o == "ok" for t, o in new_kid if t >= accepted[0])
+    assert {o for _, o in new_kid} <= {"ok", "unknown_kid_pending"}  # never told "unknown_kid" (throw it away)
+    assert set(flood) == {"unknown_kid", "unknown_kid_pending"} and "ok" not in flood
+    # the stale kid is judged once by a fetch of its own, then refused at once for the negative TTL
+    first = stale.index("unknown_kid")
+    assert stale[first : first + int(NEGATIVE / 0.1)].count("unknown_kid") == int(NEGATIVE / 0.1)
+
+
+@pytest.mark.anyio
+async def test_a_kid_known_absent_costs_no_fetch_until_its_ttl_ends(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
+    cache = make_cache(fake_idp, clock)
+    await cache.get_key("rsa-1")
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "ghost") == "unknown_kid"
+    for _ in range(int(NEGATIVE / WINDOW) - 1):
+        clock.advance(WINDOW)  # the window is open every time, but the kid is known absent
+        assert await reason_of(cache, "ghost") == "unknown_kid"
+    assert len(fake_idp.requests) == 2
+    clock.advance(WINDOW)  # NEGATIVE seconds later: checked again, once
+    assert await reason_of(cache, "ghost") == "unknown_kid"
+    assert await reason_of(cache, "ghost") == "unknown_kid"
+    assert len(fake_idp.requests) == 3
+
+
+@pytest.mark.anyio
+async def test_a_kid_refused_before_it_is_published_is_accepted_once_its_entry_expires_or_a_fetch_brings_it(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
+) -> None:
+    """The bound on negative caching a kid before the IdP publishes it (e.g. a guessed, predictable kid)."""
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
+    cache = make_cache(fake_idp, clock)
+    await cache.get_key("rsa-1")
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "key-2") == "unknown_kid"  # guessed early: confirmed absent
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key_2, "key-2"), rsa_jwk(rsa_key, "rsa-1")]})
+    clock.advance(NEGATIVE - 0.1)
+    assert await reason_of(cache, "key-2") == "unknown_kid"  # published, but still remembered absent
+    clock.advance(0.1)
+    assert same_key((await cache.get_key("key-2")).key, rsa_key_2)  # the entry expired: one refetch
+    # any other fetch brings a published kid in at once, whatever its entry says
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "key-3")]})
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "key-4") == "unknown_kid"
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "key-3"), rsa_jwk(rsa_key_2, "key-4")]})
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "key-5") == "unknown_kid"  # another kid's refetch brings key-4
+    assert same_key((await cache.get_key("key-4")).key, rsa_key_2)
+    assert len(fake_idp.requests) == 5
+
+
+@pytest.mark.anyio
+async def test_a_fetch_begun_before_the_token_arrived_proves_nothing_about_its_kid(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
+) -> None:
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
+    cache = make_cache(fake_idp, clock)
+    await cache.get_key("rsa-1")
+    clock.advance(WINDOW)
+    fake_idp.delay = 0.05
+    first = asyncio.create_task(cache.get_key("forged"))  # starts a refetch of the old set
+    await asyncio.sleep(0.01)
+    clock.advance(0.5)  # the IdP publishes rsa-2 and signs with it; its first token joins that refetch
+    assert await reason_of(cache, "rsa-2") == "unknown_kid_pending"  # 503: retry, the token may be fine
+    with pytest.raises(TokenError):
+        await first  # "forged" arrived before that fetch began: confirmed absent
+    fake_idp.delay = 0
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1"), rsa_jwk(rsa_key_2, "rsa-2")]})
+    clock.advance(WINDOW)
+    assert same_key((await cache.get_key("rsa-2")).key, rsa_key_2)  # not remembered absent: accepted
+    assert await reason_of(cache, "forged") == "unknown_kid"
+    assert len(fake_idp.requests) == 3
+
+
+@pytest.mark.anyio
+async def test_the_absent_kids_remembered_are_bounded(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("idgate.jwks.NEGATIVE_KIDS_MAX", 3)
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
+    cache = make_cache(fake_idp, clock, jwks=JwksSettings(unknown_kid_cooldown_seconds=0))
+    await cache.get_key("rsa-1")
+    for kid in ("a", "b", "c", "d"):
+        assert await reason_of(cache, kid) == "unknown_kid"
+    assert len(fake_idp.requests) == 5
+    for kid in ("b", "c", "d"):  # still remembered
+        assert await reason_of(cache, kid) == "unknown_kid"
+    assert len(fake_idp.requests) == 5
+    assert await reason_of(cache, "a") == "unknown_kid"  # forgotten (the oldest): checked again
+    assert len(fake_idp.requests) == 6
+
+
+# --- withdrawal, refresh_now, health ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_key_that_leaves_the_set_or_changes_is_withdrawn(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
+) -> None:
+    calls: list[tuple[str, frozenset[str | None]]] = []
+
+    def withdrawn(issuer: str, kids: frozenset[str | None]) -> int:
+        calls.append((issuer, kids))
+        return 7
+
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "keep"), rsa_jwk(rsa_key, "drop"), rsa_jwk(rsa_key, "swap")]})
+    cache = make_cache(fake_idp, clock)
+    cache.on_keys_withdrawn = withdrawn
+    await cache.get_key("keep")
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "keep"), rsa_jwk(rsa_key_2, "swap")]})
+    outcome = await cache.refresh_now()
+    assert outcome.ok and outcome.withdrawn == {"drop", "swap"} and outcome.purged == 7
+    assert outcome.kids == {"keep", "swap"} and outcome.error == ""
+    assert calls == [(ISS, frozenset({"drop", "swap"}))]
+    assert cache.stats.withdrawn_keys == 2
+    assert same_key((await cache.get_key("swap")).key, rsa_key_2)  # the new key under the old kid
+    clock.advance(WINDOW)
+    assert await reason_of(cache, "drop") == "unknown_kid"  # known absent: no fetch
+    assert len(fake_idp.requests) == 2
+    await cache.refresh_now()  # nothing withdrawn this time: no call
+    assert len(calls) == 1
+
+
+@pytest.mark.anyio
+async def test_refresh_now_ignores_the_cooldowns_and_never_returns_an_older_fetch(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
+) -> None:
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
+    cache = make_cache(fake_idp, clock)
+    await cache.get_key("rsa-1")
+    fake_idp.delay = 0.05
+    clock.advance(WINDOW)
+    background = asyncio.create_task(cache.refresh())  # a fetch of the old set, under way
+    await asyncio.sleep(0.01)
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key_2, "rsa-2")]})  # the emergency: rsa-1 withdrawn
+    clock.advance(0.1)
+    outcome = await cache.refresh_now()
+    assert await background
+    assert outcome.ok and outcome.kids == {"rsa-2"} and outcome.withdrawn == {"rsa-1"}
+    assert len(fake_idp.requests) == 3  # it waited for the older fetch, then made its own
+    assert await reason_of(cache, "rsa-1") == "unknown_kid"
+    fake_idp.delay = 0
+    for _ in range(3):  # within every cooldown, still a fetch each time
+        assert (await cache.refresh_now()).ok
+    assert len(fake_idp.requests) == 6
+
+
+@pytest.mark.anyio
+async def test_refresh_now_reports_a_failure_and_keeps_the_keys(
+    fake_idp: FakeIdP, clock: FakeClock, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk(rsa_key, "rsa-1")]})
+    cache = make_cache(fake_idp, clock)
+    await cache.get_key("rsa-1")
+    fake_idp.publish(JWKS_URL, {"keys": []})
+    outcome = await cache.refresh_now()
+    assert not outcome.ok and outcome.kids == {"rsa-1"} and outcome.withdrawn == frozenset()
+    assert "no usable key" in outcome.error
+    assert same_key((await cache.get_key("rsa-1")).key, rsa_key)
+    assert cache.health().degraded

@@ -1,4 +1,5 @@
-"""The verified-token cache: never past exp, bounded, cleared on key removal, and wired into the verifier."""
+"""The verified-token cache: never past exp, bounded, purged of a withdrawn key's tokens, and wired into the
+verifier."""
 
 from __future__ import annotations
 
@@ -63,6 +64,21 @@ def test_bounded_lru() -> None:
         TokenCache(max_entries=0)
 
 
+def test_purge_drops_the_tokens_of_the_withdrawn_kids_of_one_issuer_only() -> None:
+    cache = TokenCache(clock=Clock(0.0))
+    other = Principal(
+        issuer="https://other.test", subject="o", username=None, email=None, name=None, groups=(), expires_at=10
+    )
+    cache.put("k1-a", principal(exp=10, sub="a"), kid="k1")
+    cache.put("k1-b", principal(exp=10, sub="b"), kid="k1")
+    cache.put("k2", principal(exp=10, sub="c"), kid="k2")
+    cache.put("no-kid", principal(exp=10, sub="d"), kid=None)
+    cache.put("other-k1", other, kid="k1")
+    assert cache.purge(issuer="https://idp.test", kids={"k1", None}) == 3
+    assert [t for t in ("k1-a", "k1-b", "k2", "no-kid", "other-k1") if cache.get(t)] == ["k2", "other-k1"]
+    assert cache.purge(issuer="https://idp.test", kids={"k1"}) == 0
+
+
 @pytest.mark.anyio
 async def test_verifier_uses_the_cache_and_drops_it_when_a_key_disappears() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -80,11 +96,11 @@ async def test_verifier_uses_the_cache_and_drops_it_when_a_key_disappears() -> N
         discovery=False,
         jwks_uri="https://idp.test/jwks",
         audiences=("api",),
-        jwks=JwksSettings(refetch_cooldown_seconds=0),
+        jwks=JwksSettings(refetch_cooldown_seconds=0, unknown_kid_cooldown_seconds=0),
     )
     keys = JwksCache(config=config, client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
     cache = TokenCache()
-    keys.on_keys_removed = cache.clear
+    keys.on_keys_withdrawn = lambda issuer, kids: cache.purge(issuer=issuer, kids=kids)
     verifier = Verifier(issuers={config.issuer: TrustedIssuer(config=config, keys=keys)}, cache=cache)
     now = int(time.time())
     claims = {"iss": config.issuer, "aud": "api", "sub": "alice", "exp": now + 60, "iat": now}

@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from idgate.config import ClaimPaths, IssuerConfig, JwksSettings
-from idgate.errors import TokenError
+from idgate.errors import KeysUnavailable, TokenError
 from idgate.jwks import JwksCache
 from idgate.principal import Principal
+from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier, split_compact_jws
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def make_verifier(fake_idp: FakeIdP, rsa_key: rsa.RSAPrivateKey, ec_key: ec.Elli
             "algorithms": ("RS256", "ES256"),
             "require_at_jwt_typ": True,
             "leeway_seconds": LEEWAY,
-            "jwks": JwksSettings(refetch_cooldown_seconds=30),
+            "jwks": JwksSettings(refetch_cooldown_seconds=30, unknown_kid_cooldown_seconds=2),
         }
         settings.update(overrides)
         config = IssuerConfig(**settings)
@@ -781,14 +782,48 @@ async def test_subject_from_a_configured_path(make_verifier: MakeVerifier, rsa_k
 
 
 @pytest.mark.anyio
-async def test_keys_unavailable_when_the_idp_is_down(
+async def test_keys_unavailable_when_the_idp_is_down_is_no_verdict_on_the_token(
     verifier: Verifier, rsa_key: rsa.RSAPrivateKey, fake_idp: FakeIdP
 ) -> None:
     fake_idp.down = True
     token = sign(rsa_header(), claims(), rsa_key, "RS256")
-    assert await reason_of(verifier, token) == "keys_unavailable"
-    assert await reason_of(verifier, token) == "keys_unavailable"
+    for _ in range(2):
+        with pytest.raises(KeysUnavailable) as info:  # not a TokenError: the token may well be valid
+            await verifier.verify(token)
+        assert (info.value.reason, info.value.retry_after) == ("keys_unavailable", 2)
+        assert not isinstance(info.value, TokenError)
     assert len(fake_idp.requests) == 1
+    fake_idp.down = False
+    with pytest.raises(KeysUnavailable):  # recovered, but the next refetch may not start yet
+        await verifier.verify(token)
+
+
+@pytest.mark.anyio
+async def test_the_token_cache_drops_exactly_the_tokens_of_a_withdrawn_key(
+    fake_idp: FakeIdP, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    rsa_jwk = RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True) | {"kid": "rsa-1", "use": "sig"}
+    ec_jwk = ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True) | {"kid": "ec-1", "use": "sig"}
+    fake_idp.publish(JWKS_URL, {"keys": [rsa_jwk, ec_jwk]})
+    config = IssuerConfig(
+        name="test", issuer=ISS, discovery=False, jwks_uri=JWKS_URL, audiences=(AUD,), algorithms=("RS256", "ES256")
+    )
+    keys = JwksCache(config=config, client=fake_idp.client())
+    tokens = TokenCache()
+    keys.on_keys_withdrawn = lambda issuer, kids: tokens.purge(issuer=issuer, kids=kids)
+    verifier = Verifier(issuers={ISS: TrustedIssuer(config=config, keys=keys)}, cache=tokens)
+    by_rsa = [sign(rsa_header(), claims(sub=f"r{i}"), rsa_key, "RS256") for i in range(3)]
+    by_ec = sign(rsa_header(kid="ec-1", alg="ES256"), claims(sub="e"), ec_key, "ES256")
+    for token in (*by_rsa, by_ec):
+        await verifier.verify(token)
+    assert len(tokens) == 4
+    fake_idp.publish(JWKS_URL, {"keys": [ec_jwk]})  # rsa-1 withdrawn
+    outcome = await keys.refresh_now()
+    assert (outcome.withdrawn, outcome.purged, len(tokens)) == ({"rsa-1"}, 3, 1)
+    assert (await verifier.verify(by_ec)).subject == "e"
+    assert tokens.hits == 1  # still cached
+    for token in by_rsa:
+        assert await reason_of(verifier, token) == "unknown_kid"
 
 
 @pytest.mark.anyio

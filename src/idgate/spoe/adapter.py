@@ -6,8 +6,9 @@ The message (``haproxy/spoe-idgate.conf``) carries: ``method``, ``host``, ``path
 ``accept``, ``requested_with``, ``fetch_mode``, ``content_type``; absent headers arrive as NULL.
 The answer sets, in scope ``txn`` with prefix ``idgate`` (HAProxy: ``txn.idgate.<name>``): ``status``,
 ``decision`` (``allow``/``deny``), ``reason``, ``upstream``, the identity slots (``user`` … ``issuer``,
-``assertion``), ``www_authenticate``, ``location``, ``cookie_rewrite``/``cookie``, ``strip_authorization`` and
-``set_cookie_0..7`` — the variables the auth_request mode's Lua action sets from the ``/auth`` answer.
+``assertion``), ``www_authenticate``, ``location``, ``retry_after`` (a 503's seconds), ``cookie_rewrite`` /
+``cookie``, ``strip_authorization`` and ``set_cookie_0..7`` — the variables the auth_request mode's Lua action sets
+from the ``/auth`` answer.
 The variable names are :data:`idgate.facts.ANSWER_VARIABLES`. A value that is not valid UTF-8 is answered 400
 ``invalid_encoding``; every other failure path (unknown message, missing or duplicated argument, handler error or
 timeout) is the agent's deny (:func:`spoe_deny_actions`), which HAProxy turns into 503. Both are audited and counted
@@ -61,6 +62,8 @@ def decision_actions(decision: Decision) -> list[Action]:
         actions.append(_var("www_authenticate", decision.www_authenticate))
     if decision.location:
         actions.append(_var("location", decision.location))
+    if decision.retry_after is not None:
+        actions.append(_var("retry_after", str(decision.retry_after)))
     for index, cookie in enumerate(decision.set_cookies[:MAX_SET_COOKIES]):
         actions.append(_var(f"set_cookie_{index}", cookie))
     return actions

@@ -28,7 +28,7 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from idgate.config import LoginConfig
-from idgate.errors import ProviderError, TokenError
+from idgate.errors import KeysUnavailable, ProviderError, TokenError
 from idgate.verifier import TokenKind, TrustedIssuer, verify_jws
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
@@ -236,7 +236,8 @@ class OidcClient:
     async def verify_id_token(self, token: str, *, nonce: str | None, access_token: str | None) -> dict[str, Any]:
         """OIDC Core §3.1.3.7: signature (pinned alg), iss, aud ∋ client_id, azp, exp, iat, nonce, at_hash.
 
-        ``nonce`` None skips the nonce check (refresh responses, §12.2). Raises TokenError.
+        ``nonce`` None skips the nonce check (refresh responses, §12.2). Raises TokenError; ProviderError
+        (transient, ``keys_unavailable`` …) when the issuer's keys cannot be had now.
         """
         claims = await self._verify(token, kind="id", require=("iss", "sub", "aud", "exp", "iat"))
         aud = claims["aud"]
@@ -272,6 +273,7 @@ class OidcClient:
         Raises:
             TokenError: ``invalid_logout_token``, ``logout_token_too_old``, or any reason of
                 :func:`idgate.verifier.verify_jws` (``invalid_claim_type``, ``expired``, ``not_yet_valid`` …).
+            ProviderError: (transient) when the issuer's keys cannot be had now.
         """
         claims = await self._verify(token, kind="logout", require=("iss", "aud", "iat", "jti", "events"))
         events = claims.get("events")
@@ -284,7 +286,12 @@ class OidcClient:
         return claims
 
     async def _verify(self, token: str, *, kind: TokenKind, require: tuple[str, ...]) -> dict[str, Any]:
-        return await verify_jws(token, self._trusted, kind=kind, audiences=(self._client_id,), require=require)
+        """Raises TokenError, or ProviderError (transient) when the issuer's keys cannot be had now: the IdP is
+        unavailable, the token is not at fault (a refresh keeps the session; a callback is a 503)."""
+        try:
+            return await verify_jws(token, self._trusted, kind=kind, audiences=(self._client_id,), require=require)
+        except KeysUnavailable as exc:
+            raise ProviderError(exc.reason, exc.detail, transient=True) from None
 
     async def end_session_url(self, *, id_token_hint: str | None, state: str | None = None) -> str | None:
         """RP-Initiated Logout request URL, or None when the IdP has no ``end_session_endpoint``."""

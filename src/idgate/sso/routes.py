@@ -10,7 +10,8 @@
     POST /.idgate/backchannel-logout  OIDC Back-Channel Logout: a logout+jwt ends sessions by ``sid`` or ``sub``;
                                       its ``iat`` must be recent (``login.logout_token_max_age_seconds``
                                       + leeway), and a replayed ``jti`` is refused within that window; every
-                                      refusal is 400 with the reason code in the log
+                                      refusal is 400 with the reason code in the log; 503 + ``Retry-After``
+                                      while the issuer's keys cannot be had (the IdP may retry)
 
 Every failure is a clear 4xx/5xx page or JSON with a reason code in the log — never a stack trace or a 500.
 Return URLs go through :func:`idgate.sso.redirects.safe_return_to` (exact origins, WHATWG-style parsing).
@@ -240,6 +241,9 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         except CredentialError as exc:
             _event("backchannel_logout_refused", reason=exc.reason)
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
+        except ProviderError as exc:  # the issuer's keys cannot be had now: the token is not at fault, retry later
+            _event("backchannel_logout_deferred", reason=exc.reason)
+            return JSONResponse({"error": "temporarily_unavailable"}, 503, headers=headers | {"retry-after": "5"})
         now = sso.clock()
         until = now + sso.absolute_timeout_seconds  # sessions created before now stay revoked for their lifetime
         # the jti only for the token's acceptance window: after it, the token is refused by its iat

@@ -128,6 +128,18 @@ def test_decision_actions_deny_never_carries_identity() -> None:
     }
 
 
+def test_decision_actions_503_carries_retry_after() -> None:
+    unavailable = Decision(status=503, reasons=("keys_unavailable",), upstream="app", retry_after=2)
+    assert as_vars(decision_actions(unavailable)) == {
+        "status": "503",
+        "decision": "deny",
+        "reason": "keys_unavailable",
+        "upstream": "app",
+        "retry_after": "2",
+    }
+    assert "retry_after" not in as_vars(decision_actions(Decision(status=503, reasons=("decision_timeout",))))
+
+
 def test_every_variable_the_agent_or_the_lua_action_sets_is_in_the_one_table_and_the_same_in_both_modes() -> None:
     """SPOE drops a variable not listed in register-var-names; the Lua action sets only its ANSWER_VARS. A name
     missing on either side would silently change what HAProxy does in one mode only. Both files are held against
@@ -152,6 +164,7 @@ def test_every_variable_the_agent_or_the_lua_action_sets_is_in_the_one_table_and
             www_authenticate="Bearer",
             location="/x",
             set_cookies=tuple(f"c{i}=v" for i in range(MAX_SET_COOKIES + 2)),
+            retry_after=5,
         ),
         Decision(status=200, reasons=("r",), identity=every_slot),
     ]

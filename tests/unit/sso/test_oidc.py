@@ -129,7 +129,7 @@ def issuer_config(**overrides: Any) -> IssuerConfig:
         "audiences": (API_AUDIENCE,),
         "client_id": CLIENT_ID,
         "client_secret": SecretStr(CLIENT_SECRET),
-        "jwks": JwksSettings(refetch_cooldown_seconds=0),
+        "jwks": JwksSettings(refetch_cooldown_seconds=0, unknown_kid_cooldown_seconds=0),
     }
     settings.update(overrides)
     return IssuerConfig(**settings)
@@ -801,7 +801,8 @@ async def test_id_token_malformed(client: OidcClient, token: str) -> None:
         pytest.param(logout_claims(sub=...), id="sid-only"),
         pytest.param(logout_claims(sid=...), id="sub-only"),
         pytest.param(logout_claims(aud=[CLIENT_ID, "other"]), id="aud-list"),
-        pytest.param(logout_claims(exp=int(time.time()) + 120), id="with-exp"),
+        # built at collection time: the whole suite (minutes of e2e tests first) must run before it expires
+        pytest.param(logout_claims(exp=int(time.time()) + 3600), id="with-exp"),
     ],
 )
 async def test_logout_token_good(client: OidcClient, rsa_key: rsa.RSAPrivateKey, claims: dict[str, Any]) -> None:
@@ -953,3 +954,20 @@ async def test_end_session_url_http_in_dev_mode(make_client: MakeClient, idp: To
     idp.idp.publish(DISCOVERY_URL, discovery(end_session_endpoint="http://idp.test/logout"))
     url = await make_client(dev_mode=True).end_session_url(id_token_hint=None)
     assert url is not None and url.startswith("http://idp.test/logout?")
+
+
+@pytest.mark.anyio
+async def test_keys_that_cannot_be_had_are_a_transient_provider_error_not_a_bad_token(
+    client: OidcClient, fake_idp: FakeIdP, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """The callback answers a transient ProviderError with 503, a refresh keeps the session within its grace, and
+    back-channel logout answers 503: a TokenError would instead refuse a sign-in or end a session for an IdP
+    outage."""
+    fake_idp.down = True
+    for verify in (
+        client.verify_id_token(sign(id_claims(), rsa_key), nonce=NONCE, access_token=None),
+        client.verify_logout_token(sign(logout_claims(), rsa_key, typ="logout+jwt")),
+    ):
+        with pytest.raises(ProviderError) as info:
+            await verify
+        assert (info.value.reason, info.value.transient) == ("keys_unavailable", True)
