@@ -103,6 +103,6 @@ def stack_config(
     issuer_config["jwks"] = (
         dict(jwks) if jwks is not None else {"refetch_cooldown_seconds": 0, "unknown_kid_cooldown_seconds": 0}
     )
-    if jwks_uri:
-        issuer_config["jwks_uri"] = jwks_uri
+    if jwks_uri:  # pinned on purpose (a fault proxy on 127.0.0.1 for the IdP at localhost)
+        issuer_config |= {"jwks_uri": jwks_uri, "jwks_uri_host_mismatch_ok": True}
     return config
