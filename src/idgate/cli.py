@@ -4,6 +4,8 @@
     idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0),
                                       and warnings on stderr (exit 0)
     idgate --version                  the installed version (package metadata)
+    idgate explain --config FILE PATH|URL [--token T | --claims JSON | --user U --group G] [--json]
+                                      the decision the policy gives that request, and why (idgate.ops)
 
 More commands come from installed plugins (entry-point group ``idgate.commands``): a source checkout's
 ``idgate_devstack`` adds ``idgate demo`` (HAProxy + idgate + the test IdP + sample upstreams on loopback). idgate itself
@@ -27,6 +29,7 @@ from idgate.config import Config
 from idgate.config_load import load_config, summarize
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+from idgate.ops import commands as ops_commands
 
 log = logging.getLogger("idgate.config")
 
@@ -164,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("config")
     check.set_defaults(run=lambda a: _check_config(a.config))
+    ops_commands.register(sub)
     _plugin_commands(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)
