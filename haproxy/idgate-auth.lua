@@ -12,6 +12,7 @@
 -- Request to idgate (no body):
 --     X-Idgate-Method, X-Idgate-Host, X-Idgate-Path (HAProxy's normalised path, no query),
 --     X-Idgate-Query (may be empty), X-Idgate-Source (client address), X-Idgate-Proto (https|http),
+--     X-Idgate-Request-Id (HAProxy's unique-id, for the logs only),
 --     plus the client's Authorization (every copy), Cookie (every line joined with "; "), Accept,
 --     Content-Type, X-Requested-With, Sec-Fetch-Mode and User-Agent when present.
 --
@@ -115,6 +116,8 @@ local function build_request_headers(txn)
         ["X-Idgate-Query"] = { txn.sf:query() or "" },
         ["X-Idgate-Source"] = { txn.sf:src() or "" },
         ["X-Idgate-Proto"] = { proto },
+        -- HAProxy's request id (unique-id-format), logged by idgate on its audit line: joins the two logs
+        ["X-Idgate-Request-Id"] = { txn.f:unique_id() or "" },
     }
     local client = txn.http:req_get_headers()
     for _, pair in ipairs(FORWARDED_HEADERS) do

@@ -53,9 +53,10 @@ LAYERS: dict[str, int] = {
     ),
     # 2 adapters: wire formats in and out (SPOP, HTTP)
     **dict.fromkeys(["spoe.spop", "spoe.agent", "spoe.adapter", "sso.routes", "app"], 2),
-    # 3 the composition root, 4 the command line
+    # 3 the composition root, 4 operator tools (explain, status, the Runtime API client), 5 the command line
     "runtime": 3,
-    "cli": 4,
+    **dict.fromkeys(["ops", "ops.upstream_headers", "ops.explain", "ops.runtime_api", "ops.status", "ops.commands"], 4),
+    "cli": 5,
 }
 
 

@@ -2,7 +2,8 @@
 ``POST /admin/jwks/refresh`` and ``/.idgate/jwks.json``, with the SSO endpoints of :mod:`idgate.sso.routes`
 mounted beside them.
 
-``/auth`` takes the request facts HAProxy computed from ``X-Idgate-*`` headers (contract in ``haproxy/README.md``)
+``/auth`` takes the request facts HAProxy computed from ``X-Idgate-*`` headers (contract in ``haproxy/README.md``;
+``X-Idgate-Request-Id`` is HAProxy's request id, logged only)
 and answers the decision: 200 + the ``X-Idgate-*`` headers of :data:`idgate.facts.ANSWER_HEADERS`, 401 +
 ``WWW-Authenticate: Bearer error=...`` (RFC 6750 §3), 403, 400, 302 or 503 (+ ``Retry-After`` when the issuer's
 keys cannot be had). Only callers from ``server.trusted_callers`` may ask (others get 403 ``untrusted_caller``):
@@ -38,7 +39,7 @@ from starlette.routing import BaseRoute, Route
 
 from idgate.assertion import AssertionSigner
 from idgate.decision import DecisionEngine
-from idgate.facts import ANSWER_HEADERS, Decision, RequestFacts
+from idgate.facts import ANSWER_HEADERS, Decision, RequestFacts, clean_request_id
 from idgate.jwks import FetchOutcome, JwksCache
 from idgate.metrics import Metrics
 from idgate.sso.routes import PREFIX, Sso, sso_routes
@@ -48,6 +49,8 @@ FACT_HEADERS = ("x-idgate-method", "x-idgate-host", "x-idgate-path")
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
 ADMIN_JWKS_REFRESH = "/admin/jwks/refresh"
 NO_STORE = {"cache-control": "no-store"}
+REQUEST_ID_HEADER = "x-idgate-request-id"
+"""HAProxy's request id (``unique-id``), set by ``haproxy/idgate-auth.lua``; only logged, never decided on."""
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -81,6 +84,7 @@ def facts_from_request(request: Request) -> RequestFacts | None:
         requested_with=h.get("x-requested-with") or None,
         fetch_mode=h.get("sec-fetch-mode") or None,
         content_type=h.get("content-type") or None,
+        request_id=clean_request_id(h.get(REQUEST_ID_HEADER)),
     )
 
 
@@ -144,7 +148,8 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         facts = facts_from_request(request)
         if facts is None:
             refused = Decision(status=400, reasons=("missing_facts",))
-            return decision_response(services.engine.refused(refused, source=peer))
+            request_id = clean_request_id(request.headers.get(REQUEST_ID_HEADER))
+            return decision_response(services.engine.refused(refused, source=peer, request_id=request_id))
         return decision_response(await services.engine.decide(facts))
 
     async def healthz(request: Request) -> Response:

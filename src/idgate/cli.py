@@ -8,6 +8,8 @@
                                       emergency key withdrawal: make a running idgate refetch its issuers' keys now,
                                       drop withdrawn keys and every cached verification of their tokens
                                       (``POST /admin/jwks/refresh`` on idgate's HTTP port, from a trusted address)
+    idgate explain --config FILE PATH|URL [--token T | --claims JSON | --user U --group G] [--json]
+                                      the decision the policy gives that request, and why (idgate.ops)
 
 More commands come from installed plugins (entry-point group ``idgate.commands``): a source checkout's
 ``idgate_devstack`` adds ``idgate demo`` (HAProxy + idgate + the test IdP + sample upstreams on loopback). idgate itself
@@ -25,6 +27,7 @@ import importlib.util
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,32 +37,45 @@ from idgate.config import Config
 from idgate.config_load import load_config, summarize
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+from idgate.ops import commands as ops_commands
 
 log = logging.getLogger("idgate.config")
 
 
 def configure_logging(level: str = "info") -> None:
-    """Audit lines (already JSON) go to stderr as they are; other records get a JSON envelope too."""
+    """Every record becomes one JSON line on stderr (:class:`JsonLineFormatter`)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLineFormatter())
+    handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
 
-class _JsonLineFormatter(logging.Formatter):
+def rfc3339(created: float) -> str:
+    """``created`` (seconds since the epoch) as RFC 3339 UTC with milliseconds: ``2026-05-01T12:00:00.123Z``."""
+    seconds = int(created)
+    millis = min(int((created - seconds) * 1000), 999)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per record, always starting with ``ts`` (RFC 3339 UTC, :func:`rfc3339`), ``level``
+    (``debug`` … ``critical``) and ``logger``. A message that is already a JSON object (the audit line, the SPOA
+    and SSO event lines) gets these three keys spliced in front of its own, so it is not parsed twice; any other
+    message becomes ``msg``. An exception's traceback goes in ``exc``."""
+
     def format(self, record: logging.LogRecord) -> str:
+        head: dict[str, str] = {
+            "ts": rfc3339(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        if record.exc_info:
+            head["exc"] = self.formatException(record.exc_info)
         message = record.getMessage()
-        if message.startswith("{"):
-            return message
-        return json.dumps(
-            {
-                "ts": self.formatTime(record),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "msg": message,
-            }
-        )
+        if message.startswith('{"') and message.endswith("}"):  # idgate's json.dumps lines; a dict repr has '
+            return json.dumps(head, ensure_ascii=True)[:-1] + ", " + message[1:]
+        return json.dumps({**head, "msg": message}, ensure_ascii=True)
 
 
 def _print_problems(heading: str, exc: ConfigError) -> None:
@@ -237,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     refresh.set_defaults(
         run=lambda a: _jwks_refresh(url=a.url, config_path=a.config, issuer=a.issuer, timeout=a.timeout, raw=a.json)
     )
+    ops_commands.register(sub)
     _plugin_commands(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -69,19 +69,28 @@ class DecisionEngine:
         self._record(facts, decision, latency_seconds=time.perf_counter() - started)
         return decision
 
-    def refused(self, decision: Decision, *, facts: RequestFacts | None = None, source: str = "") -> Decision:
+    def refused(
+        self, decision: Decision, *, facts: RequestFacts | None = None, source: str = "", request_id: str = ""
+    ) -> Decision:
         """Audit and count a deny an adapter decided before the engine could (``untrusted_caller``,
         ``missing_facts``, ``invalid_encoding``, the SPOA agent's ``handler_timeout`` …); returns ``decision``.
 
-        ``facts`` are what the adapter could read, if anything; ``source`` the peer address when facts are None.
+        ``facts`` are what the adapter could read, if anything; ``source`` the peer address and ``request_id``
+        HAProxy's request id (:func:`idgate.facts.clean_request_id`) when facts are None.
         """
-        self._record(facts, decision, latency_seconds=0.0, source=source)
+        self._record(facts, decision, latency_seconds=0.0, source=source, request_id=request_id)
         return decision
 
     def _record(
-        self, facts: RequestFacts | None, decision: Decision, *, latency_seconds: float, source: str = ""
+        self,
+        facts: RequestFacts | None,
+        decision: Decision,
+        *,
+        latency_seconds: float,
+        source: str = "",
+        request_id: str = "",
     ) -> None:
-        self._audit.decision(facts, decision, latency_seconds=latency_seconds, source=source)
+        self._audit.decision(facts, decision, latency_seconds=latency_seconds, source=source, request_id=request_id)
         if self._metrics is not None:
             self._metrics.observe(status=decision.status, seconds=latency_seconds)
 

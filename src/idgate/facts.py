@@ -56,6 +56,15 @@ _UNRESERVED_PCT = re.compile(r"%(2[dD]|2[eE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|
 _HOST_RE = re.compile(r"^(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)*$")
 _BAD_PATH = re.compile(r"[\x00-\x20\x7f\\;]|%(?:2[fF]|5[cC]|3[bB]|00)")
 _SLASHES = re.compile(r"/{2,}")
+MAX_REQUEST_ID = 128
+"""A request id longer than this many characters is dropped (HAProxy's ``unique-id-format`` makes ~40)."""
+_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")
+
+
+def clean_request_id(value: str | None) -> str:
+    """HAProxy's request id (``unique-id``) as idgate logs it: 1 to 128 printable ASCII characters without spaces, else
+    ``""`` (absent or unusable). The id only joins log lines; it never changes a decision."""
+    return value if value and _REQUEST_ID.fullmatch(value) else ""
 
 
 def canonical_host(host: str) -> str:
@@ -94,7 +103,9 @@ class RequestFacts:
     """What HAProxy computed about the client request. Never re-derived from client-controlled headers.
 
     ``path`` is HAProxy's normalised path without the query; ``authorization`` holds every client copy of the
-    Authorization header (more than one is a 400).
+    Authorization header (more than one is a 400). ``request_id`` is HAProxy's ``unique-id`` for this request
+    (:func:`clean_request_id`; ``""`` when absent): logged on the audit line to join it to HAProxy's log line, never
+    used to decide.
     """
 
     method: str
@@ -108,6 +119,7 @@ class RequestFacts:
     requested_with: str | None = None
     fetch_mode: str | None = None
     content_type: str | None = None
+    request_id: str = ""
 
     def is_navigation(self) -> bool:
         """A browser page navigation (may be redirected to login); XHR, JSON, gRPC and API calls are not."""

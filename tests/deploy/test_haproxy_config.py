@@ -770,6 +770,29 @@ def _log_lines(hap: Haproxy, marker: str) -> list[str]:
     return [line for line in text.splitlines() if "fe_https" in line and "HTTPCLIENT" not in line]
 
 
+REQUEST_ID = r"[0-9A-F]+:[0-9A-F]+_[0-9A-F]+:[0-9A-F]+_[0-9A-F]+_[0-9A-F]+:[0-9A-F]+"
+"""HAProxy's request id (haproxy.cfg ``unique-id-format``)."""
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_one_request_id_reaches_idgate_the_upstream_and_the_log_and_a_client_copy_none(
+    stack: Stack, http2: bool
+) -> None:
+    spoofed = {"X-Request-ID": "client-rid", "x_request_id": "client-rid2", "X.Request.Id": "client-rid3"}
+    marker = f"/allow/rid-{http2}"
+    with stack.client(http2=http2) as c:
+        assert c.get(marker, headers=spoofed).status_code == 200
+    (seen,) = stack.fake.received
+    (rid,) = _values(seen, "X-Idgate-Request-Id")
+    assert re.fullmatch(REQUEST_ID, rid), rid
+    (rec,) = stack.hits("app")
+    assert [(n.lower(), v) for n, v in rec["headers"] if "request" in n.lower() and "id" in n.lower()] == [
+        ("x-request-id", rid)
+    ]
+    (line,) = [line for line in _log_lines(stack.haproxy, marker) if marker in line]
+    assert line.endswith(f" rid={rid}") and "client-rid" not in stack.haproxy.log_text()
+
+
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
 def test_credentials_in_the_uri_are_redacted_in_the_text_log(stack: Stack, http2: bool) -> None:
     marker = f"/forbidden/end-text-{http2}"
@@ -832,7 +855,10 @@ def test_json_log_format_with_more_redacted_parameters(
         "user": "alice",
         "upstream": "app",
         "spoe_err": "-",
+        "request_id": allowed["request_id"],
     }
+    assert all(re.fullmatch(REQUEST_ID, r["request_id"]) for r in records)
+    assert len({r["request_id"] for r in records}) == len(records)
     assert [r["status"] for r in records[-2:]] == [200, 403] and {r["status"] for r in records[1:-2]} == {403}
     assert (json.loads(broken)["status"], json.loads(broken)["method"]) == (400, "<BADREQ>")
     assert not re.search(r"SECRET|eyJ", "\n".join([*lines, broken]))

@@ -362,3 +362,16 @@ def test_auth_facts_join_every_cookie_field() -> None:
         None,
         None,
     ]
+
+
+def test_the_request_id_header_is_carried_and_an_unusable_one_dropped() -> None:
+    base = [(b"x-idgate-method", b"GET"), (b"x-idgate-host", b"gw.test"), (b"x-idgate-path", b"/app")]
+
+    def rid(*value: bytes) -> str:
+        headers = [*base, *((b"x-idgate-request-id", v) for v in value)]
+        facts = facts_from_request(Request({"type": "http", "headers": headers}))
+        assert facts is not None
+        return facts.request_id
+
+    assert rid(b"7F000001:B3A2_0003:1C2D") == "7F000001:B3A2_0003:1C2D"
+    assert [rid(), rid(b""), rid(b"a b"), rid(b"x" * 200)] == ["", "", "", ""]

@@ -6,6 +6,7 @@ import base64
 import importlib.metadata
 import itertools
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -179,3 +180,34 @@ def test_serve_logs_the_warnings_at_startup(tmp_path: Path) -> None:
     assert [(entry["level"], entry["logger"]) for entry in logged] == [("warning", "idgate.config")] * 2
     assert logged[0]["msg"].startswith("config warning: routes.1 (everything): public: true on any host /")
     assert logged[1]["msg"].startswith("config warning: groups 'Staff' and 'staff' differ only by case")
+
+
+def test_every_log_line_is_json_with_an_rfc3339_utc_ts_level_and_logger_first() -> None:
+    from idgate.cli import JsonLineFormatter
+
+    def line(msg: str, level: int = logging.INFO, exc: bool = False) -> dict[str, object]:
+        record = logging.LogRecord("idgate.x", level, __file__, 1, msg, None, None)
+        record.created = 1777636800.1239  # 2026-05-01T12:00:00.123Z
+        if exc:
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                record.exc_info = sys.exc_info()
+        text = JsonLineFormatter().format(record)
+        assert "\n" not in text
+        parsed = json.loads(text)
+        assert isinstance(parsed, dict)
+        return parsed
+
+    event = line(json.dumps({"event": "login_start", "rd": "/app"}), logging.WARNING)
+    assert list(event) == ["ts", "level", "logger", "event", "rd"]
+    assert (event["ts"], event["level"], event["logger"]) == ("2026-05-01T12:00:00.123Z", "warning", "idgate.x")
+    assert line("plain text") == {
+        "ts": "2026-05-01T12:00:00.123Z",
+        "level": "info",
+        "logger": "idgate.x",
+        "msg": "plain text",
+    }
+    assert line("{'a': 1}")["msg"] == "{'a': 1}"  # a dict's repr is not one of idgate's JSON lines
+    assert "ValueError: boom" in str(line("decision failed", logging.ERROR, exc=True)["exc"])
+    assert line("{not json at all")["msg"] == "{not json at all"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -263,8 +264,30 @@ async def test_every_decision_is_one_json_audit_line_without_credentials() -> No
     allow, deny = (json.loads(r) for r in records)
     assert allow["allow"] is True and allow["sub"] == "alice" and allow["route"] == "app"
     assert deny["allow"] is False and deny["reasons"] == ["missing_role_or_group"] and deny["status"] == 403
-    assert {"ts", "latency_ms", "method", "host", "path", "source", "iss", "upstream"} <= set(allow)
+    assert {"latency_ms", "method", "host", "path", "source", "iss", "upstream", "request_id"} <= set(allow)
     assert all(tok not in r for r in records)
+
+
+@pytest.mark.anyio
+async def test_the_audit_line_carries_the_request_id_user_email_and_roles_never_the_assertion() -> None:
+    records: list[str] = []
+    tok = token()
+    gate = engine(config(), idp(), records)
+    await gate.decide(replace(facts("/grafana/d", f"Bearer {tok}"), request_id="rid-1"))
+    await gate.decide(replace(facts("/admin", f"Bearer {tok}"), request_id="rid-2"))
+    await gate.decide(replace(facts("/app"), request_id=""))
+    gate.refused(Decision(status=503, reasons=("handler_timeout",)), source="192.0.2.8", request_id="rid-4")
+    allow, deny, anonymous, refused = (json.loads(r) for r in records)
+    assert (allow["request_id"], allow["user"], allow["email"], allow["roles"]) == (
+        "rid-1",
+        "alice",
+        "alice@example.test",
+        ["Viewer"],
+    )
+    assert (deny["request_id"], deny["status"], deny["user"], deny["roles"]) == ("rid-2", 403, "alice", [])
+    assert (anonymous["request_id"], anonymous["user"], anonymous["email"]) == (None, None, None)
+    assert (refused["request_id"], refused["source"], refused["method"]) == ("rid-4", "192.0.2.8", None)
+    assert all(tok not in r and "assertion" not in r and '"ts"' not in r for r in records)  # ts: the formatter's
 
 
 @pytest.mark.anyio

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from idgate.errors import RequestError
-from idgate.facts import canonical_host, canonical_path
+from idgate.facts import MAX_REQUEST_ID, canonical_host, canonical_path, clean_request_id
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,10 @@ def test_canonical_host(raw: str, canonical: str) -> None:
 def test_bad_hosts_are_refused(raw: str) -> None:
     with pytest.raises(RequestError):
         canonical_host(raw)
+
+
+def test_clean_request_id_keeps_printable_ascii_up_to_128_only() -> None:
+    assert clean_request_id("7F000001:B3A2_0003:1C2D") == "7F000001:B3A2_0003:1C2D"
+    assert clean_request_id("x" * MAX_REQUEST_ID) == "x" * MAX_REQUEST_ID
+    for bad in (None, "", "x" * (MAX_REQUEST_ID + 1), "a b", "a\r\nb", "é", "a\x00"):
+        assert clean_request_id(bad) == "", bad

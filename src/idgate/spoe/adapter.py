@@ -3,7 +3,8 @@ set-var actions. The decision itself is :meth:`DecisionEngine.decide`, exactly a
 
 The message (``haproxy/spoe-idgate.conf``) carries: ``method``, ``host``, ``path`` (HAProxy's normalised path),
 ``query``, ``src`` (IPv4/IPv6), ``authorization`` (the last copy) and ``authorization_count``, ``cookie``,
-``accept``, ``requested_with``, ``fetch_mode``, ``content_type``; absent headers arrive as NULL.
+``accept``, ``requested_with``, ``fetch_mode``, ``content_type``, ``request_id`` (HAProxy's ``unique-id``, only
+logged: :func:`idgate.facts.clean_request_id`); absent headers arrive as NULL.
 The answer sets, in scope ``txn`` with prefix ``idgate`` (HAProxy: ``txn.idgate.<name>``): ``status``,
 ``decision`` (``allow``/``deny``), ``reason``, ``upstream``, the identity slots (``user`` … ``issuer``,
 ``assertion``), ``www_authenticate``, ``location``, ``retry_after`` (a 503's seconds), ``cookie_rewrite`` /
@@ -21,7 +22,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 
 from idgate.decision import DecisionEngine
-from idgate.facts import MAX_SET_COOKIES, Decision, RequestFacts
+from idgate.facts import MAX_SET_COOKIES, Decision, RequestFacts, clean_request_id
 from idgate.spoe.agent import DenyActions, Handler, default_deny_actions
 from idgate.spoe.spop import Action, InvalidString, Scope, SetVar, Value
 
@@ -95,7 +96,13 @@ def facts_from_args(args: Mapping[str, Value]) -> RequestFacts | None:
         requested_with=text["requested_with"],
         fetch_mode=text["fetch_mode"],
         content_type=text["content_type"],
+        request_id=_request_id(args),
     )
+
+
+def _request_id(args: Mapping[str, Value]) -> str:
+    value = args.get("request_id")
+    return clean_request_id(value) if isinstance(value, str) else ""
 
 
 def _source(src: Value | None) -> str:
@@ -109,7 +116,8 @@ def spoe_handler(engine: DecisionEngine) -> Handler:
         facts = facts_from_args(args)
         if facts is None:
             refused = Decision(status=400, reasons=("invalid_encoding",))
-            return decision_actions(engine.refused(refused, source=_source(args.get("src"))))
+            source, request_id = _source(args.get("src")), _request_id(args)
+            return decision_actions(engine.refused(refused, source=source, request_id=request_id))
         return decision_actions(await engine.decide(facts))
 
     return handle

@@ -63,12 +63,14 @@ class RecordingEngine:
 
     def __init__(self) -> None:
         self.refusals: list[tuple[Decision, str]] = []
+        self.request_ids: list[str] = []
 
     async def decide(self, facts: object) -> Decision:
         raise AssertionError("must not be called")
 
-    def refused(self, decision: Decision, *, facts: object = None, source: str = "") -> Decision:
+    def refused(self, decision: Decision, *, facts: object = None, source: str = "", request_id: str = "") -> Decision:
         self.refusals.append((decision, source))
+        self.request_ids.append(request_id)
         return decision
 
 
@@ -76,11 +78,13 @@ class RecordingEngine:
 async def test_handler_answers_400_invalid_encoding_without_deciding_and_has_it_audited() -> None:
     engine = RecordingEngine()
     handle = spoe_handler(engine)  # type: ignore[arg-type]
-    variables = as_vars(list(await handle("idgate-check", ARGS | {"path": InvalidString(b"/\xfe")})))
+    bad = ARGS | {"path": InvalidString(b"/\xfe"), "request_id": "rid-9"}
+    variables = as_vars(list(await handle("idgate-check", bad)))
     assert variables == {"status": "400", "decision": "deny", "reason": "invalid_encoding"}
     assert [(d.status, d.reasons, source) for d, source in engine.refusals] == [
         (400, ("invalid_encoding",), "192.0.2.9")
     ]
+    assert engine.request_ids == ["rid-9"]
 
 
 def test_agent_denies_are_audited_as_503_and_answered_with_the_default_deny() -> None:
@@ -170,3 +174,11 @@ def test_every_variable_the_agent_or_the_lua_action_sets_is_in_the_one_table_and
     ]
     sent = {name for d in decisions for name in as_vars(decision_actions(d))}
     assert sent == set(ANSWER_VARIABLES)
+
+
+def test_the_request_id_argument_is_carried_and_an_unusable_one_dropped() -> None:
+    rid = "7F000001:B3A2_7F000001:20FB_6650A1B2_0003:1C2D"
+    assert (facts := facts_from_args(ARGS | {"request_id": rid})) is not None and facts.request_id == rid
+    for bad in (None, "", "has space", "x" * 129, "a\nb", 7):
+        facts = facts_from_args(ARGS | {"request_id": bad})
+        assert facts is not None and facts.request_id == "", bad
