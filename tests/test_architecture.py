@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
             "sso.cookies",
             "sso.session",
             "sso.redirects",
+            "sso.params",
             "sso.oidc",
             "sso.manager",
             "authn",
