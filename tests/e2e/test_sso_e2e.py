@@ -154,6 +154,27 @@ def test_hostile_return_urls_fall_back_to_root(fresh: Stack, rd: str) -> None:
         assert str(result.response.request.url) == fresh.url + "/"
 
 
+@pytest.mark.parametrize(
+    "rd",
+    [
+        "/.idgate/start?rd=/app/",
+        "/.idgate/sign_out",
+        "/%2eidgate/sign_out",
+        "/.IDGATE/start?rd=/app/",
+        "/a/%2e%2e/.idgate/sign_out",
+        "{site}/.idgate/start?rd=/app/",
+    ],
+)
+def test_a_return_url_into_idgates_own_endpoints_lands_on_root(fresh: Stack, rd: str) -> None:
+    """No login loops: after the login the browser lands on / (not on the sign-out page, not in another login)."""
+    with fresh.client() as client:
+        start = client.get(fresh.url + "/.idgate/start", params={"rd": rd.format(site=fresh.url)}, headers=HTML)
+        assert start.status_code == 302
+        result = browser_login(fresh, client, start.headers["location"])
+        assert sum("/.idgate/callback" in hop for hop in result.hops) == 1, result.hops
+        assert str(result.response.request.url) == fresh.url + "/", result.hops
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "two_copies", "garbage", "other_key"])
 def test_tampered_cookies_are_no_session(fresh: Stack, damage: str) -> None:
     with fresh.client() as client:
