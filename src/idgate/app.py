@@ -13,7 +13,6 @@ were fetched at least once, else 503 listing the issuers still waiting.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -28,11 +27,11 @@ from idgate.decision import DecisionEngine
 from idgate.facts import ANSWER_HEADERS, Decision, RequestFacts
 from idgate.jwks import JwksCache
 from idgate.metrics import Metrics
+from idgate.peers import Network, is_trusted
 from idgate.sso.routes import PREFIX, Sso, sso_routes
 
 log = logging.getLogger("idgate")
 FACT_HEADERS = ("x-idgate-method", "x-idgate-host", "x-idgate-path")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -88,21 +87,13 @@ def decision_response(decision: Decision) -> Response:
     return response
 
 
-def _trusted(peer: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in net for net in networks)
-
-
 def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
     """Every HTTP route; ``get`` finds the :class:`Services` of the app serving a request."""
 
     async def auth(request: Request) -> Response:
         services = get(request)
         peer = request.client.host if request.client else ""
-        if not _trusted(peer, services.trusted):
+        if not is_trusted(peer, services.trusted):
             log.warning(json.dumps({"event": "untrusted_caller", "peer": peer[:64]}))
             refused = Decision(status=403, reasons=("untrusted_caller",))
             return decision_response(services.engine.refused(refused, source=peer))

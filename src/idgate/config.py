@@ -7,11 +7,12 @@ See ``config/idgate.example.yaml`` for every key, commented.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from idgate.peers import LOOPBACK_TEXT, parse_networks
 
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -26,24 +27,25 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Every entry is an IPv4/IPv6 address or network (``idgate.peers.parse_networks``); ValueError otherwise."""
+    parse_networks(value)
+    return value
+
+
 class ServerConfig(_Model):
     """Where the auth service listens and who may ask it for decisions."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=9180, ge=1, le=65535)
     # Only these networks may call /auth (HAProxy's address). Like uvicorn's forwarded-allow-ips: known hops only.
-    trusted_callers: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    trusted_callers: tuple[str, ...] = LOOPBACK_TEXT
     # Seconds a single decision may take before it is answered as a deny (fail closed).
     decision_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     # Verified bearer tokens remembered until their exp (0 disables the cache: every request verifies in full).
     token_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
 
-    @field_validator("trusted_callers")
-    @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for net in value:
-            ipaddress.ip_network(net, strict=False)
-        return value
+    _trusted_callers = field_validator("trusted_callers")(_networks)
 
 
 class SpoaConfig(_Model):
@@ -54,6 +56,11 @@ class SpoaConfig(_Model):
     max_in_flight: int = Field(default=64, ge=1, le=4096)  # concurrent decisions per HAProxy connection
     idle_timeout_seconds: float = Field(default=60, gt=0)  # above HAProxy's `timeout idle 30s`: HAProxy closes first
     read_timeout_seconds: float = Field(default=5, gt=0)  # a half frame then silence is cut after this
+    # Only peers in these networks may connect (HAProxy's address); others are closed before HELLO, logged
+    # (spoa_untrusted_caller), counted and audited as 403 untrusted_caller. Same form as server.trusted_callers.
+    trusted_callers: tuple[str, ...] = LOOPBACK_TEXT
+
+    _trusted_callers = field_validator("trusted_callers")(_networks)
 
 
 class ClaimPaths(_Model):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,8 +28,10 @@ from idgate.audit import AuditLog
 from idgate.authn import Authenticator
 from idgate.config import Config
 from idgate.decision import DecisionEngine
+from idgate.facts import Decision
 from idgate.jwks import JwksCache
 from idgate.metrics import Metrics
+from idgate.peers import parse_networks
 from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler
 from idgate.spoe.agent import SpoaAgent
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
@@ -126,7 +127,7 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
     return Services(
         engine=engine,
         caches=caches,
-        trusted=tuple(ipaddress.ip_network(n, strict=False) for n in config.server.trusted_callers),
+        trusted=parse_networks(config.server.trusted_callers),
         sso=sso,
         assertions=assertions,
         metrics=metrics,
@@ -137,6 +138,11 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
     """The SPOA agent answering HAProxy's SPOE (None without ``spoa`` in the config)."""
     if config.spoa is None:
         return None
+    engine = services.engine
+
+    def untrusted(peer: str) -> None:  # audited and counted like /auth's untrusted_caller
+        engine.refused(Decision(status=403, reasons=("untrusted_caller",)), source=peer)
+
     agent = SpoaAgent(
         handler=spoe_handler(services.engine),
         deny_actions=spoe_deny_actions(services.engine),
@@ -146,6 +152,8 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
         # the engine answers 503 decision_timeout first; this is the agent's last-resort deny
         handler_timeout=config.server.decision_timeout_seconds + 1.0,
         messages={MESSAGE: REQUIRED_ARGS},
+        trusted_callers=parse_networks(config.spoa.trusted_callers),
+        on_untrusted=untrusted,
     )
     if services.metrics is not None:
         services.metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))

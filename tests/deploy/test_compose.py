@@ -547,6 +547,10 @@ def test_haproxy_reaches_idgate(
     trusted = [ipaddress.ip_network(n) for n in idgate_config.server.trusted_callers]
     assert any(ipaddress.ip_address(haproxy_ip) in net for net in trusted)
     assert all(net.num_addresses == 1 for net in trusted), "trust single addresses, not the whole network"
+    # only HAProxy may connect to the SPOA agent (the default, loopback, would refuse HAProxy: every request 503)
+    spoa_trusted = [ipaddress.ip_network(n) for n in idgate_config.spoa.trusted_callers]
+    assert any(ipaddress.ip_address(haproxy_ip) in net for net in spoa_trusted)
+    assert all(net.num_addresses == 1 for net in spoa_trusted), "trust single addresses, not the whole network"
     # the fixed addresses are in the subnet but outside the dynamic range, so no other container can get them
     (ipam,) = compose["networks"]["idgate"]["ipam"]["config"]
     subnet, dynamic = ipaddress.ip_network(ipam["subnet"]), ipaddress.ip_network(ipam["ip_range"])

@@ -171,6 +171,12 @@ class Stack:
             verify=ssl.create_default_context(cafile=str(self.certs.ca)),
         )
 
+    def idgate_metrics(self) -> str:
+        """idgate's Prometheus text, read from idgate directly (from 127.0.0.1, a trusted caller)."""
+        response = httpx.get(f"{self.idgate.url}/metrics", timeout=5.0)
+        response.raise_for_status()
+        return response.text
+
     def reset_upstreams(self) -> None:
         for upstream in self.upstreams.values():
             upstream.reset()

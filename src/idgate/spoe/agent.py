@@ -2,6 +2,9 @@
 
 Behaviour (HAProxy ``doc/SPOE.txt`` §3; the codec is ``idgate.spoe.spop``):
 
+- A peer outside ``trusted_callers`` (networks; default loopback; ``idgate.peers``) is closed at accept, before
+  anything is read or sent (no AGENT-HELLO): logged (``spoa_untrusted_caller``), counted
+  (``stats.untrusted_callers``) and reported to ``on_untrusted(peer_address)`` (idgate audits it as a deny).
 - HELLO: SPOP "2.0" if HAProxy offers any 2.x (else status 8); max-frame-size = min(HAProxy's, ours), refused
   below 256 (status 9); we announce only ``pipelining`` (ACKs in any order on the same connection), never ``async``
   or ``fragmentation`` (HAProxy 3.1 removed both). A health-check HELLO gets AGENT-HELLO, then the socket closes.
@@ -36,6 +39,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from idgate.errors import MessageError, SpopError
+from idgate.peers import LOOPBACK, Network, is_trusted
 from idgate.spoe.spop import (
     FLAG_FIN,
     MAX_FRAME_SIZE,
@@ -63,6 +67,7 @@ log = logging.getLogger("idgate.spoa")
 
 Handler = Callable[[str, Mapping[str, Value]], Awaitable[Sequence[Action]]]
 DenyActions = Callable[[str], Sequence[Action]]
+UntrustedHook = Callable[[str], object]
 CAPABILITIES = "pipelining"
 _KNOWN_TYPES = frozenset(int(kind) for kind in FrameType)
 _HIGH_WATER = 64 * 1024
@@ -105,6 +110,7 @@ class SpoaStats:
     handler_errors: int = 0
     handler_timeouts: int = 0
     protocol_errors: int = 0
+    untrusted_callers: int = 0
 
 
 def _event(level: int, event: str, **fields: object) -> None:
@@ -335,6 +341,8 @@ class SpoaAgent:
         handler_timeout: float = 2.0,
         deny_actions: DenyActions = default_deny_actions,
         messages: Mapping[str, Collection[str]] | None = None,
+        trusted_callers: Sequence[Network] = LOOPBACK,
+        on_untrusted: UntrustedHook | None = None,
     ) -> None:
         if not MIN_FRAME_SIZE <= max_frame_size <= MAX_FRAME_SIZE:
             raise ValueError(f"max_frame_size must be in [{MIN_FRAME_SIZE}, {MAX_FRAME_SIZE}]")
@@ -350,6 +358,8 @@ class SpoaAgent:
         self.handler_timeout = handler_timeout
         self.deny_actions = deny_actions
         self.messages = messages
+        self.trusted_callers = tuple(trusted_callers)
+        self.on_untrusted = on_untrusted
         self.stats = SpoaStats()
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
@@ -388,7 +398,25 @@ class SpoaAgent:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _refuse_untrusted(self, writer: asyncio.StreamWriter) -> bool:
+        """Close the connection of a peer outside ``trusted_callers`` at once; True when it was refused."""
+        peer = writer.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        if is_trusted(address, self.trusted_callers):
+            return False
+        self.stats.untrusted_callers += 1
+        _event(logging.WARNING, "spoa_untrusted_caller", peer=str(peer)[:80])
+        writer.transport.abort()  # before HELLO: nothing read, nothing sent
+        if self.on_untrusted is not None:
+            try:
+                self.on_untrusted(str(address or "")[:64])
+            except Exception as exc:
+                _event(logging.ERROR, "spoa_untrusted_hook_failed", error=repr(exc)[:300])
+        return True
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refuse_untrusted(writer):
+            return
         task = asyncio.current_task()
         assert task is not None
         connection = _Connection(self, reader, writer)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from idgate.errors import MessageError
+from idgate.peers import LOOPBACK, parse_networks
 from idgate.spoe import spop
 from idgate.spoe.agent import SpoaAgent, message_args
 from idgate.spoe.spop import (
@@ -587,6 +588,60 @@ async def test_constructor_validation() -> None:
     for bad in ({"max_frame_size": 255}, {"max_frame_size": 16381}, {"max_in_flight": 0}, {"handler_timeout": 0}):
         with pytest.raises(ValueError, match="must be"):
             SpoaAgent(handler=handler, **bad)  # type: ignore[arg-type]
+
+
+# --- trusted callers ---------------------------------------------------------------------------------------------
+
+
+async def test_untrusted_peer_is_closed_before_hello(recorder: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    refused: list[str] = []
+    agent = await started(recorder, trusted_callers=parse_networks(["127.0.0.1/32"]), on_untrusted=refused.append)
+    try:
+        with caplog.at_level(logging.WARNING, logger="idgate.spoa"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", agent.port, local_addr=("127.0.0.2", 0))
+            outsider = Client(reader, writer)
+            with contextlib.suppress(ConnectionError):
+                await outsider.send(spop.encode_frame(HELLO))
+                await outsider.send(notify(1, 1, n=1))
+            assert await outsider.closed()  # no AGENT-HELLO, no ACK: nothing but the close
+        insider = await Client.connect(agent)  # 127.0.0.1 is trusted: served as usual
+        assert isinstance(await insider.hello(), AgentHello)
+        await insider.send(notify(1, 1, n=1))
+        assert await insider.frame() == Ack(stream_id=1, frame_id=1, actions=allow("ok-1"))
+    finally:
+        await agent.close()
+    assert refused == ["127.0.0.2"]
+    assert recorder.calls == [("check", {"n": 1})]  # only the trusted peer's NOTIFY reached the handler
+    assert (agent.stats.untrusted_callers, agent.stats.connections) == (1, 1)
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "idgate.spoa"]
+    assert [e["event"] for e in events] == ["spoa_untrusted_caller"] and "127.0.0.2" in events[0]["peer"]
+
+
+async def test_default_trusts_loopback_only_and_a_failing_hook_still_refuses(recorder: Recorder) -> None:
+    def broken(peer: str) -> None:
+        raise RuntimeError("audit down")
+
+    agent = await started(recorder, on_untrusted=broken)
+    try:
+        assert agent.trusted_callers == LOOPBACK
+        reader, writer = await asyncio.open_connection("127.0.0.1", agent.port, local_addr=("127.0.0.3", 0))
+        assert await Client(reader, writer).closed()
+        assert isinstance(await (await Client.connect(agent)).hello(), AgentHello)
+    finally:
+        await agent.close()
+    assert agent.stats.untrusted_callers == 1
+
+
+async def test_an_empty_trusted_list_refuses_everyone(recorder: Recorder) -> None:
+    agent = await started(recorder, trusted_callers=())
+    try:
+        client = await Client.connect(agent)
+        with contextlib.suppress(ConnectionError):
+            await client.send(spop.encode_frame(HELLO))
+        assert await client.closed()
+    finally:
+        await agent.close()
+    assert (agent.stats.untrusted_callers, agent.stats.connections, recorder.calls) == (1, 0, [])
 
 
 # --- real HAProxy 2.8 -------------------------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""idgate's own listeners, as HAProxy and an outsider meet them: who may connect to the SPOA agent.
+
+The stack runs in both modes; idgate's SPOA agent listens in both (HAProxy uses it in SPOE mode only), with the
+default ``spoa.trusted_callers`` (loopback 127.0.0.1 and ::1). HAProxy connects from 127.0.0.1; an outsider is
+played by a socket bound to 127.0.0.2 (any 127/8 address is local on Linux, and outside 127.0.0.1/32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from stack import Stack
+
+from idgate_devstack.haproxy import split_bind
+
+pytestmark = pytest.mark.e2e
+HELLO = (Path(__file__).resolve().parents[1] / "data/spop/haproxy-2.8-hello.bin").read_bytes()
+OUTSIDER = "127.0.0.2"
+
+
+def spoa_exchange(stack: Stack, source: str) -> bytes:
+    """Connect to idgate's SPOA port from ``source``, send HAProxy 2.8's recorded HELLO, return the answer bytes
+    received before the agent closed (b"" for a close without a word)."""
+    host, port = split_bind(stack.settings.spoa_addr)
+    with socket.create_connection((host, port), timeout=3, source_address=(source, 0)) as sock:
+        with contextlib.suppress(ConnectionError):
+            sock.sendall(HELLO)
+        try:
+            return sock.recv(4096)
+        except ConnectionResetError:
+            return b""
+
+
+def test_an_outsider_is_closed_before_hello_while_haproxy_is_served(stack: Stack) -> None:
+    assert spoa_exchange(stack, OUTSIDER) == b""
+    assert spoa_exchange(stack, "127.0.0.1") != b""  # AGENT-HELLO for a trusted peer
+    with stack.client() as client:  # HAProxy (127.0.0.1) still gets its answers: a public route is allowed
+        assert client.get(stack.url + "/public/x").status_code == 200
+        assert client.get(stack.url + "/app/x").status_code == 401
+    events = [json.loads(line) for line in stack.idgate.log_text().splitlines() if line.startswith("{")]
+    refused = [e for e in events if e.get("event") == "spoa_untrusted_caller"]
+    assert refused and OUTSIDER in refused[-1]["peer"]
+    audited = [e for e in events if e.get("reasons") == ["untrusted_caller"] and e.get("source") == OUTSIDER]
+    assert audited and audited[-1]["status"] == 403 and audited[-1]["allow"] is False
+    assert metric(stack.idgate_metrics(), "idgate_spoa_untrusted_callers_total") >= 1
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the sample ``name`` (no labels) in a Prometheus text exposition."""
+    values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, (name, values)
+    return values[0]
