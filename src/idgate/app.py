@@ -8,7 +8,9 @@ and answers the decision: 200 + the ``X-Idgate-*`` headers of :data:`idgate.fact
 facts are trusted only from known hops. Both of this adapter's own denies (``untrusted_caller``,
 ``missing_facts``) are audited and counted through :meth:`DecisionEngine.refused`.
 ``/healthz`` is 200 while the process serves; ``/readyz`` is 200 once the config is loaded and every issuer's keys
-were fetched at least once, else 503 listing the issuers still waiting.
+were fetched at least once, else 503 listing the issuers still waiting. ``/metrics`` (Prometheus text) is served
+only to ``server.trusted_callers`` (others: 403, logged ``metrics_untrusted_caller``), and not at all (404) when
+``server.metrics_bind`` gives it a listener of its own (:mod:`idgate.runtime` runs that one).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Services:
     sso: Sso | None = None
     assertions: AssertionSigner | None = None
     metrics: Metrics | None = None
+    metrics_here: bool = True  # False: /metrics lives on server.metrics_bind, this listener answers 404
 
 
 def facts_from_request(request: Request) -> RequestFacts | None:
@@ -107,9 +110,14 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         return PlainTextResponse("ok\n")
 
     async def metrics_endpoint(request: Request) -> Response:
-        registry = get(request).metrics
-        if registry is None:
-            return PlainTextResponse("no metrics\n", 404)
+        services = get(request)
+        registry = services.metrics
+        if registry is None or not services.metrics_here:
+            return PlainTextResponse("not found\n", 404)
+        peer = request.client.host if request.client else ""
+        if not is_trusted(peer, services.trusted):
+            log.warning(json.dumps({"event": "metrics_untrusted_caller", "peer": peer[:64]}))
+            return PlainTextResponse("forbidden\n", 403, headers={"cache-control": "no-store"})
         return Response(registry.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def readyz(request: Request) -> Response:

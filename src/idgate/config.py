@@ -27,6 +27,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def split_bind(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9190"`` → ``("127.0.0.1", 9190)``, ``"[::1]:9190"`` → ``("::1", 9190)``; the host is an IP
+    address or a DNS name. Raises ValueError otherwise (no port, port outside 1-65535, bad host)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (port 1-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"{value!r}: brackets are for IPv6 addresses only")
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, [::1]:9190")
+    if not re.fullmatch(r"[A-Za-z0-9.\-]+|[0-9A-Fa-f:.]+", host):
+        raise ValueError(f"{value!r}: the host must be an IP address or a DNS name")
+    return host, int(port)
+
+
 def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
     """Every entry is an IPv4/IPv6 address or network (``idgate.peers.parse_networks``); ValueError otherwise."""
     parse_networks(value)
@@ -44,8 +61,29 @@ class ServerConfig(_Model):
     decision_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     # Verified bearer tokens remembered until their exp (0 disables the cache: every request verifies in full).
     token_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+    # GET /metrics on a listener of its own ("host:port", "[::1]:9190"; plain HTTP, for Prometheus on a management
+    # network); this port then answers /metrics with 404. Unset: /metrics is served on this port to trusted_callers.
+    metrics_bind: str | None = None
 
     _trusted_callers = field_validator("trusted_callers")(_networks)
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _metrics_bind(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_bind(value)
+        return value
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of ``metrics_bind``, None when unset."""
+        return None if self.metrics_bind is None else split_bind(self.metrics_bind)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        if self.metrics_address is not None and self.metrics_address[1] == self.port:
+            raise ValueError("metrics_bind needs a port of its own (not server.port)")
+        return self
 
 
 class SpoaConfig(_Model):

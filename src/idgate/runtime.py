@@ -4,8 +4,10 @@
 per CA file; the issuers' JWKS caches (fetched in the background until the first success: readiness); the
 verified-token cache and the :class:`~idgate.verifier.Verifier`; the browser-login components when ``login`` and
 ``sessions`` are configured (:class:`~idgate.sso.manager.SessionManager` and the SSO endpoints); the assertion
-signer; the metrics registry; the :class:`~idgate.decision.DecisionEngine`; and, with ``spoa`` configured, the SPOA
-agent listening for HAProxy's SPOE. On shutdown it closes them in reverse order. Like uvicorn's ``Config.load()``,
+signer; the metrics registry; the :class:`~idgate.decision.DecisionEngine`; with ``spoa`` configured, the SPOA
+agent listening for HAProxy's SPOE; and with ``server.metrics_bind``, the metrics listener (prometheus-client's
+exporter, a plain-HTTP server in a daemon thread, reading the same registry). On shutdown it closes them in reverse
+order. Like uvicorn's ``Config.load()``,
 nothing below this module builds another component.
 """
 
@@ -19,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from prometheus_client import start_http_server
 from starlette.applications import Starlette
 from starlette.requests import Request
 
@@ -131,7 +134,25 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         sso=sso,
         assertions=assertions,
         metrics=metrics,
+        metrics_here=config.server.metrics_bind is None,
     )
+
+
+@contextlib.asynccontextmanager
+async def _metrics_listener(config: Config, metrics: Metrics | None) -> AsyncIterator[None]:
+    """GET /metrics on ``server.metrics_bind`` while the block runs (nothing without it). Raises OSError when
+    the address cannot be bound: idgate then refuses to start."""
+    address = config.server.metrics_address
+    if address is None or metrics is None:
+        yield
+        return
+    httpd, thread = start_http_server(address[1], addr=address[0], registry=metrics.registry)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(httpd.shutdown)  # within serve_forever's 0.5 s poll interval, off the loop
+        httpd.server_close()
+        await asyncio.to_thread(thread.join, 5.0)
 
 
 def _agent(config: Config, services: Services) -> SpoaAgent | None:
@@ -176,7 +197,8 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             assert config.spoa is not None
             await agent.start(config.spoa.host, config.spoa.port)
         try:
-            yield
+            async with _metrics_listener(config, services.metrics):
+                yield
         finally:
             if agent is not None:
                 await agent.close()

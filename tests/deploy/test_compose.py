@@ -894,7 +894,10 @@ def test_prometheus_scrapes_haproxy_and_idgate(
     }
     stats_port = split_addr(haproxy_env["IDGATE_STATS_BIND"])[1]
     assert (f"haproxy:{stats_port}", "/metrics") in targets
-    assert (f"idgate:{idgate_config.server.port}", "/metrics") in targets
+    # idgate's metrics have a listener of their own (Prometheus is no trusted caller of /auth)
+    assert idgate_config.server.metrics_address is not None
+    assert (f"idgate:{idgate_config.server.metrics_address[1]}", "/metrics") in targets
+    assert not any(t.startswith(f"idgate:{idgate_config.server.port}") for t, _ in targets)
     assert "http-request use-service prometheus-exporter if { path /metrics }" in HAPROXY_CFG.read_text(
         encoding="utf-8"
     )

@@ -1,4 +1,5 @@
-"""idgate's own listeners, as HAProxy and an outsider meet them: who may connect to the SPOA agent.
+"""idgate's own listeners, as HAProxy and an outsider meet them: who may connect to the SPOA agent, and who may
+read idgate's ``/metrics``.
 
 The stack runs in both modes; idgate's SPOA agent listens in both (HAProxy uses it in SPOE mode only), with the
 default ``spoa.trusted_callers`` (loopback 127.0.0.1 and ::1). HAProxy connects from 127.0.0.1; an outsider is
@@ -12,6 +13,7 @@ import json
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 from stack import Stack
 
@@ -54,3 +56,37 @@ def metric(text: str, name: str) -> float:
     values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")]
     assert len(values) == 1, (name, values)
     return values[0]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/metrics",
+        "/.idgate/metrics",
+        "/.idgate/../metrics",
+        "/.idgate/%2e%2e/metrics",
+        "/.idgate/%2E%2E/metrics",
+        "/.idgate/..%2Fmetrics",
+        "/.idgate/..%2fmetrics",
+        "/.idgate//../metrics",
+        "/.idgate/./../metrics",
+        "/.idgate/jwks.json/../../metrics",
+        "/.IDGATE/../metrics",
+        "//metrics",
+    ],
+)
+def test_idgates_metrics_never_leak_through_haproxy(stack: Stack, target: str) -> None:
+    """Whatever the spelling, HAProxy's public port never returns idgate's metrics (the request target is sent
+    as written: no client-side normalisation)."""
+    with stack.client() as client:
+        response = client.get(stack.url + "/", extensions={"target": target.encode()})
+    assert response.status_code in (400, 401, 403, 404), (response.status_code, response.text[:200])
+    assert "idgate_decisions_total" not in response.text
+
+
+def test_an_outsider_gets_403_from_idgates_metrics_a_trusted_caller_200(stack: Stack) -> None:
+    transport = httpx.HTTPTransport(local_address=OUTSIDER)
+    with httpx.Client(transport=transport, timeout=5.0) as outsider:
+        refused = outsider.get(f"{stack.idgate.url}/metrics")
+    assert refused.status_code == 403 and "idgate_" not in refused.text
+    assert "idgate_decisions_total" in stack.idgate_metrics()  # 127.0.0.1 is a trusted caller
