@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Each module of the service and its layer; an import may only go to the same or a lower layer.
 LAYERS: dict[str, int] = {
     # 0 values and rules without I/O: errors, configuration, the principal, facts and decisions
-    **dict.fromkeys(["errors", "config", "config_load", "principal", "facts", "peers"], 0),
+    **dict.fromkeys(["errors", "config", "config_load", "principal", "facts", "peers", "tls"], 0),
     # 1 the core: keys, tokens, sessions, policy, identity, and the one decision function
     **dict.fromkeys(
         [
@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
         1,
     ),
     # 2 adapters: wire formats in and out (SPOP, HTTP)
-    **dict.fromkeys(["spoe.spop", "spoe.agent", "spoe.adapter", "sso.routes", "app"], 2),
+    **dict.fromkeys(["spoe.spop", "spoe.listener", "spoe.agent", "spoe.adapter", "sso.routes", "app"], 2),
     # 3 the composition root, 4 the command line
     "runtime": 3,
     "cli": 4,

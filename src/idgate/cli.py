@@ -1,6 +1,7 @@
 """The ``idgate`` command line.
 
-    idgate serve --config FILE        run the auth service (uvicorn in-process; uvloop and httptools when installed)
+    idgate serve --config FILE        run the auth service (uvicorn in-process; uvloop and httptools when installed;
+                                      HTTPS with server.tls)
     idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0)
 
 More commands come from installed plugins (entry-point group ``idgate.commands``): a source checkout's
@@ -68,6 +69,7 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
     import uvicorn
 
     from idgate.runtime import create_app
+    from idgate.tls import uvicorn_options
 
     try:
         config = load_config(path)
@@ -86,6 +88,7 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
         access_log=False,
         log_config=None,
         lifespan="on",
+        **uvicorn_options(config.server.tls),  # HTTPS with server.tls (idgate.tls)
     )
     uvicorn.Server(uv_config).run()
     return 0

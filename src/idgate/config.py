@@ -50,6 +50,14 @@ def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+class TlsConfig(_Model):
+    """TLS on one of idgate's listeners (``idgate.tls``); paths are relative to the config file."""
+
+    cert_file: str  # PEM certificate chain (leaf first)
+    key_file: str  # PEM private key of the leaf
+    ca_file: str | None = None  # set: peers must present a client certificate issued by this CA (mutual TLS)
+
+
 class ServerConfig(_Model):
     """Where the auth service listens and who may ask it for decisions."""
 
@@ -64,6 +72,8 @@ class ServerConfig(_Model):
     # GET /metrics on a listener of its own ("host:port", "[::1]:9190"; plain HTTP, for Prometheus on a management
     # network); this port then answers /metrics with 404. Unset: /metrics is served on this port to trusted_callers.
     metrics_bind: str | None = None
+    # HTTPS on this port (/auth, /.idgate/*, /metrics); HAProxy: IDGATE_SERVICE_TLS. metrics_bind stays plain HTTP.
+    tls: TlsConfig | None = None
 
     _trusted_callers = field_validator("trusted_callers")(_networks)
 
@@ -97,6 +107,8 @@ class SpoaConfig(_Model):
     # Only peers in these networks may connect (HAProxy's address); others are closed before HELLO, logged
     # (spoa_untrusted_caller), counted and audited as 403 untrusted_caller. Same form as server.trusted_callers.
     trusted_callers: tuple[str, ...] = LOOPBACK_TEXT
+    # SPOP over TLS (handshake after the trusted_callers check); HAProxy: IDGATE_SPOA_TLS.
+    tls: TlsConfig | None = None
 
     _trusted_callers = field_validator("trusted_callers")(_networks)
 

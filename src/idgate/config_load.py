@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from idgate.config import NAME_RE, Config
 from idgate.errors import ConfigError
+from idgate.tls import check_tls_files
 
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "example", "xxx", "todo"})
 MIN_SECRET_CHARS = 16
@@ -97,6 +98,11 @@ def _resolve_secrets(
         data["assertion"]["keys_file"] = str(base_dir / data["assertion"]["keys_file"])
         if not Path(data["assertion"]["keys_file"]).is_file():
             problems.append(f"assertion.keys_file: {data['assertion']['keys_file']} is not a readable file")
+    for name in ("server", "spoa"):  # the listeners' TLS files (idgate.tls)
+        if isinstance(data.get(name), dict) and isinstance(data[name].get("tls"), dict):
+            data[name] = dict(data[name]) | {
+                "tls": check_tls_files(data[name]["tls"], f"{name}.tls", base_dir, problems)
+            }
     return data
 
 

@@ -42,6 +42,7 @@ from idgate.sso.manager import SessionManager
 from idgate.sso.oidc import OidcClient
 from idgate.sso.routes import Sso
 from idgate.sso.session import MemoryRevocationStore
+from idgate.tls import server_context
 from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier
 
@@ -175,6 +176,7 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
         messages={MESSAGE: REQUIRED_ARGS},
         trusted_callers=parse_networks(config.spoa.trusted_callers),
         on_untrusted=untrusted,
+        ssl_context=server_context(config.spoa.tls) if config.spoa.tls is not None else None,
     )
     if services.metrics is not None:
         services.metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))

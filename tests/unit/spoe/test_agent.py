@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -18,6 +19,7 @@ from typing import ClassVar
 import httpx
 import pytest
 
+from idgate.config import TlsConfig
 from idgate.errors import MessageError
 from idgate.peers import LOOPBACK, parse_networks
 from idgate.spoe import spop
@@ -38,6 +40,8 @@ from idgate.spoe.spop import (
     Status,
     Value,
 )
+from idgate.tls import server_context
+from idgate_devstack.certs import DevCerts, generate_dev_certs
 
 pytestmark = pytest.mark.anyio
 DATA = Path(__file__).resolve().parents[2] / "data" / "spop"
@@ -94,7 +98,7 @@ class Client:
         try:
             async with asyncio.timeout(wait):
                 return await self.reader.read(1) == b""
-        except ConnectionResetError:
+        except ConnectionError:  # reset, or a broken pipe from writing to it
             return True
 
     async def disconnected(self, status: Status) -> AgentDisconnect:
@@ -642,6 +646,53 @@ async def test_an_empty_trusted_list_refuses_everyone(recorder: Recorder) -> Non
     finally:
         await agent.close()
     assert (agent.stats.untrusted_callers, agent.stats.connections, recorder.calls) == (1, 0, [])
+
+
+# --- TLS ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    return generate_dev_certs(tmp_path_factory.mktemp("spoa-tls"))
+
+
+async def tls_client(agent: SpoaAgent, certs: DevCerts, *, client_cert: bool) -> Client:
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    if client_cert:
+        context.load_cert_chain(str(certs.cert), str(certs.key))
+    reader, writer = await asyncio.open_connection("127.0.0.1", agent.port, ssl=context, server_hostname="localhost")
+    return Client(reader, writer)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+async def test_spop_over_mutual_tls(anyio_backend: object, tls_files: DevCerts, recorder: Recorder) -> None:
+    """TLS from the first byte on both event loops (uvloop loses a ClientHello that an upgraded stream buffered)."""
+    uvloop = anyio_backend != "asyncio"
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop") is uvloop
+    context = server_context(
+        TlsConfig(cert_file=str(tls_files.cert), key_file=str(tls_files.key), ca_file=str(tls_files.ca))
+    )
+    agent = await started(recorder, ssl_context=context, read_timeout=0.5)
+    try:
+        for n in range(3):  # a few in a row: every handshake must complete, not just a lucky first one
+            client = await tls_client(agent, tls_files, client_cert=True)
+            assert isinstance(await client.hello(), AgentHello)
+            await client.send(notify(1, n, n=n))
+            assert await client.frame() == Ack(stream_id=1, frame_id=n, actions=allow(f"ok-{n}"))
+        anonymous = await tls_client(agent, tls_files, client_cert=False)  # TLS 1.3: refused after the handshake
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await anonymous.send(spop.encode_frame(HELLO))
+        assert await anonymous.closed()
+        plain = await Client.connect(agent)  # clear SPOP to a TLS port: not a ClientHello
+        with contextlib.suppress(ConnectionError):
+            await plain.send(spop.encode_frame(HELLO))
+        assert await plain.closed()
+        silent = await Client.connect(agent)  # no ClientHello at all: cut after read_timeout
+        assert await silent.closed(wait=3.0)
+    finally:
+        await agent.close()
+    assert agent.stats.connections == 3 and agent.stats.tls_errors == 3
+    assert len(recorder.calls) == 3
 
 
 # --- real HAProxy 2.8 -------------------------------------------------------------------------------------------
