@@ -870,7 +870,9 @@ def test_grafana_jwks_url_is_routed_by_haproxy_to_idgate(
     cfg = HAPROXY_CFG.read_text(encoding="utf-8")
     assert "acl is_idgate_path path_beg /.idgate/" in cfg
     assert "use_backend be_idgate if is_idgate_path" in cfg
-    assert re.search(r'backend be_idgate\n\tserver idgate "\$\{IDGATE_SERVICE_ADDR\}"', cfg)
+    # (IDGATE_SERVICE_TLS picks one of its server lines; every one names IDGATE_SERVICE_ADDR)
+    server_lines = r'(?:\.(?:if|elif|else).*\n\tserver idgate "\$\{IDGATE_SERVICE_ADDR\}".*\n)+\.endif\n'
+    assert re.search(r"backend be_idgate\n" + server_lines, cfg)
     # ... and idgate serves that path on the port IDGATE_SERVICE_ADDR names
     assert split_addr(haproxy_env["IDGATE_SERVICE_ADDR"])[1] == idgate_config.server.port
     paths = {getattr(route, "path", None) for route in create_app(idgate_config).routes}

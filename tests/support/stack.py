@@ -140,6 +140,7 @@ class Stack:
     settings: HaproxySettings
     upstreams: dict[str, EchoUpstream | GrafanaStub | GrpcUpstream]
     redirect_uri: str
+    metrics_url: str  # idgate's /metrics: on its HTTP port, or on server.metrics_bind (the TLS variant)
 
     @property
     def mode(self) -> Mode:
@@ -173,7 +174,8 @@ class Stack:
 
     def idgate_metrics(self) -> str:
         """idgate's Prometheus text, read from idgate directly (from 127.0.0.1, a trusted caller)."""
-        response = httpx.get(f"{self.idgate.url}/metrics", timeout=5.0)
+        with self.idgate.client(timeout=5.0) as client:
+            response = client.get(self.metrics_url)
         response.raise_for_status()
         return response.text
 
@@ -185,13 +187,39 @@ class Stack:
         return sum(len(u.requests()) for u in self.upstreams.values())
 
 
+def tls_config(certs: DevCerts, *, mode: Mode, metrics_port: int) -> dict[str, Any]:
+    """The idgate config of the TLS variant: HTTPS (mutual in SPOE mode: HAProxy's Lua httpclient, the auth_request
+    mode's caller, cannot present a client certificate in 2.8), SPOP over mutual TLS, /metrics on its own bind."""
+    tls = {"cert_file": str(certs.cert), "key_file": str(certs.key)}
+    return {
+        "server": {"tls": tls | ({"ca_file": str(certs.ca)} if mode == "spoe" else {})}
+        | {"metrics_bind": f"127.0.0.1:{metrics_port}"},
+        "spoa": {"tls": tls | {"ca_file": str(certs.ca)}},
+    }
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra``'s sections merged in, one level deep."""
+    return base | {k: (base.get(k) or {}) | v if isinstance(v, dict) else v for k, v in extra.items()}
+
+
 @contextlib.contextmanager
-def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_before: float = 60) -> Iterator[Stack]:
+def run_stack(
+    root: Path,
+    *,
+    mode: Mode = "spoe",
+    token_ttl: int = 300,
+    refresh_before: float = 60,
+    tls: bool = False,
+    idgate_extra: dict[str, Any] | None = None,
+) -> Iterator[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
-    ``sessions.refresh_before_seconds``."""
+    ``sessions.refresh_before_seconds``. ``tls``: HAProxy speaks TLS to idgate's HTTP server and SPOA agent
+    (:func:`tls_config`, ``IDGATE_SPOA_TLS`` / ``IDGATE_SERVICE_TLS``); ``idgate_extra`` is merged into idgate's
+    config sections."""
     certs = generate_dev_certs(root / "tls")
-    https_port, spoa_port = free_tcp_port(), free_tcp_port()
+    https_port, spoa_port, metrics_port = free_tcp_port(), free_tcp_port(), free_tcp_port()
     site = f"https://127.0.0.1:{https_port}"
     redirect_uri = f"{site}/.idgate/callback"
     idp_config = IdpConfig(
@@ -210,18 +238,12 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
     )
     with TestIdp(idp_config) as idp:
         config_path = root / "idgate.yaml"
-        config_path.write_text(
-            yaml.safe_dump(
-                stack_config(
-                    idp.issuer,
-                    certs.ca,
-                    site=site,
-                    secrets_dir=root,
-                    refresh_before=refresh_before,
-                    spoa_port=spoa_port,
-                )
-            )
+        idgate_config = stack_config(
+            idp.issuer, certs.ca, site=site, secrets_dir=root, refresh_before=refresh_before, spoa_port=spoa_port
         )
+        if tls:
+            idgate_config = _merged(idgate_config, tls_config(certs, mode=mode, metrics_port=metrics_port))
+        config_path.write_text(yaml.safe_dump(_merged(idgate_config, idgate_extra or {})))
         upstreams: dict[str, EchoUpstream | GrafanaStub | GrpcUpstream] = {
             "app": EchoUpstream("app"),
             "looker": EchoUpstream("looker"),
@@ -237,7 +259,16 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
         }
         for upstream in upstreams.values():
             upstream.start()
-        idgate = IdgateService(config=config_path, port=free_tcp_port(), log_path=root / "idgate.log")
+        idgate = IdgateService(
+            config=config_path,
+            port=free_tcp_port(),
+            log_path=root / "idgate.log",
+            tls_ca=certs.ca if tls else None,
+            tls_client=(certs.cert, certs.key) if tls else None,
+        )
+        # HAProxy presents the dev certificate (clientAuth too) where idgate asks for one: both SPOA and HTTP in
+        # SPOE mode; in auth_request mode the HTTP server takes no client certificate (Lua's httpclient has none)
+        client_cert = certs.pem if mode == "spoe" else None
         settings = HaproxySettings(
             tls_pem=certs.pem,
             mode=mode,
@@ -256,6 +287,10 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
             timeout=f"{HTTP_TIMEOUT_SECONDS}s",
             stream_timeout=f"{STREAM_TIMEOUT_SECONDS}s",
             stats_socket=root / "haproxy.sock",
+            spoa_tls_ca=certs.ca if tls else None,
+            spoa_tls_client_cert=certs.pem if tls else None,
+            service_tls_ca=certs.ca if tls else None,
+            service_tls_client_cert=client_cert if tls else None,
         )
         try:
             idgate.start()
@@ -268,6 +303,7 @@ def run_stack(root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_
                     settings=settings,
                     upstreams=upstreams,
                     redirect_uri=redirect_uri,
+                    metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if tls else f"{idgate.url}/metrics",
                 )
         finally:
             idgate.stop()
