@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
 from idgate.peers import Network, is_trusted
 
+log = logging.getLogger("idgate.spoa")
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 _ACCEPT_ERROR_PAUSE = 1.0  # seconds without accepting after an accept error (EMFILE …), as asyncio's servers
 _BACKLOG = 128
@@ -102,7 +105,8 @@ class GuardedListener:
                 conn, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # out of descriptors or buffers …: pause, then accept again
+            except OSError as exc:  # out of descriptors or buffers …: pause, then accept again
+                log.error(json.dumps({"event": "spoa_accept_error", "error": repr(exc)[:200]}))
                 loop = asyncio.get_running_loop()
                 loop.remove_reader(listener.fileno())
                 loop.call_later(_ACCEPT_ERROR_PAUSE, self._listen, listener)
@@ -131,7 +135,8 @@ class GuardedListener:
             )
         except (OSError, EOFError) as exc:  # ssl.SSLError, a reset, the handshake timeout (ConnectionAbortedError)
             conn.close()
-            self._on_tls_error(peer, exc)
+            if self._ssl is not None:
+                self._on_tls_error(peer, exc)
             return
         except BaseException:  # cancelled by close() mid-handshake: the socket is still ours to close
             conn.close()
