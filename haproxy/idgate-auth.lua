@@ -8,6 +8,11 @@
 --     lua-load /path/to/idgate-auth.lua
 --     http-request lua.idgate_auth "http://127.0.0.1:9180/auth" "1000"
 --                  ^ action          ^ auth URL (IP literal)        ^ timeout in ms
+-- or over TLS (httpclient.ssl.ca-file / httpclient.ssl.verify required in global):
+--     http-request lua.idgate_auth_at "https://idgate.internal/auth" "1000" "127.0.0.1:9180"
+--                  ^ action             ^ URL with the certificate's name ^ timeout ^ address to connect to
+--     (HAProxy 2.8's httpclient checks the certificate against the URL's host and never matches an IP literal,
+--     and it resolves names through DNS resolvers only: the name goes in the URL, the address in `dst`)
 --
 -- Request to idgate (no body):
 --     X-Idgate-Method, X-Idgate-Host, X-Idgate-Path (HAProxy's normalised path, no query),
@@ -142,9 +147,9 @@ local function build_request_headers(txn)
 end
 
 -- Calls idgate and returns (variables table, nil) or (nil, short cause). Runs under pcall.
-local function ask_idgate(txn, url, timeout_ms)
+local function ask_idgate(txn, url, timeout_ms, dst)
     local hc = core.httpclient()
-    local res = hc:get({ url = url, headers = build_request_headers(txn), timeout = timeout_ms })
+    local res = hc:get({ url = url, dst = dst, headers = build_request_headers(txn), timeout = timeout_ms })
     if type(res) ~= "table" then
         return nil, "no response"
     end
@@ -192,10 +197,11 @@ local function ask_idgate(txn, url, timeout_ms)
     return vars, nil
 end
 
--- The action: args are the auth URL and the timeout in ms (strings from the config).
-local function idgate_auth(txn, url, timeout_arg)
+-- The action: args are the auth URL, the timeout in ms (strings from the config) and, optionally, the address
+-- (ip:port) to connect to instead of the URL's host.
+local function idgate_auth(txn, url, timeout_arg, dst)
     local timeout_ms = math.tointeger(tonumber(timeout_arg)) or 1000
-    local ok, vars, cause = pcall(ask_idgate, txn, url, timeout_ms)
+    local ok, vars, cause = pcall(ask_idgate, txn, url, timeout_ms, dst)
     if not ok then
         cause = "lua error: " .. tostring(vars)
         vars = nil
@@ -213,3 +219,4 @@ local function idgate_auth(txn, url, timeout_arg)
 end
 
 core.register_action("idgate_auth", { "http-req" }, idgate_auth, 2)
+core.register_action("idgate_auth_at", { "http-req" }, idgate_auth, 3)

@@ -42,3 +42,11 @@ def fresh(stack: Stack) -> Stack:
     """The stack with the upstreams' request records cleared."""
     stack.reset_upstreams()
     return stack
+
+
+@pytest.fixture(scope="session", params=MODES)
+def tls_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack with TLS between HAProxy and idgate (SPOP and HTTP; mutual where HAProxy can present a client
+    certificate) and idgate's /metrics on a bind of its own, once per mode."""
+    with run_stack(tmp_path_factory.mktemp(f"tls-{request.param}"), mode=request.param, tls=True) as running:
+        yield running

@@ -26,6 +26,8 @@ LAYERS: dict[str, int] = {
             "claims",
             "principal",
             "facts",
+            "peers",
+            "tls",
         ],
         0,
     ),
@@ -44,6 +46,7 @@ LAYERS: dict[str, int] = {
             "sso.cookies",
             "sso.session",
             "sso.redirects",
+            "sso.params",
             "sso.oidc",
             "sso.manager",
             "authn",
@@ -52,7 +55,7 @@ LAYERS: dict[str, int] = {
         1,
     ),
     # 2 adapters: wire formats in and out (SPOP, HTTP)
-    **dict.fromkeys(["spoe.spop", "spoe.agent", "spoe.adapter", "sso.routes", "app"], 2),
+    **dict.fromkeys(["spoe.spop", "spoe.listener", "spoe.agent", "spoe.adapter", "sso.routes", "app"], 2),
     # 3 the composition root, 4 operator tools (explain, status, the Runtime API client), 5 the command line
     "runtime": 3,
     **dict.fromkeys(["ops", "ops.upstream_headers", "ops.explain", "ops.runtime_api", "ops.status", "ops.commands"], 4),

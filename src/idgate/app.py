@@ -22,12 +22,14 @@ verification of their tokens, and answers JSON ``{"issuers": [{"issuer", "ok", "
 Only ``server.trusted_callers`` may call it, and never through a proxy: a request carrying ``Forwarded`` or
 ``X-Forwarded-*`` (HAProxy's frontend adds ``X-Forwarded-For`` to everything it forwards) gets 403. HAProxy only
 ever routes ``/.idgate/`` paths to idgate, so the endpoint lives outside them.
+``/metrics`` (Prometheus text) is served only to ``server.trusted_callers`` (others: 403, logged
+``metrics_untrusted_caller``), and not at all (404) when ``server.metrics_bind`` gives it a listener of its own
+(:mod:`idgate.runtime` runs that one).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -42,6 +44,7 @@ from idgate.decision import DecisionEngine
 from idgate.facts import ANSWER_HEADERS, Decision, RequestFacts, clean_request_id
 from idgate.jwks import FetchOutcome, JwksCache
 from idgate.metrics import Metrics
+from idgate.peers import Network, is_trusted
 from idgate.sso.routes import PREFIX, Sso, sso_routes
 
 log = logging.getLogger("idgate")
@@ -51,7 +54,6 @@ ADMIN_JWKS_REFRESH = "/admin/jwks/refresh"
 NO_STORE = {"cache-control": "no-store"}
 REQUEST_ID_HEADER = "x-idgate-request-id"
 """HAProxy's request id (``unique-id``), set by ``haproxy/idgate-auth.lua``; only logged, never decided on."""
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -64,6 +66,7 @@ class Services:
     sso: Sso | None = None
     assertions: AssertionSigner | None = None
     metrics: Metrics | None = None
+    metrics_here: bool = True  # False: /metrics lives on server.metrics_bind, this listener answers 404
 
 
 def facts_from_request(request: Request) -> RequestFacts | None:
@@ -111,14 +114,6 @@ def decision_response(decision: Decision) -> Response:
     return response
 
 
-def _trusted(peer: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in net for net in networks)
-
-
 def _kids(kids: frozenset[str | None]) -> list[str | None]:
     return sorted(kids, key=lambda kid: (kid is None, kid or ""))
 
@@ -141,7 +136,7 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
     async def auth(request: Request) -> Response:
         services = get(request)
         peer = request.client.host if request.client else ""
-        if not _trusted(peer, services.trusted):
+        if not is_trusted(peer, services.trusted):
             log.warning(json.dumps({"event": "untrusted_caller", "peer": peer[:64]}))
             refused = Decision(status=403, reasons=("untrusted_caller",))
             return decision_response(services.engine.refused(refused, source=peer))
@@ -156,9 +151,14 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         return PlainTextResponse("ok\n")
 
     async def metrics_endpoint(request: Request) -> Response:
-        registry = get(request).metrics
-        if registry is None:
-            return PlainTextResponse("no metrics\n", 404)
+        services = get(request)
+        registry = services.metrics
+        if registry is None or not services.metrics_here:
+            return PlainTextResponse("not found\n", 404)
+        peer = request.client.host if request.client else ""
+        if not is_trusted(peer, services.trusted):
+            log.warning(json.dumps({"event": "metrics_untrusted_caller", "peer": peer[:64]}))
+            return PlainTextResponse("forbidden\n", 403, headers={"cache-control": "no-store"})
         return Response(registry.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def readyz(request: Request) -> Response:
@@ -178,7 +178,7 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         services = get(request)
         peer = request.client.host if request.client else ""
         proxied = [name for name in PROXY_HEADERS if name in request.headers]
-        if not _trusted(peer, services.trusted) or proxied:
+        if not is_trusted(peer, services.trusted) or proxied:
             log.warning(json.dumps({"event": "admin_refused", "peer": peer[:64], "proxied": proxied}))
             return JSONResponse({"error": "forbidden"}, 403, headers=NO_STORE)
         name = request.query_params.get("issuer")

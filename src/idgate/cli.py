@@ -1,6 +1,7 @@
 """The ``idgate`` command line.
 
-    idgate serve --config FILE        run the auth service (uvicorn in-process; uvloop and httptools when installed)
+    idgate serve --config FILE        run the auth service (uvicorn in-process; uvloop and httptools when installed;
+                                      HTTPS with server.tls)
     idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0),
                                       and warnings on stderr (exit 0)
     idgate --version                  the installed version (package metadata)
@@ -118,6 +119,7 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
     import uvicorn
 
     from idgate.runtime import create_app
+    from idgate.tls import uvicorn_options
 
     try:
         config = _load(path)
@@ -138,6 +140,7 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
         access_log=False,
         log_config=None,
         lifespan="on",
+        **uvicorn_options(config.server.tls),  # HTTPS with server.tls (idgate.tls)
     )
     uvicorn.Server(uv_config).run()
     return 0

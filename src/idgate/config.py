@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from idgate.peers import LOOPBACK_TEXT, parse_networks
+
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
@@ -37,6 +39,43 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def split_bind(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9190"`` → ``("127.0.0.1", 9190)``, ``"[::1]:9190"`` → ``("::1", 9190)``; the host is an IP
+    address or a DNS name. Raises ValueError otherwise (no port, port outside 1-65535, bad host)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (port 1-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"{value!r}: brackets are for IPv6 addresses only")
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, [::1]:9190")
+    if not re.fullmatch(r"[A-Za-z0-9.\-]+|[0-9A-Fa-f:.]+", host):
+        raise ValueError(f"{value!r}: the host must be an IP address or a DNS name")
+    return host, int(port)
+
+
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    """A ``trusted_callers`` list: not empty, every entry an IPv4/IPv6 network (``idgate.peers.parse_networks``)
+    without host bits and no wider than :data:`MIN_TRUSTED_PREFIX`; ValueError naming every bad entry otherwise."""
+    if not value:
+        raise ValueError("list at least one network (HAProxy's address): an empty list refuses every caller")
+    problems = [p for text in value if (p := _trusted_network_problem(text))]
+    if problems:
+        raise ValueError("; ".join(problems))
+    parse_networks(value)
+    return value
+
+
+class TlsConfig(_Model):
+    """TLS on one of idgate's listeners (``idgate.tls``); paths are relative to the config file."""
+
+    cert_file: str  # PEM certificate chain (leaf first)
+    key_file: str  # PEM private key of the leaf
+    ca_file: str | None = None  # set: peers must present a client certificate issued by this CA (mutual TLS)
+
+
 class ServerConfig(_Model):
     """Where the auth service listens and who may ask it for decisions."""
 
@@ -44,21 +83,36 @@ class ServerConfig(_Model):
     port: int = Field(default=9180, ge=1, le=65535)
     # Only these networks may call /auth (HAProxy's address). Like uvicorn's forwarded-allow-ips: known hops only.
     # Not empty, no host bits, none wider than MIN_TRUSTED_PREFIX.
-    trusted_callers: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    trusted_callers: tuple[str, ...] = LOOPBACK_TEXT
     # Seconds a single decision may take before it is answered as a deny (fail closed).
     decision_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     # Verified bearer tokens remembered until their exp (0 disables the cache: every request verifies in full).
     token_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+    # GET /metrics on a listener of its own ("host:port", "[::1]:9190"; plain HTTP, for Prometheus on a management
+    # network); this port then answers /metrics with 404. Unset: /metrics is served on this port to trusted_callers.
+    metrics_bind: str | None = None
+    # HTTPS on this port (/auth, /.idgate/*, /metrics); HAProxy: IDGATE_SERVICE_TLS. metrics_bind stays plain HTTP.
+    tls: TlsConfig | None = None
 
-    @field_validator("trusted_callers")
+    _trusted_callers = field_validator("trusted_callers")(_networks)
+
+    @field_validator("metrics_bind")
     @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("list at least one network (HAProxy's address): an empty list refuses every /auth caller")
-        problems = [p for text in value if (p := _trusted_network_problem(text))]
-        if problems:
-            raise ValueError("; ".join(problems))
+    def _metrics_bind(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_bind(value)
         return value
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of ``metrics_bind``, None when unset."""
+        return None if self.metrics_bind is None else split_bind(self.metrics_bind)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        if self.metrics_address is not None and self.metrics_address[1] == self.port:
+            raise ValueError("metrics_bind needs a port of its own (not server.port)")
+        return self
 
 
 def _trusted_network_problem(text: str) -> str | None:
@@ -88,6 +142,13 @@ class SpoaConfig(_Model):
     max_in_flight: int = Field(default=64, ge=1, le=4096)  # concurrent decisions per HAProxy connection
     idle_timeout_seconds: float = Field(default=60, gt=0)  # above HAProxy's `timeout idle 30s`: HAProxy closes first
     read_timeout_seconds: float = Field(default=5, gt=0)  # a half frame then silence is cut after this
+    # Only peers in these networks may connect (HAProxy's address); others are closed before HELLO, logged
+    # (spoa_untrusted_caller), counted and audited as 403 untrusted_caller. Same form as server.trusted_callers.
+    trusted_callers: tuple[str, ...] = LOOPBACK_TEXT
+    # SPOP over TLS (handshake after the trusted_callers check); HAProxy: IDGATE_SPOA_TLS.
+    tls: TlsConfig | None = None
+
+    _trusted_callers = field_validator("trusted_callers")(_networks)
 
 
 class ClaimPaths(_Model):

@@ -27,6 +27,7 @@ from idgate.config_checks import (
 )
 from idgate.config_files import load_yaml, read_text
 from idgate.errors import ConfigError
+from idgate.tls import check_tls_files
 
 UNRESOLVED = "<unresolved>"  # a secret whose source is given but unusable; only ever in a refused config
 
@@ -110,6 +111,11 @@ def _resolve_secrets(
         if text is not None:
             found = assertion_key_problems(text, assertion.get("algorithm", "ES256"))
             problems += [f"assertion.keys_file: {assertion['keys_file']}: {p}" for p in found]
+    for name in ("server", "spoa"):  # the listeners' TLS files (idgate.tls)
+        if isinstance(data.get(name), dict) and isinstance(data[name].get("tls"), dict):
+            data[name] = dict(data[name]) | {
+                "tls": check_tls_files(data[name]["tls"], f"{name}.tls", base_dir, problems)
+            }
     return data
 
 

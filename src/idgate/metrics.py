@@ -12,9 +12,9 @@ Read at scrape time from the components' own counters (no work per request):
     idgate_assertions_minted_total, idgate_assertions_reused_total
     idgate_session_cache_hits_total / _misses_total (decoded session cookies)
     idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, notifies, denies,
-    handler_errors, handler_timeouts, protocol_errors)
-Denies decided by the adapters (``untrusted_caller``, ``invalid_encoding``, the agent's ``handler_timeout`` …)
-are in ``idgate_decisions_total`` too (:meth:`idgate.decision.DecisionEngine.refused`).
+    handler_errors, handler_timeouts, protocol_errors, untrusted_callers, tls_errors)
+Denies decided by the adapters (``untrusted_caller`` at /auth and at the SPOA port, ``invalid_encoding``, the
+agent's ``handler_timeout`` …) are in ``idgate_decisions_total`` too (:meth:`idgate.decision.DecisionEngine.refused`).
 """
 
 from __future__ import annotations

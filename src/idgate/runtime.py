@@ -4,8 +4,10 @@
 per CA file; the issuers' JWKS caches (fetched in the background until the first success: readiness); the
 verified-token cache and the :class:`~idgate.verifier.Verifier`; the browser-login components when ``login`` and
 ``sessions`` are configured (:class:`~idgate.sso.manager.SessionManager` and the SSO endpoints); the assertion
-signer; the metrics registry; the :class:`~idgate.decision.DecisionEngine`; and, with ``spoa`` configured, the SPOA
-agent listening for HAProxy's SPOE. On shutdown it closes them in reverse order. Like uvicorn's ``Config.load()``,
+signer; the metrics registry; the :class:`~idgate.decision.DecisionEngine`; with ``spoa`` configured, the SPOA
+agent listening for HAProxy's SPOE; and with ``server.metrics_bind``, the metrics listener (prometheus-client's
+exporter, a plain-HTTP server in a daemon thread, reading the same registry). On shutdown it closes them in reverse
+order. Like uvicorn's ``Config.load()``,
 nothing below this module builds another component.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import json
 import logging
 import ssl
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from prometheus_client import start_http_server
 from starlette.applications import Starlette
 from starlette.requests import Request
 
@@ -31,8 +33,10 @@ from idgate.audit import AuditLog
 from idgate.authn import Authenticator
 from idgate.config import Config
 from idgate.decision import DecisionEngine
+from idgate.facts import Decision
 from idgate.jwks import JwksCache
 from idgate.metrics import Metrics
+from idgate.peers import parse_networks
 from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler
 from idgate.spoe.agent import SpoaAgent
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
@@ -40,6 +44,7 @@ from idgate.sso.manager import SessionManager
 from idgate.sso.oidc import OidcClient
 from idgate.sso.routes import Sso
 from idgate.sso.session import MemoryRevocationStore
+from idgate.tls import server_context
 from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier
 
@@ -149,17 +154,40 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
     return Services(
         engine=engine,
         caches=caches,
-        trusted=tuple(ipaddress.ip_network(n, strict=False) for n in config.server.trusted_callers),
+        trusted=parse_networks(config.server.trusted_callers),
         sso=sso,
         assertions=assertions,
         metrics=metrics,
+        metrics_here=config.server.metrics_bind is None,
     )
+
+
+@contextlib.asynccontextmanager
+async def _metrics_listener(config: Config, metrics: Metrics | None) -> AsyncIterator[None]:
+    """GET /metrics on ``server.metrics_bind`` while the block runs (nothing without it). Raises OSError when
+    the address cannot be bound: idgate then refuses to start."""
+    address = config.server.metrics_address
+    if address is None or metrics is None:
+        yield
+        return
+    httpd, thread = start_http_server(address[1], addr=address[0], registry=metrics.registry)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(httpd.shutdown)  # within serve_forever's 0.5 s poll interval, off the loop
+        httpd.server_close()
+        await asyncio.to_thread(thread.join, 5.0)
 
 
 def _agent(config: Config, services: Services) -> SpoaAgent | None:
     """The SPOA agent answering HAProxy's SPOE (None without ``spoa`` in the config)."""
     if config.spoa is None:
         return None
+    engine = services.engine
+
+    def untrusted(peer: str) -> None:  # audited and counted like /auth's untrusted_caller
+        engine.refused(Decision(status=403, reasons=("untrusted_caller",)), source=peer)
+
     agent = SpoaAgent(
         handler=spoe_handler(services.engine),
         deny_actions=spoe_deny_actions(services.engine),
@@ -169,6 +197,9 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
         # the engine answers 503 decision_timeout first; this is the agent's last-resort deny
         handler_timeout=config.server.decision_timeout_seconds + 1.0,
         messages={MESSAGE: REQUIRED_ARGS},
+        trusted_callers=parse_networks(config.spoa.trusted_callers),
+        on_untrusted=untrusted,
+        ssl_context=server_context(config.spoa.tls) if config.spoa.tls is not None else None,
     )
     if services.metrics is not None:
         services.metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))
@@ -213,7 +244,8 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             assert config.spoa is not None
             await agent.start(config.spoa.host, config.spoa.port)
         try:
-            yield
+            async with _metrics_listener(config, services.metrics):
+                yield
         finally:
             if agent is not None:
                 await agent.close()

@@ -2,7 +2,8 @@
 
 Generated at run time into a directory of the caller's choice and never committed. The server certificate covers
 ``localhost``, ``127.0.0.1`` and ``::1`` (plus any extra names), so HAProxy, the test IdP and Python clients can all
-use it; clients trust ``ca.pem``.
+use it; clients trust ``ca.pem``. It is also good for client authentication (extended key usage ``clientAuth``), so
+HAProxy can present ``server.pem`` to idgate's listeners in the mutual-TLS tests.
 
 Files written (all PEM):
     ca.pem          the CA certificate (give it to clients as the trust anchor)
@@ -99,7 +100,9 @@ def issue_dev_certs(
         .not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )

@@ -137,6 +137,14 @@ class HaproxySettings:
     upstream_grpc_ca: Path | None = None  # set: TLS (ALPN h2) to the gRPC upstream, verified against this CA
     upstream_grpc_name: str = "localhost"  # the name the gRPC upstream's certificate must carry (SNI too)
     h2c_bind: str | None = None  # a cleartext HTTP/2 listener for in-cluster gRPC callers
+    # TLS to idgate's listeners (IDGATE_SPOA_TLS / IDGATE_SERVICE_TLS): a CA turns it on (verify the certificate
+    # for the name), a client certificate (cert + key PEM) makes it mutual
+    spoa_tls_ca: Path | None = None
+    spoa_tls_name: str = "localhost"
+    spoa_tls_client_cert: Path | None = None
+    service_tls_ca: Path | None = None
+    service_tls_name: str = "localhost"
+    service_tls_client_cert: Path | None = None
     timeout: str = "30s"  # inactivity timeout of plain HTTP exchanges (HAProxy time format)
     stream_timeout: str = "5m"  # inactivity timeout of long-lived (gRPC) streams
     stats_socket: Path = field(default_factory=_default_stats_socket)
@@ -194,10 +202,14 @@ class HaproxySettings:
             }
         h2c = {"IDGATE_H2C_BIND": self.h2c_bind} if self.h2c_bind is not None else {}
         redact = {"IDGATE_LOG_REDACT_PARAMS": self.log_redact_params} if self.log_redact_params else {}
+        idgate_tls = _tls_env("SPOA", self.spoa_tls_ca, self.spoa_tls_name, self.spoa_tls_client_cert) | _tls_env(
+            "SERVICE", self.service_tls_ca, self.service_tls_name, self.service_tls_client_cert
+        )
         return (
             grpc_tls
             | h2c
             | redact
+            | idgate_tls
             | {
                 "IDGATE_MODE": self.mode,
                 "IDGATE_SPOA_ADDR": self.spoa_addr,
@@ -221,6 +233,17 @@ class HaproxySettings:
                 "IDGATE_LOG_FORMAT": self.log_format,
             }
         )
+
+
+def _tls_env(listener: str, ca: Path | None, name: str, client_cert: Path | None) -> dict[str, str]:
+    """``IDGATE_<listener>_TLS`` (off, on, mutual) and its CA, name and client certificate."""
+    prefix = f"IDGATE_{listener}_TLS"
+    if ca is None:
+        return {prefix: "off"}
+    env = {prefix: "on", f"{prefix}_CA": str(Path(ca).resolve()), f"{prefix}_NAME": name}
+    if client_cert is not None:
+        env |= {prefix: "mutual", f"{prefix}_CLIENT_CERT": str(Path(client_cert).resolve())}
+    return env
 
 
 def _url_host(host: str) -> str:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -24,22 +25,43 @@ class IdgateService(StartStop):
     ``start()`` waits (up to ``ready_timeout`` seconds) for ``/readyz`` to answer 200, i.e. for every issuer's
     keys to be fetched (``start(wait_for="healthz")``: only for the server to answer, e.g. with the IdP down), and
     raises ``RuntimeError`` with the log tail if the process dies or never gets there.
+    With ``tls_ca`` the service speaks HTTPS (its ``server.tls``): readiness is asked over TLS, trusting that CA
+    and presenting ``tls_client`` (certificate, key) when the service wants a client certificate.
     """
 
     def __init__(
-        self, *, config: Path, port: int, log_path: Path, host: str = "127.0.0.1", ready_timeout: float = 20.0
+        self,
+        *,
+        config: Path,
+        port: int,
+        log_path: Path,
+        host: str = "127.0.0.1",
+        ready_timeout: float = 20.0,
+        tls_ca: Path | None = None,
+        tls_client: tuple[Path, Path] | None = None,
     ) -> None:
         self.config = config
         self.port = port
         self.host = host
         self.log_path = log_path
         self.ready_timeout = ready_timeout
+        self.tls_ca = tls_ca
+        self.tls_client = tls_client
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """Base URL of the auth service, e.g. ``http://127.0.0.1:9180``."""
-        return f"http://{self.host}:{self.port}"
+        """Base URL of the auth service, e.g. ``http://127.0.0.1:9180`` (``https://`` with ``tls_ca``)."""
+        return f"{'https' if self.tls_ca else 'http'}://{self.host}:{self.port}"
+
+    def client(self, **kw: Any) -> httpx.Client:
+        """An httpx client for the service itself (its CA trusted, the client certificate presented)."""
+        if self.tls_ca is None:
+            return httpx.Client(**kw)
+        context = ssl.create_default_context(cafile=str(self.tls_ca))
+        if self.tls_client is not None:
+            context.load_cert_chain(*map(str, self.tls_client))
+        return httpx.Client(verify=context, **kw)
 
     @property
     def pid(self) -> int | None:
@@ -82,8 +104,9 @@ class IdgateService(StartStop):
             if self._proc.poll() is not None:
                 raise RuntimeError(f"idgate exited with {self._proc.returncode}:\n{self.log_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/{wait_for}", timeout=1.0).status_code == 200:
-                    return
+                with self.client(timeout=1.0) as client:
+                    if client.get(f"{self.url}/{wait_for}").status_code == 200:
+                        return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)

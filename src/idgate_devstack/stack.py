@@ -37,7 +37,9 @@ from idgate_devstack.login import Tokens, login
 from idgate_devstack.service import IdgateService
 from idgate_devstack.stack_config import (
     AUDIENCE,
+    merged,
     stack_config,
+    tls_config,
     write_secrets,
 )
 
@@ -67,6 +69,9 @@ class StackPlan:
     ``auth_timeout_ms``, ``http_timeout``, ``stream_timeout`` (HAProxy time format): the ``HaproxySettings`` values.
     ``jwks``: the generated config's issuer ``jwks`` settings (None: 0 s cooldowns); ``fault_proxy``: idgate fetches
     the IdP's keys through a :class:`~idgate_devstack.faultproxy.FaultProxy` (``Stack.faults``; generated config only).
+    ``tls``: HAProxy speaks TLS to idgate's HTTP server and SPOA agent
+    (:func:`~idgate_devstack.stack_config.tls_config`; free ports only); ``idgate_extra``: sections merged into the
+    generated config.
     """
 
     run_dir: Path
@@ -87,6 +92,8 @@ class StackPlan:
     stream_timeout: str = HaproxySettings.stream_timeout
     jwks: Mapping[str, Any] | None = None
     fault_proxy: bool = False
+    tls: bool = False
+    idgate_extra: Mapping[str, Any] | None = None
 
     def port(self, name: str) -> int:
         """The port for listener ``name`` (a :data:`FIXED_PORTS` key); ``"free"``: one free a moment ago, 0 (the
@@ -108,6 +115,8 @@ class Stack:
     settings: HaproxySettings
     upstreams: dict[str, Upstream]
     redirect_uri: str
+    metrics_url: str
+    """idgate's ``/metrics``: on its HTTP port, or on ``server.metrics_bind`` (the TLS variant)."""
     faults: FaultProxy | None = None
 
     @property
@@ -132,6 +141,13 @@ class Stack:
     def login(self, username: str) -> Tokens:
         """A real code + PKCE login at the IdP for ``username``."""
         return login_user(self.idp, username)
+
+    def idgate_metrics(self) -> str:
+        """idgate's Prometheus text, read from idgate directly (from 127.0.0.1, a trusted caller)."""
+        with self.idgate.client(timeout=5.0) as client:
+            response = client.get(self.metrics_url)
+        response.raise_for_status()
+        return response.text
 
     def reset_upstreams(self) -> None:
         for upstream in self.upstreams.values():
@@ -190,15 +206,26 @@ def login_user(idp: TestIdp, username: str) -> Tokens:
 
 
 def start_idgate(
-    stack: contextlib.ExitStack, run_dir: Path, config: Path | Mapping[str, Any], *, port: int, name: str = "idgate"
+    stack: contextlib.ExitStack,
+    run_dir: Path,
+    config: Path | Mapping[str, Any],
+    *,
+    port: int,
+    name: str = "idgate",
+    tls_ca: Path | None = None,
+    tls_client: tuple[Path, Path] | None = None,
 ) -> IdgateService:
     """``idgate serve`` on ``port`` (entered into ``stack``, ready once it answers ``/readyz``), log
-    ``run_dir/{name}.log``; a ``config`` mapping is written to ``run_dir/{name}.yaml`` first."""
+    ``run_dir/{name}.log``; a ``config`` mapping is written to ``run_dir/{name}.yaml`` first. ``tls_ca``: the service
+    speaks HTTPS (readiness asked over TLS trusting that CA, presenting ``tls_client`` (certificate, key))."""
     if not isinstance(config, Path):
         path = run_dir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(dict(config)))
         config = path
-    return stack.enter_context(IdgateService(config=config, port=port, log_path=run_dir / f"{name}.log"))
+    service = IdgateService(
+        config=config, port=port, log_path=run_dir / f"{name}.log", tls_ca=tls_ca, tls_client=tls_client
+    )
+    return stack.enter_context(service)
 
 
 @contextlib.contextmanager
@@ -221,6 +248,7 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             test_endpoints=plan.idp_test_endpoints,
             logout=plan.idp_logout,
         )
+        metrics_port = free_tcp_port() if plan.tls else 0
         faults = None
         if plan.fault_proxy:
             proxy = FaultProxy(upstream=idp.jwks_uri, tls_cert=certs.cert, tls_key=certs.key, ca_file=certs.ca)
@@ -236,13 +264,23 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
                 jwks=plan.jwks,
                 jwks_uri=faults.url if faults else None,
             )
+            if plan.tls:
+                config = merged(config, tls_config(certs, mode=plan.mode, metrics_port=metrics_port))
+            config = merged(config, plan.idgate_extra or {})
         else:
             write_secrets(secrets_dir)
             config = yaml.safe_load(plan.config.read_text(encoding="utf-8"))
         upstreams: dict[str, Upstream] = {name: _upstream(name, plan, certs, site, config) for name in plan.upstreams}
         for upstream in upstreams.values():
             stack.enter_context(upstream)
-        idgate = start_idgate(stack, run_dir, plan.config or config, port=plan.port("idgate"))
+        idgate = start_idgate(
+            stack,
+            run_dir,
+            plan.config or config,
+            port=plan.port("idgate"),
+            tls_ca=certs.ca if plan.tls else None,
+            tls_client=(certs.cert, certs.key) if plan.tls else None,
+        )
         address = {name: upstream.address for name, upstream in upstreams.items()}
         settings = HaproxySettings(
             tls_pem=certs.pem,
@@ -262,6 +300,12 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             timeout=plan.http_timeout,
             stream_timeout=plan.stream_timeout,
             stats_socket=run_dir / "haproxy.sock",
+            # HAProxy presents the dev certificate where idgate asks for one: SPOA, and HTTP in SPOE mode (in
+            # auth_request mode the Lua httpclient, idgate's HTTP caller, cannot present one in 2.8)
+            spoa_tls_ca=certs.ca if plan.tls else None,
+            spoa_tls_client_cert=certs.pem if plan.tls else None,
+            service_tls_ca=certs.ca if plan.tls else None,
+            service_tls_client_cert=certs.pem if plan.tls and plan.mode == "spoe" else None,
         )
         haproxy = stack.enter_context(Haproxy(settings, log_path=run_dir / "haproxy.log"))
         yield Stack(
@@ -273,6 +317,7 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             settings=settings,
             upstreams=upstreams,
             redirect_uri=idp.config.redirect_uris[0],
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if plan.tls else f"{idgate.url}/metrics",
             faults=faults,
         )
 

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import yaml
 
+from idgate_devstack.certs import DevCerts
 from idgate_devstack.idp import IdpConfig
 
 AUDIENCE: Final = "https://api.idgate.test"
@@ -106,3 +107,20 @@ def stack_config(
     if jwks_uri:  # pinned on purpose (a fault proxy on 127.0.0.1 for the IdP at localhost)
         issuer_config |= {"jwks_uri": jwks_uri, "jwks_uri_host_mismatch_ok": True}
     return config
+
+
+def tls_config(certs: DevCerts, *, mode: str, metrics_port: int) -> dict[str, Any]:
+    """The idgate config sections of the TLS variant: HTTPS (mutual in SPOE mode: HAProxy's Lua httpclient, the
+    auth_request mode's caller, cannot present a client certificate in 2.8), SPOP over mutual TLS, /metrics on its
+    own plain-HTTP bind (``metrics_port``)."""
+    tls = {"cert_file": str(certs.cert), "key_file": str(certs.key)}
+    return {
+        "server": {"tls": tls | ({"ca_file": str(certs.ca)} if mode == "spoe" else {})}
+        | {"metrics_bind": f"127.0.0.1:{metrics_port}"},
+        "spoa": {"tls": tls | {"ca_file": str(certs.ca)}},
+    }
+
+
+def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra``'s sections merged in, one level deep."""
+    return dict(base) | {k: (base.get(k) or {}) | v if isinstance(v, dict) else v for k, v in extra.items()}

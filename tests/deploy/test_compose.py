@@ -549,6 +549,10 @@ def test_haproxy_reaches_idgate(
     trusted = [ipaddress.ip_network(n) for n in idgate_config.server.trusted_callers]
     assert any(ipaddress.ip_address(haproxy_ip) in net for net in trusted)
     assert all(net.num_addresses == 1 for net in trusted), "trust single addresses, not the whole network"
+    # only HAProxy may connect to the SPOA agent (the default, loopback, would refuse HAProxy: every request 503)
+    spoa_trusted = [ipaddress.ip_network(n) for n in idgate_config.spoa.trusted_callers]
+    assert any(ipaddress.ip_address(haproxy_ip) in net for net in spoa_trusted)
+    assert all(net.num_addresses == 1 for net in spoa_trusted), "trust single addresses, not the whole network"
     # the fixed addresses are in the subnet but outside the dynamic range, so no other container can get them
     (ipam,) = compose["networks"]["idgate"]["ipam"]["config"]
     subnet, dynamic = ipaddress.ip_network(ipam["subnet"]), ipaddress.ip_network(ipam["ip_range"])
@@ -868,7 +872,9 @@ def test_grafana_jwks_url_is_routed_by_haproxy_to_idgate(
     cfg = HAPROXY_CFG.read_text(encoding="utf-8")
     assert "acl is_idgate_path path_beg /.idgate/" in cfg
     assert "use_backend be_idgate if is_idgate_path" in cfg
-    assert re.search(r'backend be_idgate\n\tserver idgate "\$\{IDGATE_SERVICE_ADDR\}"', cfg)
+    # (IDGATE_SERVICE_TLS picks one of its server lines; every one names IDGATE_SERVICE_ADDR)
+    server_lines = r'(?:\.(?:if|elif|else).*\n\tserver idgate "\$\{IDGATE_SERVICE_ADDR\}".*\n)+\.endif\n'
+    assert re.search(r"backend be_idgate\n" + server_lines, cfg)
     # ... and idgate serves that path on the port IDGATE_SERVICE_ADDR names
     assert split_addr(haproxy_env["IDGATE_SERVICE_ADDR"])[1] == idgate_config.server.port
     paths = {getattr(route, "path", None) for route in create_app(idgate_config).routes}
@@ -892,7 +898,10 @@ def test_prometheus_scrapes_haproxy_and_idgate(
     }
     stats_port = split_addr(haproxy_env["IDGATE_STATS_BIND"])[1]
     assert (f"haproxy:{stats_port}", "/metrics") in targets
-    assert (f"idgate:{idgate_config.server.port}", "/metrics") in targets
+    # idgate's metrics have a listener of their own (Prometheus is no trusted caller of /auth)
+    assert idgate_config.server.metrics_address is not None
+    assert (f"idgate:{idgate_config.server.metrics_address[1]}", "/metrics") in targets
+    assert not any(t.startswith(f"idgate:{idgate_config.server.port}") for t, _ in targets)
     assert "http-request use-service prometheus-exporter if { path /metrics }" in HAPROXY_CFG.read_text(
         encoding="utf-8"
     )

@@ -154,6 +154,27 @@ def test_hostile_return_urls_fall_back_to_root(fresh: Stack, rd: str) -> None:
         assert str(result.response.request.url) == fresh.url + "/"
 
 
+@pytest.mark.parametrize(
+    "rd",
+    [
+        "/.idgate/start?rd=/app/",
+        "/.idgate/sign_out",
+        "/%2eidgate/sign_out",
+        "/.IDGATE/start?rd=/app/",
+        "/a/%2e%2e/.idgate/sign_out",
+        "{site}/.idgate/start?rd=/app/",
+    ],
+)
+def test_a_return_url_into_idgates_own_endpoints_lands_on_root(fresh: Stack, rd: str) -> None:
+    """No login loops: after the login the browser lands on / (not on the sign-out page, not in another login)."""
+    with fresh.client() as client:
+        start = client.get(fresh.url + "/.idgate/start", params={"rd": rd.format(site=fresh.url)}, headers=HTML)
+        assert start.status_code == 302
+        result = browser_login(fresh, client, start.headers["location"])
+        assert sum("/.idgate/callback" in hop for hop in result.hops) == 1, result.hops
+        assert str(result.response.request.url) == fresh.url + "/", result.hops
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "two_copies", "garbage", "other_key"])
 def test_tampered_cookies_are_no_session(fresh: Stack, damage: str) -> None:
     with fresh.client() as client:
@@ -244,3 +265,96 @@ def test_upstream_never_receives_idgates_cookies_but_keeps_the_apps(fresh: Stack
     cookies = [v for n, v in record["headers"] if n.lower() == "cookie"]
     assert cookies == ["theme=dark"]
     assert all("__Host-idgate" not in v for _, v in record["headers"])
+
+
+_FORM_ACTION = re.compile(r"<form[^>]*action=\"([^\"]+)\"", re.IGNORECASE)
+
+
+def callback_url(stack: Stack, client: httpx.Client, rd: str = "/app/") -> str:
+    """Start a login at idgate and sign in at the IdP like a browser, stopping at the IdP's redirect back: the
+    callback URL (code, state, iss) as the browser would request it, not yet requested."""
+    response = client.get(stack.url + "/.idgate/start", params={"rd": rd}, headers=HTML)
+    for _ in range(20):
+        if response.status_code in (302, 303):
+            url = str(response.request.url.join(response.headers["location"]))
+            if url.startswith(stack.url + "/.idgate/callback?"):
+                return url
+            response = client.get(url, headers=HTML)
+            continue
+        action = _FORM_ACTION.search(response.text)
+        assert response.status_code == 200 and action, (response.status_code, response.text[:300])
+        target = str(response.request.url.join(action.group(1)))
+        response = client.post(target, data={"login": "alice", "password": "pw"}, headers=HTML)
+    raise AssertionError("the IdP never redirected back to the callback")
+
+
+def with_copy(url: str, name: str, value: str, *, first: bool) -> str:
+    """``url`` with one more ``name=value`` pair, before or after the existing ones."""
+    base, _, query = url.partition("?")
+    extra = urllib.parse.urlencode({name: value})
+    return f"{base}?{extra}&{query}" if first else f"{base}?{query}&{extra}"
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["copy_first", "copy_last"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("state", "attacker-state"), ("code", "attacker-code"), ("iss", "https://evil.example")],
+)
+def test_a_callback_with_a_repeated_parameter_is_refused_whatever_the_order(
+    fresh: Stack, name: str, value: str, first: bool
+) -> None:
+    with fresh.client() as client:
+        genuine = callback_url(fresh, client)
+        assert {"code", "state", "iss"} <= set(urllib.parse.parse_qs(urllib.parse.urlsplit(genuine).query))
+        refused = client.get(with_copy(genuine, name, value, first=first), headers=HTML)
+        assert refused.status_code == 400, (refused.status_code, refused.headers.get("location"))
+        assert "Malformed sign-in response" in refused.text
+        assert not session_cookies(client)
+        # the refusal also ended this sign-in attempt: the untouched callback cannot complete it any more
+        assert client.get(genuine, headers=HTML).status_code == 400
+        assert not session_cookies(client)
+    assert fresh.upstream_hits() == 0
+    events = [json.loads(line) for line in fresh.idgate.log_text().splitlines() if '"login_failed"' in line]
+    assert {"reason": "duplicate_parameter", "parameter": name} in [
+        {k: e.get(k) for k in ("reason", "parameter")} for e in events
+    ]
+
+
+def test_a_callback_with_two_idp_errors_is_refused_as_malformed(fresh: Stack) -> None:
+    with fresh.client() as client:
+        genuine = callback_url(fresh, client)
+        twice = with_copy(with_copy(genuine, "error", "access_denied", first=True), "error", "x", first=False)
+        refused = client.get(twice, headers=HTML)
+        assert refused.status_code == 400 and "Malformed sign-in response" in refused.text
+        assert not session_cookies(client)
+
+
+@pytest.mark.parametrize("rd", ["rd=/app/&rd=//evil.example", "rd=//evil.example&rd=/app/", "rd=/app/&rd=/app/"])
+def test_a_login_link_with_a_repeated_return_url_is_refused(fresh: Stack, rd: str) -> None:
+    with fresh.client() as client:
+        start = client.get(f"{fresh.url}/.idgate/start?{rd}", headers=HTML)
+        assert start.status_code == 400 and "location" not in start.headers
+        assert not any(c.name.startswith("__Host-idgate-login") for c in client.cookies.jar)
+
+
+def test_sign_out_with_a_repeated_csrf_field_is_refused_and_keeps_the_session(fresh: Stack) -> None:
+    with fresh.client() as client:
+        assert browser_login(fresh, client, "/app/").response.status_code == 200
+        page = client.get(fresh.url + "/.idgate/sign_out")
+        csrf = re.search(r"name='csrf' value='([^']+)'", page.text)
+        assert csrf, page.text
+        body = urllib.parse.urlencode([("csrf", csrf.group(1)), ("csrf", "forged")])
+        form = {"origin": fresh.url, "content-type": "application/x-www-form-urlencoded"}
+        refused = client.post(fresh.url + "/.idgate/sign_out", content=body, headers=form)
+        assert refused.status_code == 400
+        assert api_user(fresh, client).status_code == 200  # still signed in: nothing was revoked
+
+
+def test_backchannel_logout_with_a_repeated_logout_token_is_refused(fresh: Stack) -> None:
+    with fresh.client() as client:
+        body = "logout_token=a.b.c&logout_token=d.e.f"
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        refused = client.post(fresh.url + "/.idgate/backchannel-logout", content=body, headers=form)
+    assert (refused.status_code, refused.json()) == (400, {"error": "invalid_request"})
+    events = [json.loads(line) for line in fresh.idgate.log_text().splitlines() if "backchannel_logout_refused" in line]
+    assert events and events[-1]["reason"] == "duplicate_parameter"

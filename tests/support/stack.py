@@ -49,11 +49,15 @@ def run_stack(
     refresh_before: float = 60,
     jwks: dict[str, Any] | None = None,
     fault_proxy: bool = False,
+    tls: bool = False,
+    idgate_extra: dict[str, Any] | None = None,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
     ``sessions.refresh_before_seconds``, ``jwks`` the issuer's ``jwks`` settings (default: 0 s cooldowns);
-    ``fault_proxy``: idgate fetches the IdP's keys through a FaultProxy (``Stack.faults``). Free ports, the IdP's
+    ``fault_proxy``: idgate fetches the IdP's keys through a FaultProxy (``Stack.faults``); ``tls``: HAProxy speaks
+    TLS to idgate's HTTP server and SPOA agent (``IDGATE_SPOA_TLS`` / ``IDGATE_SERVICE_TLS``); ``idgate_extra`` is
+    merged into idgate's config sections. Free ports, the IdP's
     ``/test/*`` and logout URIs on, TLS to the gRPC upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and
     short inactivity timeouts."""
     plan = StackPlan(
@@ -70,6 +74,8 @@ def run_stack(
         stream_timeout=f"{STREAM_TIMEOUT_SECONDS}s",
         jwks=jwks,
         fault_proxy=fault_proxy,
+        tls=tls,
+        idgate_extra=idgate_extra,
     )
     return start_stack(plan)
 

@@ -289,9 +289,16 @@ async def test_assertion_keys_file_signs_and_is_published(tmp_path: Path) -> Non
 async def test_the_adapters_own_denies_are_audited_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     """untrusted_caller and missing_facts never reach the engine's policy, yet each is one audit line and one count."""
     with caplog.at_level("INFO", logger="idgate.audit"):
-        async with serve(peer="203.0.113.9") as outsider:
-            assert (await outsider.get("/auth", headers=FACTS | {"x-idgate-path": "/app"})).status_code == 403
-            text = (await outsider.get("/metrics")).text
+        app = create_app(config(), transport=idp())
+        async with app.router.lifespan_context(app):
+            outsider = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 40000)))
+            local = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 40000)))
+            async with outsider, local:
+                assert (
+                    await outsider.get("http://i/auth", headers=FACTS | {"x-idgate-path": "/app"})
+                ).status_code == 403
+                assert (await outsider.get("http://i/metrics")).status_code == 403  # nor may it read the metrics
+                text = (await local.get("http://i/metrics")).text
         async with serve() as c:
             assert (await c.get("/auth", headers={"x-idgate-method": "GET"})).status_code == 400
             counted = (await c.get("/metrics")).text

@@ -2,6 +2,12 @@
 
 Behaviour (HAProxy ``doc/SPOE.txt`` §3; the codec is ``idgate.spoe.spop``):
 
+- A peer outside ``trusted_callers`` (networks; default loopback; ``idgate.peers``) is closed at accept, before
+  anything is read or sent (no AGENT-HELLO): logged (``spoa_untrusted_caller``), counted
+  (``stats.untrusted_callers``) and reported to ``on_untrusted(peer_address)`` (idgate audits it as a deny).
+- With ``ssl_context`` every trusted connection is TLS from its first byte; a handshake that fails or takes longer
+  than ``read_timeout`` closes it (logged ``spoa_tls_failed``, counted ``stats.tls_errors``). Both happen in
+  ``idgate.spoe.listener``.
 - HELLO: SPOP "2.0" if HAProxy offers any 2.x (else status 8); max-frame-size = min(HAProxy's, ours), refused
   below 256 (status 9); we announce only ``pipelining`` (ACKs in any order on the same connection), never ``async``
   or ``fragmentation`` (HAProxy 3.1 removed both). A health-check HELLO gets AGENT-HELLO, then the socket closes.
@@ -32,10 +38,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from idgate.errors import MessageError, SpopError
+from idgate.peers import LOOPBACK, Network
+from idgate.spoe.listener import GuardedListener
 from idgate.spoe.spop import (
     FLAG_FIN,
     MAX_FRAME_SIZE,
@@ -63,6 +72,7 @@ log = logging.getLogger("idgate.spoa")
 
 Handler = Callable[[str, Mapping[str, Value]], Awaitable[Sequence[Action]]]
 DenyActions = Callable[[str], Sequence[Action]]
+UntrustedHook = Callable[[str], object]
 CAPABILITIES = "pipelining"
 _KNOWN_TYPES = frozenset(int(kind) for kind in FrameType)
 _HIGH_WATER = 64 * 1024
@@ -105,6 +115,8 @@ class SpoaStats:
     handler_errors: int = 0
     handler_timeouts: int = 0
     protocol_errors: int = 0
+    untrusted_callers: int = 0
+    tls_errors: int = 0
 
 
 def _event(level: int, event: str, **fields: object) -> None:
@@ -335,6 +347,9 @@ class SpoaAgent:
         handler_timeout: float = 2.0,
         deny_actions: DenyActions = default_deny_actions,
         messages: Mapping[str, Collection[str]] | None = None,
+        trusted_callers: Sequence[Network] = LOOPBACK,
+        on_untrusted: UntrustedHook | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not MIN_FRAME_SIZE <= max_frame_size <= MAX_FRAME_SIZE:
             raise ValueError(f"max_frame_size must be in [{MIN_FRAME_SIZE}, {MAX_FRAME_SIZE}]")
@@ -350,43 +365,66 @@ class SpoaAgent:
         self.handler_timeout = handler_timeout
         self.deny_actions = deny_actions
         self.messages = messages
+        self.trusted_callers = tuple(trusted_callers)
+        self.on_untrusted = on_untrusted
+        self.ssl_context = ssl_context
         self.stats = SpoaStats()
-        self._server: asyncio.Server | None = None
+        self._listener: GuardedListener | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
 
     @property
     def port(self) -> int:
         """The bound TCP port (after ``start``)."""
-        if self._server is None or not self._server.sockets:
+        if self._listener is None:
             raise RuntimeError("agent not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._listener.port
 
     async def start(self, host: str, port: int) -> None:
-        """Listen on ``host:port`` (port 0: a free port, see ``.port``)."""
-        if self._server is not None:
+        """Listen on ``host:port`` (port 0: a free port, see ``.port``). Raises OSError when it cannot bind."""
+        if self._listener is not None:
             raise RuntimeError("agent already started")
-        self._server = await asyncio.start_server(self._accept, host, port, limit=MAX_FRAME_SIZE + 4)
+        listener = GuardedListener(
+            on_connection=self._accept,
+            trusted_callers=self.trusted_callers,
+            on_refused=self._refused,
+            on_tls_error=self._tls_failed,
+            ssl_context=self.ssl_context,
+            handshake_timeout=self.read_timeout,
+            limit=MAX_FRAME_SIZE + 4,
+        )
+        listener.start(host, port)
+        self._listener = listener
 
     async def close(self) -> None:
         """Stop listening; every connection answers its in-flight NOTIFYs, gets AGENT-DISCONNECT status 0, closes."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
         for connection in list(self._connections.values()):
             connection.stop()
         if self._connections:
             await asyncio.wait(set(self._connections), timeout=self.handler_timeout + 2.0)
         for task in list(self._connections):
             task.cancel()
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
 
     async def __aenter__(self) -> SpoaAgent:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _refused(self, peer: str) -> None:
+        self.stats.untrusted_callers += 1
+        _event(logging.WARNING, "spoa_untrusted_caller", peer=peer[:64])
+        if self.on_untrusted is not None:
+            try:
+                self.on_untrusted(peer[:64])
+            except Exception as exc:
+                _event(logging.ERROR, "spoa_untrusted_hook_failed", error=repr(exc)[:300])
+
+    def _tls_failed(self, peer: str, exc: BaseException) -> None:
+        self.stats.tls_errors += 1
+        _event(logging.WARNING, "spoa_tls_failed", peer=peer[:64], error=repr(exc)[:200])
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -26,6 +26,13 @@ Refused in both forms:
   no later decoding step can turn it into ``//evil``;
 - a path with a dot segment (``.``, ``..``, ``%2e`` …): browsers never send one, and ``/..//evil`` resolves to the
   path ``//evil``, which client-side code may then follow;
+- a path into idgate's own endpoints, ``/.idgate`` and below (HAProxy sends ``/.idgate/`` straight to idgate: a
+  login that returns to ``/.idgate/start`` would start another login, a loop). The path is read the way any hop
+  could read it, more eagerly than HAProxy's ``normalize-uri`` rules: ``%XX`` decoded until nothing changes
+  (``/%2eidgate/``, ``/%252eidgate/``), lower-cased (``/.IDGATE/``), ``\\`` taken as ``/``, empty and ``.``
+  segments dropped and ``..`` applied (``//.idgate``, ``/./.idgate``, ``/x/%2e%2e/.idgate``), ``;params`` cut from a
+  segment (``/.idgate;x/``); whatever then comes first, ``.idgate`` means refused. In both forms: an allowed
+  origin's ``/.idgate/`` is idgate's too;
 - every other scheme (``javascript:``, ``data:``, ``JaVaScRiPt:`` …) and the forms ``https:evil``, ``https:/evil``,
   ``https:///evil``.
 
@@ -51,6 +58,9 @@ _HOST = re.compile(r"[a-z0-9._-]+")
 _PORT = re.compile(r"[0-9]{0,5}")
 _HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
 _DOT_SEGMENTS = frozenset({".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"})
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+RESERVED_SEGMENT = ".idgate"
+"""The first path segment of idgate's own endpoints (``/.idgate/start``, ``callback``, ``sign_out`` …)."""
 _HTML_SPECIAL = str.maketrans({'"': "%22", "<": "%3C", ">": "%3E", "`": "%60"})
 
 
@@ -67,12 +77,34 @@ def _first_char_safe(after_slash: str) -> bool:
     return not rest.startswith(("/", "\\"))
 
 
+def _first_segment(path_only: str) -> str:
+    """The first segment of ``path_only`` (no query or fragment) once fully decoded and normalised (see the module
+    docstring): what the most eager hop would route on; ``""`` for the root."""
+    for _ in range(8):  # every round removes at least one "%" level; 8 is far beyond any real double encoding
+        decoded = _PCT.sub(lambda m: chr(int(m.group(1), 16)), path_only)
+        if decoded == path_only:
+            break
+        path_only = decoded
+    segments: list[str] = []
+    for raw in path_only.lower().replace("\\", "/").split("/"):
+        segment = raw.split(";", 1)[0]
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    return segments[0] if segments else ""
+
+
 def _safe_path(path: str) -> bool:
-    """``path`` (with query and fragment) is an absolute path that stays on this origin however it is decoded."""
+    """``path`` (with query and fragment) is an absolute path that stays on this origin however it is decoded,
+    outside idgate's own ``/.idgate`` endpoints."""
     if not path.startswith("/") or not _first_char_safe(path[1:]):
         return False
     path_only = path.split("?", 1)[0].split("#", 1)[0]
-    return not any(segment.lower() in _DOT_SEGMENTS for segment in path_only.split("/"))
+    if any(segment.lower() in _DOT_SEGMENTS for segment in path_only.split("/")):
+        return False
+    return _first_segment(path_only) != RESERVED_SEGMENT
 
 
 def _canonical_host(host: str) -> str | None:

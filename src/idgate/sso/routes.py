@@ -14,7 +14,9 @@
                                       while the issuer's keys cannot be had (the IdP may retry)
 
 Every failure is a clear 4xx/5xx page or JSON with a reason code in the log — never a stack trace or a 500.
-Return URLs go through :func:`idgate.sso.redirects.safe_return_to` (exact origins, WHATWG-style parsing).
+Return URLs go through :func:`idgate.sso.redirects.safe_return_to` (exact origins, WHATWG-style parsing). A
+parameter given twice (query or form, any order) is refused with 400 ``duplicate_parameter`` before anything else
+is read (:mod:`idgate.sso.params`, RFC 6749 §3.1).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import html
 import json
 import logging
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,17 +34,17 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from idgate.config import LoginConfig
-from idgate.errors import CredentialError, ProviderError
+from idgate.errors import CredentialError, ProviderError, RequestError
 from idgate.sso.cookies import KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
 from idgate.sso.oidc import LoginState, OidcClient, same_text
+from idgate.sso.params import MAX_FORM_BYTES, form_params, unique_params
 from idgate.sso.redirects import safe_return_to
 from idgate.sso.session import RevocationStore
 
 log = logging.getLogger("idgate.sso")
 PREFIX = "/.idgate"
 _CSRF_AAD = b"idgate-csrf"
-_MAX_FORM_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -87,16 +88,18 @@ def site_origin(request: Request) -> str:
 
 
 async def _form(request: Request) -> dict[str, str]:
+    """The url-encoded form of ``request``, each field once. Raises RequestError (:func:`form_params`)."""
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > _MAX_FORM_BYTES:
-            return {}
-    try:
-        pairs = urllib.parse.parse_qs(body.decode("ascii"), max_num_fields=10, strict_parsing=False)
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return {k: v[0] for k, v in pairs.items() if len(v) == 1}
+        if len(body) > MAX_FORM_BYTES:
+            break  # form_params refuses it; the rest is never read
+    return form_params(body)
+
+
+def _query(request: Request) -> dict[str, str]:
+    """The query parameters of ``request``, each once. Raises RequestError ``duplicate_parameter``."""
+    return unique_params(request.query_params.multi_items())
 
 
 def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
@@ -109,13 +112,18 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         sso = get(request)
         if sso is None:
             return unavailable()
+        try:
+            params = _query(request)
+        except RequestError as exc:
+            _event("login_refused", reason=exc.reason, parameter=exc.detail)
+            return _page(400, "Malformed sign-in link", "<p><a href='/.idgate/start?rd=/'>Sign in</a></p>")
         origin = site_origin(request)
         redirect_uri = next((u for u in sso.login.redirect_uris if u.startswith(origin + "/")), None)
         if redirect_uri is None:
             _event("login_refused", reason="site_not_configured", origin=origin[:200])
             return _page(400, "This site is not configured for login", "<p>No redirect URI matches this host.</p>")
         return_to = safe_return_to(
-            request.query_params.get("rd"), allowed_origins=frozenset({origin, *sso.login.allowed_return_origins})
+            params.get("rd"), allowed_origins=frozenset({origin, *sso.login.allowed_return_origins})
         )
         started = time.perf_counter()
         login = sso.oidc.new_login(return_to=return_to, redirect_uri=redirect_uri, now=sso.clock())
@@ -134,12 +142,16 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         if sso is None:
             return unavailable()
         clear_login = tuple(sso.login_cookies.clear())
-        params = request.query_params
         retry = "<p><a href='/.idgate/start?rd=/'>Sign in again</a></p>"
 
-        def fail(status: int, title: str, reason: str) -> Response:
-            _event("login_failed", reason=reason)
+        def fail(status: int, title: str, reason: str, **fields: object) -> Response:
+            _event("login_failed", reason=reason, **fields)
             return _page(status, title, retry, cookies=clear_login)
+
+        try:
+            params = _query(request)  # before anything is read: a repeated state, code, iss or error is ambiguous
+        except RequestError as exc:
+            return fail(400, "Malformed sign-in response", exc.reason, parameter=exc.detail)
 
         if "error" in params:
             _event("login_failed", reason="idp_error", error=params["error"][:100])
@@ -213,7 +225,11 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         if request.headers.get("origin", "").lower() != site_origin(request):
             _event("sign_out_refused", reason="cross_site")
             return _page(403, "Cross-site sign-out refused", "<p>Use the sign-out page.</p>")
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except RequestError as exc:
+            _event("sign_out_refused", reason=exc.reason, detail=exc.detail)
+            return _page(400, "Malformed sign-out form", "<p><a href='/.idgate/sign_out'>Retry</a></p>")
         session = await sso.sessions.read(request.headers.get("cookie"))
         clear = sso.sessions.clear()
         if session is None:
@@ -235,10 +251,10 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         headers = {"cache-control": "no-store"}
         if sso is None:
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
-        token = (await _form(request)).get("logout_token", "")
         try:
+            token = (await _form(request)).get("logout_token", "")
             claims = await sso.oidc.verify_logout_token(token)
-        except CredentialError as exc:
+        except (RequestError, CredentialError) as exc:
             _event("backchannel_logout_refused", reason=exc.reason)
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
         except ProviderError as exc:  # the issuer's keys cannot be had now: the token is not at fault, retry later

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -18,7 +19,9 @@ from typing import ClassVar
 import httpx
 import pytest
 
+from idgate.config import TlsConfig
 from idgate.errors import MessageError
+from idgate.peers import LOOPBACK, parse_networks
 from idgate.spoe import spop
 from idgate.spoe.agent import SpoaAgent, message_args
 from idgate.spoe.spop import (
@@ -37,6 +40,8 @@ from idgate.spoe.spop import (
     Status,
     Value,
 )
+from idgate.tls import server_context
+from idgate_devstack.certs import DevCerts, generate_dev_certs
 
 pytestmark = pytest.mark.anyio
 DATA = Path(__file__).resolve().parents[2] / "data" / "spop"
@@ -93,7 +98,7 @@ class Client:
         try:
             async with asyncio.timeout(wait):
                 return await self.reader.read(1) == b""
-        except ConnectionResetError:
+        except ConnectionError:  # reset, or a broken pipe from writing to it
             return True
 
     async def disconnected(self, status: Status) -> AgentDisconnect:
@@ -587,6 +592,107 @@ async def test_constructor_validation() -> None:
     for bad in ({"max_frame_size": 255}, {"max_frame_size": 16381}, {"max_in_flight": 0}, {"handler_timeout": 0}):
         with pytest.raises(ValueError, match="must be"):
             SpoaAgent(handler=handler, **bad)  # type: ignore[arg-type]
+
+
+# --- trusted callers ---------------------------------------------------------------------------------------------
+
+
+async def test_untrusted_peer_is_closed_before_hello(recorder: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    refused: list[str] = []
+    agent = await started(recorder, trusted_callers=parse_networks(["127.0.0.1/32"]), on_untrusted=refused.append)
+    try:
+        with caplog.at_level(logging.WARNING, logger="idgate.spoa"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", agent.port, local_addr=("127.0.0.2", 0))
+            outsider = Client(reader, writer)
+            with contextlib.suppress(ConnectionError):
+                await outsider.send(spop.encode_frame(HELLO))
+                await outsider.send(notify(1, 1, n=1))
+            assert await outsider.closed()  # no AGENT-HELLO, no ACK: nothing but the close
+        insider = await Client.connect(agent)  # 127.0.0.1 is trusted: served as usual
+        assert isinstance(await insider.hello(), AgentHello)
+        await insider.send(notify(1, 1, n=1))
+        assert await insider.frame() == Ack(stream_id=1, frame_id=1, actions=allow("ok-1"))
+    finally:
+        await agent.close()
+    assert refused == ["127.0.0.2"]
+    assert recorder.calls == [("check", {"n": 1})]  # only the trusted peer's NOTIFY reached the handler
+    assert (agent.stats.untrusted_callers, agent.stats.connections) == (1, 1)
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "idgate.spoa"]
+    assert [e["event"] for e in events] == ["spoa_untrusted_caller"] and "127.0.0.2" in events[0]["peer"]
+
+
+async def test_default_trusts_loopback_only_and_a_failing_hook_still_refuses(recorder: Recorder) -> None:
+    def broken(peer: str) -> None:
+        raise RuntimeError("audit down")
+
+    agent = await started(recorder, on_untrusted=broken)
+    try:
+        assert agent.trusted_callers == LOOPBACK
+        reader, writer = await asyncio.open_connection("127.0.0.1", agent.port, local_addr=("127.0.0.3", 0))
+        assert await Client(reader, writer).closed()
+        assert isinstance(await (await Client.connect(agent)).hello(), AgentHello)
+    finally:
+        await agent.close()
+    assert agent.stats.untrusted_callers == 1
+
+
+async def test_an_empty_trusted_list_refuses_everyone(recorder: Recorder) -> None:
+    agent = await started(recorder, trusted_callers=())
+    try:
+        client = await Client.connect(agent)
+        with contextlib.suppress(ConnectionError):
+            await client.send(spop.encode_frame(HELLO))
+        assert await client.closed()
+    finally:
+        await agent.close()
+    assert (agent.stats.untrusted_callers, agent.stats.connections, recorder.calls) == (1, 0, [])
+
+
+# --- TLS ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    return generate_dev_certs(tmp_path_factory.mktemp("spoa-tls"))
+
+
+async def tls_client(agent: SpoaAgent, certs: DevCerts, *, client_cert: bool) -> Client:
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    if client_cert:
+        context.load_cert_chain(str(certs.cert), str(certs.key))
+    reader, writer = await asyncio.open_connection("127.0.0.1", agent.port, ssl=context, server_hostname="localhost")
+    return Client(reader, writer)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+async def test_spop_over_mutual_tls(anyio_backend: object, tls_files: DevCerts, recorder: Recorder) -> None:
+    """TLS from the first byte on both event loops (uvloop loses a ClientHello that an upgraded stream buffered)."""
+    uvloop = anyio_backend != "asyncio"
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop") is uvloop
+    context = server_context(
+        TlsConfig(cert_file=str(tls_files.cert), key_file=str(tls_files.key), ca_file=str(tls_files.ca))
+    )
+    agent = await started(recorder, ssl_context=context, read_timeout=0.5)
+    try:
+        for n in range(3):  # a few in a row: every handshake must complete, not just a lucky first one
+            client = await tls_client(agent, tls_files, client_cert=True)
+            assert isinstance(await client.hello(), AgentHello)
+            await client.send(notify(1, n, n=n))
+            assert await client.frame() == Ack(stream_id=1, frame_id=n, actions=allow(f"ok-{n}"))
+        anonymous = await tls_client(agent, tls_files, client_cert=False)  # TLS 1.3: refused after the handshake
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await anonymous.send(spop.encode_frame(HELLO))
+        assert await anonymous.closed()
+        plain = await Client.connect(agent)  # clear SPOP to a TLS port: not a ClientHello
+        with contextlib.suppress(ConnectionError):
+            await plain.send(spop.encode_frame(HELLO))
+        assert await plain.closed()
+        silent = await Client.connect(agent)  # no ClientHello at all: cut after read_timeout
+        assert await silent.closed(wait=3.0)
+    finally:
+        await agent.close()
+    assert agent.stats.connections == 3 and agent.stats.tls_errors == 3
+    assert len(recorder.calls) == 3
 
 
 # --- real HAProxy 2.8 -------------------------------------------------------------------------------------------

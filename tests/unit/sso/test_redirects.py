@@ -369,3 +369,103 @@ def test_result_is_default_a_local_path_or_an_allowed_origin(value: str) -> None
         if not result.startswith("/"):
             assert "@" not in result.split("/", 3)[2]
         assert check(result) == result
+
+
+# --- idgate's own endpoints: no login loops -----------------------------------------------------------------------
+
+IDGATE_PATHS = [
+    "/.idgate/start",
+    "/.idgate/start?rd=/app/",
+    "/.idgate/callback?code=x&state=y",
+    "/.idgate/sign_out",
+    "/.idgate/backchannel-logout",
+    "/.idgate/jwks.json",
+    "/.idgate",
+    "/.idgate/",
+    "/.idgate#x",
+    "/.idgate?x=1",
+    # case (HAProxy's path_beg is case-sensitive; another hop may not be)
+    "/.IDGATE/start",
+    "/.IdGate/start",
+    # percent-encoded, once, twice, in any case
+    "/%2eidgate/start",
+    "/%2Eidgate/start",
+    "/%2e%69%64%67%61%74%65/start",
+    "/%252eidgate/start",
+    "/%25252Eidgate/start",
+    "/.idgate%2Fstart",
+    "/.idgate%2fstart",
+    "/%2E%49%44%47%41%54%45/",
+    # dot segments and slashes a normaliser removes (HAProxy: path-strip-dot, path-strip-dotdot, path-merge-slashes)
+    "/./.idgate/start",
+    "/a/../.idgate/start",
+    "/a/b/../../.idgate/start",
+    "/a/%2e%2e/.idgate/start",
+    "/a/%252e%252e/.idgate/start",
+    "/a/%2e%2e%2f.idgate/start",
+    "/a%2F..%2F.idgate/start",
+    "/%2e/.idgate/",
+    "/..;/.idgate/start",
+    # matrix parameters, backslashes
+    "/.idgate;x=1/start",
+    "/.idgate;/start",
+    "/.idgate%5Cstart",
+    "/%5C.idgate/start",
+    # absolute URLs of the site and of other allowed origins: the same idgate answers /.idgate/ there
+    "https://app.example/.idgate/start",
+    "https://APP.EXAMPLE/%2eidgate/start",
+    "https://grafana.example.com/.IDGATE/callback",
+    "https://127.0.0.1:8443/./.idgate/sign_out",
+    "https://[::1]:8443/.idgate",
+]
+
+
+@pytest.mark.parametrize("value", IDGATE_PATHS)
+def test_idgates_own_endpoints_fall_back_to_the_default(value: str) -> None:
+    assert check(value) == DEFAULT
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/.idgatex/start",
+        "/.idgate-docs/",
+        "/.idgate./x",
+        "/idgate/start",
+        "/app/.idgate/start",
+        "/app/.idgate",
+        "/?rd=/.idgate/start",
+        "/#/.idgate/start",
+        "/app?next=%2F.idgate%2Fstart",
+        "https://app.example/app/.idgate/",
+        "https://app.example/?x=/.idgate/",
+    ],
+)
+def test_paths_that_merely_mention_idgate_stay_accepted(value: str) -> None:
+    assert check(value) != DEFAULT
+
+
+_SEGMENTS = st.sampled_from(["", ".", "..", "%2e", "%2E%2E", "a", "app", "%252e%252e", "x;y"])
+_IDGATE = st.sampled_from([".idgate", ".IDGATE", "%2eidgate", "%252Eidgate", "%2E%69dgate", ".idgate;v=1"])
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    before=st.lists(_SEGMENTS, max_size=4),
+    name=_IDGATE,
+    after=st.lists(st.sampled_from(["start", "callback", "", "x"]), max_size=2),
+)
+def test_no_spelling_that_normalises_to_the_idgate_prefix_is_accepted(
+    before: list[str], name: str, after: list[str]
+) -> None:
+    """Any path a normaliser turns into ``/.idgate...`` (dot segments applied, decoding, case) is never returned."""
+    path = "/" + "/".join([*before, name, *after])
+    depth = 0
+    for segment in before:  # would this path, fully normalised, start with the idgate segment?
+        plain = segment.replace("%25", "%").replace("%25", "%").lower().replace("%2e", ".").split(";")[0]
+        if plain == "..":
+            depth = max(depth - 1, 0)
+        elif plain not in ("", "."):
+            depth += 1
+    if depth == 0:
+        assert check(path) == DEFAULT, path
