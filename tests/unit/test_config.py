@@ -242,7 +242,7 @@ def test_an_issuer_without_the_audiences_key_is_refused() -> None:
 @pytest.mark.parametrize(
     ("networks", "expected"),
     [
-        ([], "list at least one network (HAProxy's address): an empty list refuses every /auth caller"),
+        ([], "list at least one network (HAProxy's address): an empty list refuses every caller"),
         (["0.0.0.0/0"], "'0.0.0.0/0' is too wide"),
         (["::/0"], "'::/0' is too wide"),
         (["10.0.0.0/7"], "'10.0.0.0/7' is too wide"),

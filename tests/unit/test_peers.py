@@ -71,5 +71,5 @@ def test_both_trusted_callers_are_validated_alike(section: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(doc, environ={})
     assert any(p.startswith(f"{section}.trusted_callers:") and "not-a-network" in p for p in info.value.problems)
-    doc[section] = {"trusted_callers": ["10.0.0.5/8", "fd00::/8"]}
-    assert getattr(parse_config(doc, environ={}), section).trusted_callers == ("10.0.0.5/8", "fd00::/8")
+    doc[section] = {"trusted_callers": ["10.0.0.0/8", "fd00::/32"]}
+    assert getattr(parse_config(doc, environ={}), section).trusted_callers == ("10.0.0.0/8", "fd00::/32")
