@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
             "claims",
             "principal",
             "facts",
+            "fingerprint",
         ],
         0,
     ),

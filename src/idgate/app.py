@@ -32,6 +32,8 @@ from idgate.sso.routes import PREFIX, Sso, sso_routes
 
 log = logging.getLogger("idgate")
 FACT_HEADERS = ("x-idgate-method", "x-idgate-host", "x-idgate-path")
+MODE = "auth_request"
+"""This adapter's name in the metrics' ``mode`` label."""
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -106,12 +108,12 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         if not _trusted(peer, services.trusted):
             log.warning(json.dumps({"event": "untrusted_caller", "peer": peer[:64]}))
             refused = Decision(status=403, reasons=("untrusted_caller",))
-            return decision_response(services.engine.refused(refused, source=peer))
+            return decision_response(services.engine.refused(refused, source=peer, mode=MODE))
         facts = facts_from_request(request)
         if facts is None:
             refused = Decision(status=400, reasons=("missing_facts",))
-            return decision_response(services.engine.refused(refused, source=peer))
-        return decision_response(await services.engine.decide(facts))
+            return decision_response(services.engine.refused(refused, source=peer, mode=MODE))
+        return decision_response(await services.engine.decide(facts, mode=MODE))
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")

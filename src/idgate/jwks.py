@@ -62,12 +62,14 @@ class KeySet:
 
 @dataclass(kw_only=True, slots=True)
 class JwksStats:
-    """Counters for metrics: fetches done, fetches failed, keys skipped as malformed (cumulative)."""
+    """Counters for metrics: fetches done, fetches failed, keys skipped as malformed (cumulative); ``last_success``
+    is when the newest good key set was fetched, on the cache's clock (seconds; None before the first)."""
 
     fetches: int = 0
     failures: int = 0
     skipped_keys: int = 0
     last_error: str = ""
+    last_success: float | None = None
 
 
 def ttl_from_cache_control(value: str | None, *, min_ttl: float, max_ttl: float) -> float:
@@ -216,6 +218,7 @@ class JwksCache:
             )
             return None
         self.stats.skipped_keys += keyset.skipped
+        self.stats.last_success = self.clock()
         removed = self._keyset is not None and not set(self._keyset.keys) <= set(keyset.keys)
         self._keyset = keyset
         if removed and self.on_keys_removed is not None:
