@@ -188,7 +188,8 @@ def build() -> dash.Dashboard:
             (f"sum(rate(idgate_spoa_handler_errors_total[{RATE}]))", "handler errors"),
             (f"sum(rate(idgate_spoa_handler_timeouts_total[{RATE}]))", "handler timeouts"),
             (f"sum(rate(idgate_spoa_protocol_errors_total[{RATE}]))", "protocol errors"),
-            (f'sum(rate(idgate_decisions_total{{status="503"}}[{RATE}]))', "503 decisions"),
+            # a 503 series exists only once idgate answered one: 0 until then
+            (f'sum(rate(idgate_decisions_total{{status="503"}}[{RATE}])) or vector(0)', "503 decisions"),
         ),
         _series(
             "Decisions by mode and route",

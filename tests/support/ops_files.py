@@ -18,7 +18,7 @@ DASHBOARD = REPO / "ops" / "grafana" / "idgate-haproxy.json"
 
 _CONDITION = re.compile(r"^\s*(?P<signal>\S.*?)\s*(?:==|!=|>=|<=|>|<)\s*-?[0-9.]+(?:e-?[0-9]+)?\s*$")
 _GUARD = re.compile(r"\s+and\s+on\s*\([a-z_, ]*\)\s+")
-_BY = re.compile(r"^\s*(?:sum|max|min|avg|count|topk\(\s*\d+\s*,)?\s*by\s*\(([a-z_, ]*)\)")
+_BY = re.compile(r"^\s*(?:topk\(\s*\d+\s*,\s*)?(?:sum|max|min|avg|count)\s+by\s*\(([a-z_, ]*)\)")
 
 
 def rule_groups() -> list[dict[str, Any]]:
