@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
             "facts",
             "peers",
             "tls",
+            "fingerprint",
         ],
         0,
     ),

@@ -54,6 +54,8 @@ ADMIN_JWKS_REFRESH = "/admin/jwks/refresh"
 NO_STORE = {"cache-control": "no-store"}
 REQUEST_ID_HEADER = "x-idgate-request-id"
 """HAProxy's request id (``unique-id``), set by ``haproxy/idgate-auth.lua``; only logged, never decided on."""
+MODE = "auth_request"
+"""This adapter's name in the metrics' ``mode`` label."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -139,13 +141,14 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         if not is_trusted(peer, services.trusted):
             log.warning(json.dumps({"event": "untrusted_caller", "peer": peer[:64]}))
             refused = Decision(status=403, reasons=("untrusted_caller",))
-            return decision_response(services.engine.refused(refused, source=peer))
+            return decision_response(services.engine.refused(refused, source=peer, mode=MODE))
         facts = facts_from_request(request)
         if facts is None:
             refused = Decision(status=400, reasons=("missing_facts",))
             request_id = clean_request_id(request.headers.get(REQUEST_ID_HEADER))
-            return decision_response(services.engine.refused(refused, source=peer, request_id=request_id))
-        return decision_response(await services.engine.decide(facts))
+            refused_decision = services.engine.refused(refused, source=peer, request_id=request_id, mode=MODE)
+            return decision_response(refused_decision)
+        return decision_response(await services.engine.decide(facts, mode=MODE))
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")

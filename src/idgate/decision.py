@@ -55,8 +55,10 @@ class DecisionEngine:
         # issuers whose unverified `email` may still be used as an identity (trust_unverified_email, logged at start)
         self._email_trusted = frozenset(i.issuer for i in config.issuers if i.trust_unverified_email)
 
-    async def decide(self, facts: RequestFacts) -> Decision:
-        """Decide ``facts``; never raises for bad input, and logs one audit line."""
+    async def decide(self, facts: RequestFacts, *, mode: str | None = None) -> Decision:
+        """Decide ``facts``; never raises for bad input, and logs one audit line.
+
+        ``mode`` names the adapter asking (``spoe`` or ``auth_request``): it only labels the metrics."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):  # no extra task, unlike wait_for
@@ -66,19 +68,26 @@ class DecisionEngine:
         except Exception:  # a bug must never become an allow or a bare 500: fail closed, loudly
             log.exception("decision failed")
             decision = Decision(status=503, reasons=("internal_error",))
-        self._record(facts, decision, latency_seconds=time.perf_counter() - started)
+        self._record(facts, decision, latency_seconds=time.perf_counter() - started, mode=mode)
         return decision
 
     def refused(
-        self, decision: Decision, *, facts: RequestFacts | None = None, source: str = "", request_id: str = ""
+        self,
+        decision: Decision,
+        *,
+        facts: RequestFacts | None = None,
+        source: str = "",
+        request_id: str = "",
+        mode: str | None = None,
     ) -> Decision:
         """Audit and count a deny an adapter decided before the engine could (``untrusted_caller``,
         ``missing_facts``, ``invalid_encoding``, the SPOA agent's ``handler_timeout`` …); returns ``decision``.
 
         ``facts`` are what the adapter could read, if anything; ``source`` the peer address and ``request_id``
-        HAProxy's request id (:func:`idgate.facts.clean_request_id`) when facts are None.
+        HAProxy's request id (:func:`idgate.facts.clean_request_id`) when facts are None; ``mode`` the adapter (as
+        for :meth:`decide`).
         """
-        self._record(facts, decision, latency_seconds=0.0, source=source, request_id=request_id)
+        self._record(facts, decision, latency_seconds=0.0, source=source, request_id=request_id, mode=mode)
         return decision
 
     def _record(
@@ -89,10 +98,11 @@ class DecisionEngine:
         latency_seconds: float,
         source: str = "",
         request_id: str = "",
+        mode: str | None = None,
     ) -> None:
         self._audit.decision(facts, decision, latency_seconds=latency_seconds, source=source, request_id=request_id)
         if self._metrics is not None:
-            self._metrics.observe(status=decision.status, seconds=latency_seconds)
+            self._metrics.observe(decision, mode=mode, seconds=latency_seconds)
 
     async def _decide(self, facts: RequestFacts) -> Decision:
         try:

@@ -73,8 +73,9 @@ class KeySet:
 
 @dataclass(kw_only=True, slots=True)
 class JwksStats:
-    """Cumulative counters for metrics: fetches started, failed, keys skipped as unusable, sets without one usable
-    key, keys withdrawn; and the last fetch error."""
+    """Counters for metrics: fetches started, failed, keys skipped as unusable, sets without one usable key, keys
+    withdrawn (cumulative); the last fetch error; ``last_success``: when the newest good key set was fetched, on the
+    cache's clock (seconds; None before the first)."""
 
     fetches: int = 0
     failures: int = 0
@@ -82,6 +83,7 @@ class JwksStats:
     unusable_sets: int = 0
     withdrawn_keys: int = 0
     last_error: str = ""
+    last_success: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -258,6 +260,7 @@ class JwksCache:
         )
         self._keyset = keyset
         self._failing = False
+        self.stats.last_success = self.clock()
         for kid in keyset.keys:
             self._absent.pop(kid, None)
         purged = 0

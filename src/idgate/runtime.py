@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import ssl
@@ -34,6 +35,7 @@ from idgate.authn import Authenticator
 from idgate.config import Config
 from idgate.decision import DecisionEngine
 from idgate.facts import Decision
+from idgate.fingerprint import policy_hash
 from idgate.jwks import JwksCache
 from idgate.metrics import Metrics
 from idgate.peers import parse_networks
@@ -66,7 +68,7 @@ def _assertion_signer(config: Config) -> AssertionSigner | None:
     )
 
 
-def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClient) -> Sso | None:
+def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClient, metrics: Metrics) -> Sso | None:
     """The browser-login components, when ``login`` and ``sessions`` are configured."""
     if config.login is None or config.sessions is None or config.sessions.keys is None:
         return None
@@ -93,7 +95,15 @@ def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClien
         ring=ring,
         store=store,
         absolute_timeout_seconds=config.sessions.absolute_timeout_seconds,
+        metrics=metrics,
     )
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("idgate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _client_for(ca_file: str | None, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
@@ -138,11 +148,16 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
     verifier = Verifier(
         issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches}, cache=token_cache
     )
+    metrics = Metrics(
+        routes=(r.name for r in config.routes),
+        upstreams=config.upstreams,
+        policy=policy_hash(config),
+        version=_installed_version(),
+    )
     login_issuer = next((i for i in config.issuers if config.login and i.name == config.login.issuer), None)
-    sso = _sso(config, caches, clients[login_issuer.ca_file]) if login_issuer else None
+    sso = _sso(config, caches, clients[login_issuer.ca_file], metrics) if login_issuer else None
     sessions = sso.sessions if sso else None
     assertions = _assertion_signer(config)
-    metrics = Metrics()
     metrics.watch(tokens=token_cache, caches=caches, assertions=lambda: assertions, sessions=sessions)
     engine = DecisionEngine(
         config=config,

@@ -907,6 +907,32 @@ def test_prometheus_scrapes_haproxy_and_idgate(
     )
 
 
+def test_prometheus_loads_the_shipped_rules(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    config_file = next(str(c).split("=", 1)[1] for c in prometheus["command"] if str(c).startswith("--config.file="))
+    config = yaml.safe_load(to_host(prometheus, config_file, {}).read_text(encoding="utf-8"))
+    assert config["rule_files"]
+    for rule_file in config["rule_files"]:
+        assert to_host(prometheus, rule_file, {}).resolve() == REPO / "ops" / "prometheus" / "idgate-rules.yml"
+
+
+def test_grafana_provisions_the_shipped_dashboard(services: dict[str, dict[str, Any]]) -> None:
+    grafana = services["grafana"]
+    providers_dir = to_host(grafana, "/etc/grafana/provisioning/dashboards", {})
+    providers = [
+        p
+        for f in sorted(providers_dir.glob("*.yaml"))
+        for p in yaml.safe_load(f.read_text(encoding="utf-8"))["providers"]
+    ]
+    assert providers and all(p["type"] == "file" for p in providers)
+    folders = {to_host(grafana, p["options"]["path"], {}).resolve() for p in providers}
+    assert folders == {REPO / "ops" / "grafana"}
+    assert (REPO / "ops" / "grafana" / "idgate-haproxy.json").is_file()
+    datasources = to_host(grafana, "/etc/grafana/provisioning/datasources", {})
+    kinds = {d["type"] for f in datasources.glob("*.yaml") for d in yaml.safe_load(f.read_text())["datasources"]}
+    assert "prometheus" in kinds  # the dashboard's ${datasource} variable picks a prometheus data source
+
+
 # ----------------------------------------------------------------------------------------- secrets
 
 

@@ -249,8 +249,9 @@ async def test_metrics_count_decisions_and_cache_hits() -> None:
             ).status_code == 200
         assert (await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app"})).status_code == 401
         text = (await c.get("/metrics")).text
-    assert 'idgate_decisions_total{status="200"} 3.0' in text
-    assert 'idgate_decisions_total{status="401"} 1.0' in text
+    labels = 'mode="auth_request",reason="{}",route="app",status="{}",upstream="app"'
+    assert f"idgate_decisions_total{{{labels.format('authenticated', 200)}}} 3.0" in text
+    assert f"idgate_decisions_total{{{labels.format('missing_credentials', 401)}}} 1.0" in text
     assert "idgate_token_cache_hits_total 2.0" in text and "idgate_token_cache_misses_total 1.0" in text
     assert "idgate_token_cache_hit_ratio 0.6666" in text
     assert 'idgate_jwks_ready{issuer="test"} 1.0' in text and "idgate_decision_seconds_bucket" in text
@@ -308,8 +309,9 @@ async def test_the_adapters_own_denies_are_audited_and_counted(caplog: pytest.Lo
         (400, ["missing_facts"], "127.0.0.1"),
     ]
     assert all(line["allow"] is False and line["path"] is None for line in lines)
-    assert 'idgate_decisions_total{status="403"} 1.0' in text
-    assert 'idgate_decisions_total{status="400"} 1.0' in counted
+    unrouted = 'mode="auth_request",reason="{}",route="none",status="{}",upstream="none"'
+    assert f"idgate_decisions_total{{{unrouted.format('untrusted_caller', 403)}}} 1.0" in text
+    assert f"idgate_decisions_total{{{unrouted.format('missing_facts', 400)}}} 1.0" in counted
 
 
 HEALTHCHECK_HELLO = (Path(__file__).resolve().parents[1] / "data/spop/haproxy-2.8-healthcheck-hello.bin").read_bytes()

@@ -27,6 +27,8 @@ from idgate.spoe.agent import DenyActions, Handler, default_deny_actions
 from idgate.spoe.spop import Action, InvalidString, Scope, SetVar, Value
 
 MESSAGE = "idgate-check"
+MODE = "spoe"
+"""This adapter's name in the metrics' ``mode`` label."""
 REQUIRED_ARGS = ("method", "host", "path", "src")
 _TEXT_ARGS = (
     "method",
@@ -117,8 +119,8 @@ def spoe_handler(engine: DecisionEngine) -> Handler:
         if facts is None:
             refused = Decision(status=400, reasons=("invalid_encoding",))
             source, request_id = _source(args.get("src")), _request_id(args)
-            return decision_actions(engine.refused(refused, source=source, request_id=request_id))
-        return decision_actions(await engine.decide(facts))
+            return decision_actions(engine.refused(refused, source=source, request_id=request_id, mode=MODE))
+        return decision_actions(await engine.decide(facts, mode=MODE))
 
     return handle
 
@@ -128,7 +130,7 @@ def spoe_deny_actions(engine: DecisionEngine) -> DenyActions:
     counted as a 503 with the agent's reason, answered with :func:`~idgate.spoe.agent.default_deny_actions`."""
 
     def deny(reason: str) -> Sequence[Action]:
-        engine.refused(Decision(status=503, reasons=(reason,)))
+        engine.refused(Decision(status=503, reasons=(reason,)), mode=MODE)
         return default_deny_actions(reason)
 
     return deny

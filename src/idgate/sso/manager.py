@@ -34,6 +34,28 @@ _DECODED_SECONDS = 60.0
 _DECODED_MAX = 10_000
 
 
+@dataclass(kw_only=True, slots=True)
+class RefreshStats:
+    """Refreshes at the IdP by result (cumulative, one per redemption, not per waiting request): ``ok``,
+    ``transient_failure`` (IdP unreachable or garbled: the session is kept within the grace), ``invalid_grant``
+    (the IdP refused the refresh token: the session ends) and ``rejected`` (any other refusal, e.g. an ID token
+    naming another subject)."""
+
+    ok: int = 0
+    transient_failure: int = 0
+    invalid_grant: int = 0
+    rejected: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Result → count."""
+        return {
+            "ok": self.ok,
+            "transient_failure": self.transient_failure,
+            "invalid_grant": self.invalid_grant,
+            "rejected": self.rejected,
+        }
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionOutcome:
     """The session (or None with ``reason``) and the Set-Cookie header values to send back."""
@@ -71,6 +93,7 @@ class SessionManager:
         self._decoded: OrderedDict[bytes, tuple[Session, float]] = OrderedDict()
         self.decoded_hits = 0
         self.decoded_misses = 0
+        self.refresh_stats = RefreshStats()
 
     @property
     def cookie_prefix(self) -> str:
@@ -215,7 +238,20 @@ class SessionManager:
     async def _refresh_and_remember(self, session: Session, key: str) -> Session:
         """Refresh and remember the result even when every waiting request has given up (timed out), so the
         rotated refresh token is never lost."""
-        refreshed = await self._do_refresh(session)
+        try:
+            refreshed = await self._do_refresh(session)
+        except ProviderError as exc:
+            if exc.transient:
+                self.refresh_stats.transient_failure += 1
+            elif exc.reason == "invalid_grant":
+                self.refresh_stats.invalid_grant += 1
+            else:
+                self.refresh_stats.rejected += 1
+            raise
+        except CredentialError:
+            self.refresh_stats.rejected += 1
+            raise
+        self.refresh_stats.ok += 1
         self._remember(key, refreshed, self._clock())
         return refreshed
 

@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from idgate.config import LoginConfig
 from idgate.errors import CredentialError, ProviderError, RequestError
+from idgate.metrics import Metrics
 from idgate.sso.cookies import KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
 from idgate.sso.oidc import LoginState, OidcClient, same_text
@@ -59,6 +60,7 @@ class Sso:
     store: RevocationStore
     absolute_timeout_seconds: float
     clock: Callable[[], float] = time.time
+    metrics: Metrics | None = None
 
 
 def _page(status: int, title: str, body: str, *, cookies: tuple[str, ...] = ()) -> HTMLResponse:
@@ -78,8 +80,12 @@ def _redirect(location: str, *, cookies: tuple[str, ...] = ()) -> Response:
     return response
 
 
-def _event(event: str, **fields: object) -> None:
+def _event(sso: Sso, event: str, **fields: object) -> None:
+    """Log one SSO event line and count it (:meth:`idgate.metrics.Metrics.sso_event`)."""
     log.info(json.dumps({"event": event, **fields}, ensure_ascii=True, default=str))
+    if sso.metrics is not None:
+        reason = fields.get("reason")
+        sso.metrics.sso_event(event, reason if isinstance(reason, str) else None)
 
 
 def site_origin(request: Request) -> str:
@@ -115,12 +121,12 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         try:
             params = _query(request)
         except RequestError as exc:
-            _event("login_refused", reason=exc.reason, parameter=exc.detail)
+            _event(sso, "login_refused", reason=exc.reason, parameter=exc.detail)
             return _page(400, "Malformed sign-in link", "<p><a href='/.idgate/start?rd=/'>Sign in</a></p>")
         origin = site_origin(request)
         redirect_uri = next((u for u in sso.login.redirect_uris if u.startswith(origin + "/")), None)
         if redirect_uri is None:
-            _event("login_refused", reason="site_not_configured", origin=origin[:200])
+            _event(sso, "login_refused", reason="site_not_configured", origin=origin[:200])
             return _page(400, "This site is not configured for login", "<p>No redirect URI matches this host.</p>")
         return_to = safe_return_to(
             params.get("rd"), allowed_origins=frozenset({origin, *sso.login.allowed_return_origins})
@@ -130,11 +136,11 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         try:
             url = await sso.oidc.authorization_url(login)
         except ProviderError as exc:
-            _event("login_failed", reason=exc.reason)
+            _event(sso, "login_failed", reason=exc.reason)
             return _page(503, "The identity provider is unavailable", "<p>Please try again shortly.</p>")
         cookie = sso.login_cookies.encode(login.to_bytes(), max_age=int(sso.login.login_timeout_seconds))
         response = _redirect(url, cookies=tuple(cookie))
-        _event("login_start", start_ms=round((time.perf_counter() - started) * 1000, 3))
+        _event(sso, "login_start", start_ms=round((time.perf_counter() - started) * 1000, 3))
         return response
 
     async def callback(request: Request) -> Response:
@@ -145,7 +151,7 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         retry = "<p><a href='/.idgate/start?rd=/'>Sign in again</a></p>"
 
         def fail(status: int, title: str, reason: str, **fields: object) -> Response:
-            _event("login_failed", reason=reason, **fields)
+            _event(sso, "login_failed", reason=reason, **fields)
             return _page(status, title, retry, cookies=clear_login)
 
         try:
@@ -154,7 +160,7 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             return fail(400, "Malformed sign-in response", exc.reason, parameter=exc.detail)
 
         if "error" in params:
-            _event("login_failed", reason="idp_error", error=params["error"][:100])
+            _event(sso, "login_failed", reason="idp_error", error=params["error"][:100])
             detail = html.escape(params.get("error_description", "")[:300])
             body = f"<p>The identity provider answered: <code>{html.escape(params['error'][:100])}</code></p>"
             return _page(
@@ -195,6 +201,7 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         response = _redirect(return_to, cookies=clear_login + session_cookies)
         total = time.perf_counter() - started
         _event(
+            sso,
             "login",
             iss=session.issuer,
             sub=session.subject,
@@ -223,12 +230,12 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         if sso is None:
             return unavailable()
         if request.headers.get("origin", "").lower() != site_origin(request):
-            _event("sign_out_refused", reason="cross_site")
+            _event(sso, "sign_out_refused", reason="cross_site")
             return _page(403, "Cross-site sign-out refused", "<p>Use the sign-out page.</p>")
         try:
             form = await _form(request)
         except RequestError as exc:
-            _event("sign_out_refused", reason=exc.reason, detail=exc.detail)
+            _event(sso, "sign_out_refused", reason=exc.reason, detail=exc.detail)
             return _page(400, "Malformed sign-out form", "<p><a href='/.idgate/sign_out'>Retry</a></p>")
         session = await sso.sessions.read(request.headers.get("cookie"))
         clear = sso.sessions.clear()
@@ -236,10 +243,10 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             return _redirect(sso.login.post_logout_redirect_uri or "/", cookies=clear)
         opened = sso.ring.open(form.get("csrf", ""), aad=_CSRF_AAD)
         if opened is None or not hmac.compare_digest(opened, session.sid.encode()):
-            _event("sign_out_refused", reason="csrf")
+            _event(sso, "sign_out_refused", reason="csrf")
             return _page(403, "Sign-out refused", "<p>The form expired. <a href='/.idgate/sign_out'>Retry</a></p>")
         await sso.sessions.sign_out(session)
-        _event("sign_out", iss=session.issuer, sub=session.subject, sid=session.sid[:8])
+        _event(sso, "sign_out", iss=session.issuer, sub=session.subject, sid=session.sid[:8])
         try:
             target = await sso.oidc.end_session_url(id_token_hint=session.id_token or None)
         except ProviderError:
@@ -255,23 +262,23 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             token = (await _form(request)).get("logout_token", "")
             claims = await sso.oidc.verify_logout_token(token)
         except (RequestError, CredentialError) as exc:
-            _event("backchannel_logout_refused", reason=exc.reason)
+            _event(sso, "backchannel_logout_refused", reason=exc.reason)
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
         except ProviderError as exc:  # the issuer's keys cannot be had now: the token is not at fault, retry later
-            _event("backchannel_logout_deferred", reason=exc.reason)
+            _event(sso, "backchannel_logout_deferred", reason=exc.reason)
             return JSONResponse({"error": "temporarily_unavailable"}, 503, headers=headers | {"retry-after": "5"})
         now = sso.clock()
         until = now + sso.absolute_timeout_seconds  # sessions created before now stay revoked for their lifetime
         # the jti only for the token's acceptance window: after it, the token is refused by its iat
         replay_until = sso.oidc.logout_replay_until(claims)
         if not await sso.store.remember_once(f"jti:{claims['iss']}|{claims['jti']}", until=replay_until):
-            _event("backchannel_logout_refused", reason="jti_replayed")
+            _event(sso, "backchannel_logout_refused", reason="jti_replayed")
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
         if isinstance(claims.get("sid"), str):
             await sso.store.revoke(f"idp_sid:{claims['iss']}|{claims['sid']}", at=now, until=until)
         else:
             await sso.store.revoke(f"sub:{claims['iss']}|{claims['sub']}", at=now, until=until)
-        _event("backchannel_logout", iss=claims["iss"], sub=claims.get("sub"), has_sid="sid" in claims)
+        _event(sso, "backchannel_logout", iss=claims["iss"], sub=claims.get("sub"), has_sid="sid" in claims)
         return Response(status_code=200, headers=headers)
 
     return [

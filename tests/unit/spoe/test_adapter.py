@@ -64,13 +64,23 @@ class RecordingEngine:
     def __init__(self) -> None:
         self.refusals: list[tuple[Decision, str]] = []
         self.request_ids: list[str] = []
+        self.modes: list[str | None] = []
 
-    async def decide(self, facts: object) -> Decision:
+    async def decide(self, facts: object, *, mode: str | None = None) -> Decision:
         raise AssertionError("must not be called")
 
-    def refused(self, decision: Decision, *, facts: object = None, source: str = "", request_id: str = "") -> Decision:
+    def refused(
+        self,
+        decision: Decision,
+        *,
+        facts: object = None,
+        source: str = "",
+        request_id: str = "",
+        mode: str | None = None,
+    ) -> Decision:
         self.refusals.append((decision, source))
         self.request_ids.append(request_id)
+        self.modes.append(mode)
         return decision
 
 
@@ -85,6 +95,7 @@ async def test_handler_answers_400_invalid_encoding_without_deciding_and_has_it_
         (400, ("invalid_encoding",), "192.0.2.9")
     ]
     assert engine.request_ids == ["rid-9"]
+    assert engine.modes == ["spoe"]  # counted under the SPOE adapter's mode
 
 
 def test_agent_denies_are_audited_as_503_and_answered_with_the_default_deny() -> None:
@@ -92,6 +103,7 @@ def test_agent_denies_are_audited_as_503_and_answered_with_the_default_deny() ->
     deny = spoe_deny_actions(engine)  # type: ignore[arg-type]
     assert as_vars(list(deny("handler_timeout"))) == {"decision": "deny", "reason": "handler_timeout"}
     assert [(d.status, d.reasons) for d, _ in engine.refusals] == [(503, ("handler_timeout",))]
+    assert engine.modes == ["spoe"]
 
 
 def test_decision_actions_allow_skips_empty_values_and_carries_cookies() -> None:

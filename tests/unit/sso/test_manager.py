@@ -530,6 +530,12 @@ async def test_refresh_is_single_flight(harness: Harness) -> None:
     assert await read_back(harness, late) == first
     # Without the cache it would have replayed the rotated refresh token and ended the session.
     assert await harness.store.revoked_at(f"sid:{session.sid}") is None
+    assert harness.manager.refresh_stats.as_dict() == {
+        "ok": 1,
+        "transient_failure": 0,
+        "invalid_grant": 0,
+        "rejected": 0,
+    }  # one redemption counted, not one per waiting request
 
 
 @pytest.mark.anyio
@@ -567,6 +573,7 @@ async def test_refresh_invalid_grant_ends_the_session(harness: Harness) -> None:
     again = await harness.manager.resolve(header)
     assert again.reason == "session_revoked"
     assert harness.idp.calls == 1  # a revoked session is not refreshed again
+    assert (harness.manager.refresh_stats.invalid_grant, harness.manager.refresh_stats.ok) == (1, 0)
 
 
 @pytest.mark.anyio
@@ -594,6 +601,8 @@ async def test_transient_refresh_failure_keeps_the_session_until_expiry_plus_gra
     harness.idp.mode = "ok"  # the IdP is back: the same cookie refreshes
     outcome = await harness.manager.resolve(header)
     assert outcome.refreshed and outcome.session is not None and outcome.session.sid == session.sid
+    stats = harness.manager.refresh_stats
+    assert (stats.transient_failure, stats.ok, stats.invalid_grant, stats.rejected) == (3, 1, 0, 0)
 
 
 @pytest.mark.anyio
@@ -614,6 +623,7 @@ async def test_refreshed_id_token_for_another_subject_ends_the_session(harness: 
     outcome = await harness.manager.resolve(header)
     assert (outcome.session, outcome.reason, is_clearing(outcome.set_cookies)) == (None, "refresh_rejected", True)
     assert await harness.store.revoked_at(f"sid:{session.sid}") is not None
+    assert (harness.manager.refresh_stats.rejected, harness.manager.refresh_stats.ok) == (1, 0)
 
 
 @pytest.mark.anyio

@@ -209,6 +209,17 @@ def logout_claims(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not ...}
 
 
+_PARAMETERS_BUILT_AT = int(time.time())  # when this module's parameters (claims with times in them) were built
+
+
+def as_of_now(claims: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's claims with ``iat``/``exp``/``nbf`` moved by the time since collection: a long suite must not age
+    them (a two-minute ``exp`` built at collection has expired when a test late in the run signs it)."""
+    shift = int(time.time()) - _PARAMETERS_BUILT_AT
+    timed = ("iat", "exp", "nbf")
+    return {k: v + shift if k in timed and type(v) is int else v for k, v in claims.items()}
+
+
 def sign(claims: dict[str, Any], key: Any, *, typ: str | None = "JWT", alg: str = "RS256", kid: str = KID) -> str:
     """PyJWT-signed compact JWS; ``typ=None`` leaves the header without ``typ``."""
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": typ})
@@ -806,10 +817,7 @@ async def test_id_token_malformed(client: OidcClient, token: str) -> None:
     ],
 )
 async def test_logout_token_good(client: OidcClient, rsa_key: rsa.RSAPrivateKey, claims: dict[str, Any]) -> None:
-    # the params were built at collection time, minutes ago in a full run: stamp iat (and exp) now
-    now = int(time.time())
-    claims = claims | {"iat": now} | ({"exp": now + 120} if "exp" in claims else {})
-    verified = await client.verify_logout_token(sign(claims, rsa_key, typ="logout+jwt"))
+    verified = await client.verify_logout_token(sign(as_of_now(claims), rsa_key, typ="logout+jwt"))
     assert verified["jti"] == "jti-1"
     assert verified.get("sid") == claims.get("sid")
     assert verified.get("sub") == claims.get("sub")
@@ -857,7 +865,7 @@ async def test_logout_token_other_typ_refused(client: OidcClient, rsa_key: rsa.R
 async def test_logout_token_refused(
     client: OidcClient, rsa_key: rsa.RSAPrivateKey, claims: dict[str, Any], reason: str
 ) -> None:
-    assert await logout_reason(client, sign(claims, rsa_key, typ="logout+jwt")) == reason
+    assert await logout_reason(client, sign(as_of_now(claims), rsa_key, typ="logout+jwt")) == reason
 
 
 @pytest.mark.anyio

@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 
 from idgate.config import ClaimPaths, IssuerConfig, JwksSettings, LoginConfig, SessionConfig
 from idgate.jwks import JwksCache
+from idgate.metrics import Metrics
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
 from idgate.sso.oidc import BACKCHANNEL_EVENT, OidcClient
@@ -93,6 +94,7 @@ def build(fake_idp: FakeIdP, rsa_key: rsa.RSAPrivateKey, clock: FakeClock) -> tu
         store=store,
         absolute_timeout_seconds=ABSOLUTE,
         clock=clock,
+        metrics=Metrics(),
     )
     return Starlette(routes=sso_routes(lambda _: sso)), sso
 
@@ -158,6 +160,11 @@ async def test_the_jti_is_remembered_for_the_tokens_window_and_the_revocation_fo
         assert await sso.store.revoked_at(jti_key) is None
         assert await post(app, token) == 400
     assert refusals(caplog) == ["jti_replayed", "logout_token_too_old"]
+    assert sso.metrics is not None  # every logged event is counted, refusals by reason
+    value = sso.metrics.registry.get_sample_value
+    assert value("idgate_backchannel_logouts_total") == 1
+    for reason in ("jti_replayed", "logout_token_too_old"):
+        assert value("idgate_backchannel_logouts_refused_total", {"reason": reason}) == 1
     assert await sso.store.revoked_at(sid_key) == iat  # sessions of that IdP session stay ended
     started.advance(ABSOLUTE - MAX_AGE - LEEWAY - 2)
     assert await sso.store.revoked_at(sid_key) == iat
