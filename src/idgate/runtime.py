@@ -34,12 +34,11 @@ from idgate.audit import AuditLog
 from idgate.authn import Authenticator
 from idgate.config import Config
 from idgate.decision import DecisionEngine
-from idgate.facts import Decision
 from idgate.fingerprint import policy_hash
 from idgate.jwks import JwksCache
 from idgate.metrics import Metrics
 from idgate.peers import parse_networks
-from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler
+from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler, spoe_untrusted_caller
 from idgate.spoe.agent import SpoaAgent
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
@@ -198,11 +197,6 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
     """The SPOA agent answering HAProxy's SPOE (None without ``spoa`` in the config)."""
     if config.spoa is None:
         return None
-    engine = services.engine
-
-    def untrusted(peer: str) -> None:  # audited and counted like /auth's untrusted_caller
-        engine.refused(Decision(status=403, reasons=("untrusted_caller",)), source=peer)
-
     agent = SpoaAgent(
         handler=spoe_handler(services.engine),
         deny_actions=spoe_deny_actions(services.engine),
@@ -213,7 +207,7 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
         handler_timeout=config.server.decision_timeout_seconds + 1.0,
         messages={MESSAGE: REQUIRED_ARGS},
         trusted_callers=parse_networks(config.spoa.trusted_callers),
-        on_untrusted=untrusted,
+        on_untrusted=spoe_untrusted_caller(services.engine),
         ssl_context=server_context(config.spoa.tls) if config.spoa.tls is not None else None,
     )
     if services.metrics is not None:

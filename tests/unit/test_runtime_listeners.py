@@ -71,7 +71,8 @@ async def test_spoa_trusted_callers_come_from_the_config_and_refusals_are_audite
             assert await exchange(port, "127.0.0.1") != b""
             text = (await c.get("/metrics")).text
     assert "idgate_spoa_untrusted_callers_total 1.0" in text
-    assert 'idgate_decisions_total{status="403"} 1.0' in text
+    labels = 'mode="spoe",reason="untrusted_caller",route="none",status="403",upstream="none"'
+    assert f"idgate_decisions_total{{{labels}}} 1.0" in text
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "idgate.audit"]
     assert [(line["status"], line["reasons"], line["source"], line["allow"]) for line in lines] == [
         (403, ["untrusted_caller"], "127.0.0.2", False)
@@ -123,7 +124,8 @@ async def test_metrics_bind_moves_metrics_to_a_listener_of_its_own() -> None:
             served = await direct.get(f"http://127.0.0.1:{port}/metrics")
     assert main.status_code == 404 and "idgate_" not in main.text
     assert served.status_code == 200
-    assert 'idgate_decisions_total{status="400"} 1.0' in served.text and "idgate_jwks_ready" in served.text
+    labels = 'mode="auth_request",reason="missing_facts",route="none",status="400",upstream="none"'
+    assert f"idgate_decisions_total{{{labels}}} 1.0" in served.text and "idgate_jwks_ready" in served.text
     async with httpx.AsyncClient() as direct:
         with pytest.raises(httpx.ConnectError):  # closed with the app
             await direct.get(f"http://127.0.0.1:{port}/metrics", timeout=2)

@@ -19,7 +19,7 @@ through :meth:`DecisionEngine.refused`, like every decision.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from idgate.decision import DecisionEngine
 from idgate.facts import MAX_SET_COOKIES, Decision, RequestFacts, clean_request_id
@@ -134,3 +134,13 @@ def spoe_deny_actions(engine: DecisionEngine) -> DenyActions:
         return default_deny_actions(reason)
 
     return deny
+
+
+def spoe_untrusted_caller(engine: DecisionEngine) -> Callable[[str], None]:
+    """The agent's ``on_untrusted(peer)``: a peer outside ``spoa.trusted_callers`` was closed at accept; audited and
+    counted like ``/auth``'s 403 ``untrusted_caller``."""
+
+    def untrusted(peer: str) -> None:
+        engine.refused(Decision(status=403, reasons=("untrusted_caller",)), source=peer, mode=MODE)
+
+    return untrusted
