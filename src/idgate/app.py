@@ -8,7 +8,11 @@ and answers the decision: 200 + the ``X-Idgate-*`` headers of :data:`idgate.fact
 facts are trusted only from known hops. Both of this adapter's own denies (``untrusted_caller``,
 ``missing_facts``) are audited and counted through :meth:`DecisionEngine.refused`.
 ``/healthz`` is 200 while the process serves; ``/readyz`` is 200 once the config is loaded and every issuer's keys
-were fetched at least once, else 503 listing the issuers still waiting.
+were fetched at least once, else 503 listing the issuers still waiting. With a shared store (Redis) it is also 503
+until the store was read once (a replica that knows no revocation refuses every session), and 200 with the body
+``ready (degraded: store …)`` while the store is down afterwards: every replica shares one Redis, so a 503 would
+take them all out at once and turn a Redis outage into an outage of every decision (bearer tokens included), while
+each replica still refuses the revocations it has seen (:mod:`idgate.store.redis`).
 """
 
 from __future__ import annotations
@@ -123,9 +127,17 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         return Response(registry.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def readyz(request: Request) -> Response:
-        waiting = [c.config.name for c in get(request).caches if not c.ready]
+        services = get(request)
+        waiting = [c.config.name for c in services.caches if not c.ready]
         if waiting:
             return PlainTextResponse(f"waiting for keys: {', '.join(waiting)}\n", 503)
+        if services.sso is not None:
+            health = services.sso.store.health()
+            if not health.synced:
+                return PlainTextResponse(f"waiting for the {health.kind} store: {health.detail}\n", 503)
+            if not health.up:
+                detail = f"{health.detail}, {health.pending} revocation(s) pending"
+                return PlainTextResponse(f"ready (degraded: {health.kind} store down: {detail})\n")
         return PlainTextResponse("ready\n")
 
     async def jwks(request: Request) -> Response:

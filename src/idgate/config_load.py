@@ -120,6 +120,8 @@ def _resolve_store(
 ) -> dict[str, Any]:
     """``store``: the Redis password from ``password_env`` / ``password_file``; TLS files resolved and readable
     (the CA bundle must load as PEM CA certificates)."""
+    if "password" in store and store["password"] is None:
+        del store["password"]  # a dumped config's "no password", not an inline secret
     _resolve_secret(store, "password", "store", environ, problems, base_dir, secret_problems)
     tls = store.get("tls")
     if isinstance(tls, dict):

@@ -19,6 +19,7 @@ class StoreHealth:
     ``up``: the backend answered the last call (always true in memory); ``pending``: revocations written locally
     and waiting to be written to the backend; ``errors``: backend calls that failed or timed out since start;
     ``dropped``: pending revocations dropped because the retry queue was full (still refused on this replica);
+    ``synced``: the store was read at least once since start (false: this replica knows no shared revocation);
     ``detail``: a short, secret-free description of the last error (empty when up).
     """
 
@@ -27,6 +28,7 @@ class StoreHealth:
     pending: int = 0
     errors: int = 0
     dropped: int = 0
+    synced: bool = True
     detail: str = ""
 
 

@@ -229,11 +229,12 @@ class RedisRevocationStore:
     def health(self) -> StoreHealth:
         return StoreHealth(
             kind="redis",
-            up=self._up and self._synced,
+            up=self._up,
+            synced=self._synced,
             pending=len(self._pending),
             errors=self._errors,
             dropped=self._dropped,
-            detail="" if self._up else self._detail or "unreachable",
+            detail="" if self._up and self._synced else self._detail or "not read yet",
         )
 
     @property
