@@ -53,7 +53,9 @@ def test_memory_is_the_default(tmp_path: Path) -> None:
         ({"kind": "redis", "url": "redis://h:1/0", "timeout_seconds": 0}, {}, "timeout_seconds"),
     ],
 )
-def test_store_problems_are_refused(tmp_path: Path, store: dict[str, Any], environ: dict[str, str], problem: str) -> None:
+def test_store_problems_are_refused(
+    tmp_path: Path, store: dict[str, Any], environ: dict[str, str], problem: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(_write(tmp_path, store), environ=environ)
     assert any(problem in p for p in caught.value.problems), caught.value.problems
