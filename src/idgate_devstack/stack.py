@@ -33,6 +33,7 @@ from idgate_devstack.grpc_echo import GrpcUpstream
 from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
 from idgate_devstack.idp import IdpConfig, TestIdp
 from idgate_devstack.login import Tokens, login
+from idgate_devstack.redis_server import RedisServer
 from idgate_devstack.service import IdgateService
 from idgate_devstack.stack_config import (
     AUDIENCE,
@@ -64,6 +65,9 @@ class StackPlan:
     ``idp_test_endpoints``: the IdP's ``/test/*``; ``idp_logout``: idgate's post-logout and back-channel logout URIs
     registered at the IdP. ``grpc_tls``: TLS from HAProxy to the gRPC upstream, verified against the dev CA.
     ``auth_timeout_ms``, ``http_timeout``, ``stream_timeout`` (HAProxy time format): the ``HaproxySettings`` values.
+    ``replicas``: how many ``idgate serve`` processes (1-4) behind HAProxy; more than one also starts a
+    ``redis-server`` on a free port and gives every replica ``store: {kind: redis}`` (generated config only), and in
+    auth_request mode HAProxy's local /auth listener (``IDGATE_AUTH_LB_BIND``).
     """
 
     run_dir: Path
@@ -82,6 +86,7 @@ class StackPlan:
     auth_timeout_ms: int = HaproxySettings.auth_timeout_ms
     http_timeout: str = HaproxySettings.timeout
     stream_timeout: str = HaproxySettings.stream_timeout
+    replicas: int = 1
 
     def port(self, name: str) -> int:
         """The port for listener ``name`` (a :data:`FIXED_PORTS` key); ``"free"``: one free a moment ago, 0 (the
@@ -103,6 +108,9 @@ class Stack:
     settings: HaproxySettings
     upstreams: dict[str, Upstream]
     redirect_uri: str
+    replicas: tuple[IdgateService, ...] = ()
+    """Every ``idgate serve`` process, ``idgate`` first."""
+    redis: RedisServer | None = None
 
     @property
     def mode(self) -> Mode:
@@ -230,12 +238,28 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
         upstreams: dict[str, Upstream] = {name: _upstream(name, plan, certs, site, config) for name in plan.upstreams}
         for upstream in upstreams.values():
             stack.enter_context(upstream)
-        idgate = start_idgate(stack, run_dir, plan.config or config, port=plan.port("idgate"))
+        redis = None
+        if plan.replicas > 1:
+            if plan.config is not None:
+                raise ValueError("replicas > 1 needs the generated config (each replica gets its own SPOA port)")
+            redis = stack.enter_context(RedisServer(port=free_tcp_port(), log_path=run_dir / "redis.log"))
+            config["store"] = {"kind": "redis", "url": redis.url, "timeout_seconds": 0.2}
+        replicas = [start_idgate(stack, run_dir, plan.config or config, port=plan.port("idgate"))]
+        spoa_addrs = [f"127.0.0.1:{spoa_port}"]
+        for n in range(2, plan.replicas + 1):
+            port = free_tcp_port()
+            replica_config = config | {"spoa": config["spoa"] | {"port": port}}
+            replicas.append(start_idgate(stack, run_dir, replica_config, port=free_tcp_port(), name=f"idgate{n}"))
+            spoa_addrs.append(f"127.0.0.1:{port}")
+        idgate = replicas[0]
         address = {name: upstream.address for name, upstream in upstreams.items()}
         settings = HaproxySettings(
             tls_pem=certs.pem,
             mode=plan.mode,
-            spoa_addr=f"127.0.0.1:{spoa_port}",
+            spoa_addr=spoa_addrs[0],
+            more_spoa_addrs=tuple(spoa_addrs[1:]),
+            more_service_addrs=tuple(f"127.0.0.1:{r.port}" for r in replicas[1:]),
+            auth_lb_bind=f"127.0.0.1:{free_tcp_port()}" if plan.replicas > 1 else None,
             https_bind=f"127.0.0.1:{https_port}",
             http_bind=f"127.0.0.1:{plan.port('http')}",
             stats_bind=f"127.0.0.1:{plan.port('stats')}",
@@ -261,6 +285,8 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             settings=settings,
             upstreams=upstreams,
             redirect_uri=idp.config.redirect_uris[0],
+            replicas=tuple(replicas),
+            redis=redis,
         )
 
 

@@ -42,11 +42,12 @@ STREAM_TIMEOUT_SECONDS = 6  # its gRPC stream inactivity timeout (IDGATE_STREAM_
 
 
 def run_stack(
-    root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_before: float = 60
+    root: Path, *, mode: Mode = "spoe", token_ttl: int = 300, refresh_before: float = 60, replicas: int = 1
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
-    ``sessions.refresh_before_seconds``. Free ports, the IdP's ``/test/*`` and logout URIs on, TLS to the gRPC
+    ``sessions.refresh_before_seconds``, ``replicas`` the number of idgate processes (more than one share a real
+    Redis). Free ports, the IdP's ``/test/*`` and logout URIs on, TLS to the gRPC
     upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and short inactivity timeouts."""
     plan = StackPlan(
         run_dir=root,
@@ -60,6 +61,7 @@ def run_stack(
         auth_timeout_ms=AUTH_TIMEOUT_MS,
         http_timeout=f"{HTTP_TIMEOUT_SECONDS}s",
         stream_timeout=f"{STREAM_TIMEOUT_SECONDS}s",
+        replicas=replicas,
     )
     return start_stack(plan)
 

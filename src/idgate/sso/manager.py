@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -33,6 +35,7 @@ from idgate.sso.cookies import KeyRing, SessionCookies
 from idgate.sso.oidc import OidcClient, TokenSet
 from idgate.sso.session import RevocationStore, Session, is_revoked, session_keys
 
+log = logging.getLogger("idgate.sessions")
 _RECENT_SECONDS = 60.0
 _DECODED_SECONDS = 60.0
 _DECODED_MAX = 10_000
@@ -250,6 +253,8 @@ class SessionManager:
             if shared is not None:
                 return shared
             refreshed = await self._do_refresh(session)
+            session_hash = hashlib.sha256(session.sid.encode()).hexdigest()[:16]
+            log.info(json.dumps({"event": "session_refreshed", "session": session_hash}))
             if self._ring is not None:
                 sealed = self._ring.seal(refreshed.to_bytes(), aad=_SHARED_AAD + self._config.cookie_name.encode())
                 await self._store.put(f"refreshed:{key}", sealed, ttl=_RECENT_SECONDS)
