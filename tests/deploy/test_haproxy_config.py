@@ -137,6 +137,11 @@ class FakeAuth:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                if self.path == "/readyz":  # HAProxy's health check of be_idgate: ready, and not an auth call
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 headers = list(self.headers.items())
                 fake.received.append(headers)
                 path = self.headers.get("X-Idgate-Path", "")
