@@ -25,6 +25,11 @@ ever routes ``/.idgate/`` paths to idgate, so the endpoint lives outside them.
 ``/metrics`` (Prometheus text) is served only to ``server.trusted_callers`` (others: 403, logged
 ``metrics_untrusted_caller``), and not at all (404) when ``server.metrics_bind`` gives it a listener of its own
 (:mod:`idgate.runtime` runs that one).
+With a shared store (Redis) ``/readyz`` is also 503 until the store was read once (a replica that knows no
+revocation refuses every session), and 200 with ``ready (degraded: store …)`` while the store is down afterwards:
+every replica shares one Redis, so a 503 would take them all out at once and turn a Redis outage into an outage of
+every decision (bearer tokens included), while each replica still refuses the revocations it has seen
+(:mod:`idgate.store.redis`).
 """
 
 from __future__ import annotations
@@ -165,11 +170,21 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         return Response(registry.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def readyz(request: Request) -> Response:
-        health = [cache.health() for cache in get(request).caches]
+        services = get(request)
+        health = [cache.health() for cache in services.caches]
         waiting = [h.name for h in health if not h.ready]
         if waiting:
             return PlainTextResponse(f"waiting for keys: {', '.join(waiting)}\n", 503)
-        lines = ["ready"] + [
+        first = "ready"
+        if services.sso is not None:
+            store = services.sso.store.health()
+            if not store.synced:
+                return PlainTextResponse(f"waiting for the {store.kind} store: {store.detail}\n", 503)
+            if not store.up:
+                first = (
+                    f"ready (degraded: {store.kind} store down: {store.detail}, {store.pending} revocation(s) pending)"
+                )
+        lines = [first] + [
             f"degraded: {h.name} (serving {h.keys} key(s) fetched {h.age_seconds or 0:.0f} s ago; "
             f"last fetch failed: {h.last_error})"
             for h in health

@@ -480,6 +480,65 @@ class RouteConfig(_Model):
         return self
 
 
+class StoreTlsConfig(_Model):
+    """TLS to Redis (``rediss://``): a CA bundle to verify the server, and optionally a client certificate + key."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> StoreTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both cert_file and key_file (a client certificate and its key), or neither")
+        return self
+
+
+class StoreConfig(_Model):
+    """Where the replicas share revocations, the logout-token replay cache and the refresh lock.
+
+    ``memory`` (the default) serves one process. ``redis`` shares them through Redis or Valkey at ``url``
+    (``redis://host:port/db`` or ``rediss://`` with ``tls``; no password in the URL: ``password_env`` or
+    ``password_file``). Every call is bounded by ``timeout_seconds``; see :mod:`idgate.store.redis` for the
+    behaviour while Redis is down.
+    """
+
+    kind: Literal["memory", "redis"] = "memory"
+    url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None  # only from password_env / password_file
+    tls: StoreTlsConfig | None = None
+    key_prefix: str = "idgate:"
+    timeout_seconds: float = Field(default=0.2, gt=0, le=5)
+    max_pending: int = Field(default=10_000, ge=1, le=1_000_000)  # revocations queued while Redis is down
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.:{}-]{1,64}$", value):
+            raise ValueError("key_prefix: 1-64 letters, digits and _ . : - { }")
+        return value
+
+    @model_validator(mode="after")
+    def _redis(self) -> StoreConfig:
+        if self.kind == "memory":
+            if self.url is not None or self.tls is not None or self.password is not None:
+                raise ValueError("url, tls and password apply to kind: redis only")
+            return self
+        if self.url is None:
+            raise ValueError("kind: redis needs a url (redis://host:port/db or rediss://host:port/db)")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError("url must be redis://host:port/db or rediss://host:port/db")
+        if parts.username or parts.password:
+            raise ValueError("no credentials in url: use username and password_env or password_file")
+        if parts.query or parts.fragment:
+            raise ValueError("url: no query or fragment (timeouts and TLS are keys of store)")
+        if self.tls is not None and parts.scheme != "rediss":
+            raise ValueError("tls needs a rediss:// url")
+        return self
+
+
 class AuditConfig(_Model):
     """Structured JSON audit log: one line per decision."""
 
@@ -500,3 +559,4 @@ class Config(_Model):
     sessions: SessionConfig | None = None
     login: LoginConfig | None = None
     assertion: AssertionConfig | None = None
+    store: StoreConfig = StoreConfig()

@@ -103,6 +103,8 @@ def _resolve_secrets(
     if isinstance(data.get("sessions"), dict):
         data["sessions"] = dict(data["sessions"])
         _resolve_secret(data["sessions"], "keys", "sessions", environ, problems, base_dir, key_ring_problems)
+    if isinstance(data.get("store"), dict):
+        data["store"] = _resolve_store(dict(data["store"]), environ, problems, base_dir)
     assertion = data.get("assertion")
     if isinstance(assertion, dict) and isinstance(assertion.get("keys_file"), str):
         data["assertion"] = assertion = dict(assertion)
@@ -117,6 +119,26 @@ def _resolve_secrets(
                 "tls": check_tls_files(data[name]["tls"], f"{name}.tls", base_dir, problems)
             }
     return data
+
+
+def _resolve_store(
+    store: dict[str, Any], environ: Mapping[str, str], problems: list[str], base_dir: Path
+) -> dict[str, Any]:
+    """``store``: the Redis password from ``password_env`` / ``password_file``; TLS files resolved and readable
+    (the CA bundle must load as PEM CA certificates)."""
+    if "password" in store and store["password"] is None:
+        del store["password"]  # a dumped config's "no password", not an inline secret
+    _resolve_secret(store, "password", "store", environ, problems, base_dir, secret_problems)
+    tls = store.get("tls")
+    if isinstance(tls, dict):
+        store["tls"] = tls = dict(tls)
+        for name in ("ca_file", "cert_file", "key_file"):
+            if isinstance(tls.get(name), str):
+                tls[name] = str(base_dir / tls[name])
+                text = _read(tls[name], f"store.tls.{name}", problems)
+                if text is not None and name == "ca_file":
+                    problems += [f"store.tls.ca_file: {p}" for p in ca_bundle_problems(Path(tls[name]))]
+    return store
 
 
 def _read(path: str | Path, where: str, problems: list[str]) -> str | None:
@@ -285,6 +307,13 @@ def summarize(config: Config) -> str:
             f"sessions: cookie {s.cookie_name} keys=<set> idle={s.idle_timeout_seconds:g}s "
             f"absolute={s.absolute_timeout_seconds:g}s refresh_before={s.refresh_before_seconds:g}s"
         )
+    if config.store.kind == "redis":
+        lines.append(
+            f"store: redis {config.store.url} prefix={config.store.key_prefix} "
+            f"timeout={config.store.timeout_seconds:g}s" + ("  password=<set>" if config.store.password else "")
+        )
+    else:
+        lines.append("store: memory (one process: revocations are not shared between replicas)")
     if config.assertion:
         lines.append(
             f"assertion: iss={config.assertion.issuer} {config.assertion.algorithm} "

@@ -23,6 +23,8 @@ Read at scrape time from the components' own counters (no work per request):
     idgate_assertions_minted_total, idgate_assertions_reused_total
     idgate_session_cache_hits_total / _misses_total (decoded session cookies)
     idgate_session_refreshes_total{result}    ``ok``, ``transient_failure``, ``invalid_grant``, ``rejected``
+    idgate_store_up (1: the shared store answers; memory: always), idgate_store_errors_total (failed or late store
+    calls), idgate_store_pending_revocations (queued while Redis is down), idgate_store_dropped_revocations_total
     idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, notifies, denies,
     handler_errors, handler_timeouts, protocol_errors, untrusted_callers, tls_errors)
 Denies decided by the adapters (``untrusted_caller`` at /auth and at the SPOA port, ``invalid_encoding``, the
@@ -44,6 +46,7 @@ from idgate.assertion import AssertionSigner
 from idgate.facts import Decision
 from idgate.jwks import JwksCache
 from idgate.sso.manager import SessionManager
+from idgate.store.base import StoreHealth
 from idgate.token_cache import TokenCache
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -169,6 +172,20 @@ class _ComponentCollector(Collector):
         yield from (fetches, failures, skipped, unusable, withdrawn, ready, degraded, held, age)
 
 
+class _StoreCollector(Collector):
+    def __init__(self, health: Callable[[], StoreHealth]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterable[Metric]:
+        h = self._health()
+        yield GaugeMetricFamily("idgate_store_up", f"1 when the {h.kind} store answers", value=float(h.up and h.synced))
+        yield CounterMetricFamily("idgate_store_errors", "Store calls that failed or timed out", value=h.errors)
+        yield GaugeMetricFamily("idgate_store_pending_revocations", "Revocations queued for the store", value=h.pending)
+        yield CounterMetricFamily(
+            "idgate_store_dropped_revocations", "Queued revocations dropped (queue full)", value=h.dropped
+        )
+
+
 class _CountersCollector(Collector):
     def __init__(self, *, prefix: str, help_text: str, read: Callable[[], Mapping[str, int]]) -> None:
         self._prefix = prefix
@@ -272,6 +289,10 @@ class Metrics:
         self.registry.register(
             _ComponentCollector(tokens=tokens, caches=caches, assertions=assertions, sessions=sessions)
         )
+
+    def watch_store(self, health: Callable[[], StoreHealth]) -> None:
+        """Expose the shared store's health (``idgate_store_*``) at scrape time."""
+        self.registry.register(_StoreCollector(health))
 
     def watch_spoa(self, read: Callable[[], Mapping[str, int]]) -> None:
         """Expose the SPOA agent's cumulative counters (``read()`` → name → count) as ``idgate_spoa_<name>_total``."""

@@ -44,7 +44,9 @@ from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
 from idgate.sso.oidc import OidcClient
 from idgate.sso.routes import Sso
-from idgate.sso.session import MemoryRevocationStore
+from idgate.store.base import RevocationStore
+from idgate.store.memory import MemoryRevocationStore
+from idgate.store.redis import RedisRevocationStore
 from idgate.tls import server_context
 from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier
@@ -67,6 +69,13 @@ def _assertion_signer(config: Config) -> AssertionSigner | None:
     )
 
 
+def _store(config: Config) -> RevocationStore:
+    """The shared store ``store.kind`` names: in memory (one process) or Redis (replicas)."""
+    if config.store.kind == "redis":
+        return RedisRevocationStore.from_config(config.store)
+    return MemoryRevocationStore()
+
+
 def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClient, metrics: Metrics) -> Sso | None:
     """The browser-login components, when ``login`` and ``sessions`` are configured."""
     if config.login is None or config.sessions is None or config.sessions.keys is None:
@@ -76,7 +85,7 @@ def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClien
     trusted = TrustedIssuer(config=cache.config, keys=cache)
     oidc = OidcClient(trusted=trusted, login=config.login, http=client, dev_mode=config.dev_mode)
     name = config.sessions.cookie_name
-    store = MemoryRevocationStore()
+    store = _store(config)
     cookies = SessionCookies(
         ring=ring, settings=CookieJarSettings(name=name, max_chunks=config.sessions.max_chunks), purpose=b"session"
     )
@@ -84,7 +93,14 @@ def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClien
         ring=ring, settings=CookieJarSettings(name=f"{name}-login", max_chunks=1), purpose=b"login-state"
     )
     manager = SessionManager(
-        config=config.sessions, cookies=cookies, oidc=oidc, store=store, claims=cache.config.claims
+        config=config.sessions,
+        cookies=cookies,
+        oidc=oidc,
+        store=store,
+        claims=cache.config.claims,
+        ring=ring,
+        # a replica waiting for another's refresh gives up well inside the decision budget (keeps the session)
+        refresh_wait_seconds=config.server.decision_timeout_seconds / 2,
     )
     return Sso(
         login=config.login,
@@ -158,6 +174,8 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
     sessions = sso.sessions if sso else None
     assertions = _assertion_signer(config)
     metrics.watch(tokens=token_cache, caches=caches, assertions=lambda: assertions, sessions=sessions)
+    if sso is not None:
+        metrics.watch_store(sso.store.health)
     engine = DecisionEngine(
         config=config,
         authenticator=Authenticator(verifier=verifier, sessions=sessions),
@@ -248,6 +266,9 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
         services = app.state.services = _services(config, clients)
         warmers = [asyncio.create_task(_warm(c), name=f"warm:{c.config.name}") for c in services.caches]
+        store = services.sso.store if services.sso is not None else None
+        if store is not None:
+            await store.start()
         agent = _agent(config, services)
         if agent is not None:
             assert config.spoa is not None
@@ -263,6 +284,8 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             await asyncio.gather(*warmers, return_exceptions=True)
             for client in clients.values():
                 await client.aclose()
+            if store is not None:
+                await store.close()
 
     def services_of(request: Request) -> Services:
         services: Services = request.app.state.services

@@ -151,8 +151,13 @@ class HaproxySettings:
     lua_dir: Path | None = None
     log_format: Literal["text", "json"] = "text"  # HAProxy's request log line (IDGATE_LOG_FORMAT)
     log_redact_params: str | None = None  # more query parameters to redact in it, "a|b" (IDGATE_LOG_REDACT_PARAMS)
+    more_service_addrs: tuple[str, ...] = ()  # more idgate replicas' HTTP host:port (IDGATE_SERVICE_ADDR_2..4)
+    more_spoa_addrs: tuple[str, ...] = ()  # more replicas' SPOA agents (IDGATE_SPOA_ADDR_2..4)
+    auth_lb_bind: str | None = None  # auth_request mode: the local /auth listener balancing the replicas
 
     def __post_init__(self) -> None:
+        if len(self.more_service_addrs) > 3 or len(self.more_spoa_addrs) > 3:
+            raise ValueError("the shipped config takes at most 4 replicas")
         if self.auth_timeout_ms <= 0:
             raise ValueError("auth_timeout_ms must be positive")
         for bind in (self.https_bind, self.http_bind, self.stats_bind, self.h2c_bind):
@@ -205,8 +210,13 @@ class HaproxySettings:
         idgate_tls = _tls_env("SPOA", self.spoa_tls_ca, self.spoa_tls_name, self.spoa_tls_client_cert) | _tls_env(
             "SERVICE", self.service_tls_ca, self.service_tls_name, self.service_tls_client_cert
         )
+        replicas = {f"IDGATE_SERVICE_ADDR_{i}": a for i, a in enumerate(self.more_service_addrs, 2)}
+        replicas |= {f"IDGATE_SPOA_ADDR_{i}": a for i, a in enumerate(self.more_spoa_addrs, 2)}
+        if self.auth_lb_bind is not None:
+            replicas["IDGATE_AUTH_LB_BIND"] = self.auth_lb_bind
         return (
-            grpc_tls
+            replicas
+            | grpc_tls
             | h2c
             | redact
             | idgate_tls

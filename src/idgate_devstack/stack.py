@@ -34,6 +34,7 @@ from idgate_devstack.grpc_echo import GrpcUpstream
 from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
 from idgate_devstack.idp import IdpConfig, TestIdp
 from idgate_devstack.login import Tokens, login
+from idgate_devstack.redis_server import RedisServer
 from idgate_devstack.service import IdgateService
 from idgate_devstack.stack_config import (
     AUDIENCE,
@@ -72,6 +73,9 @@ class StackPlan:
     ``tls``: HAProxy speaks TLS to idgate's HTTP server and SPOA agent
     (:func:`~idgate_devstack.stack_config.tls_config`; free ports only); ``idgate_extra``: sections merged into the
     generated config.
+    ``replicas``: how many ``idgate serve`` processes (1-4) behind HAProxy; more than one also starts a
+    ``redis-server`` on a free port and gives every replica ``store: {kind: redis}`` (generated config only), and in
+    auth_request mode HAProxy's local /auth listener (``IDGATE_AUTH_LB_BIND``).
     """
 
     run_dir: Path
@@ -94,6 +98,7 @@ class StackPlan:
     fault_proxy: bool = False
     tls: bool = False
     idgate_extra: Mapping[str, Any] | None = None
+    replicas: int = 1
 
     def port(self, name: str) -> int:
         """The port for listener ``name`` (a :data:`FIXED_PORTS` key); ``"free"``: one free a moment ago, 0 (the
@@ -118,6 +123,9 @@ class Stack:
     metrics_url: str
     """idgate's ``/metrics``: on its HTTP port, or on ``server.metrics_bind`` (the TLS variant)."""
     faults: FaultProxy | None = None
+    replicas: tuple[IdgateService, ...] = ()
+    """Every ``idgate serve`` process, ``idgate`` first."""
+    redis: RedisServer | None = None
 
     @property
     def mode(self) -> Mode:
@@ -273,19 +281,43 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
         upstreams: dict[str, Upstream] = {name: _upstream(name, plan, certs, site, config) for name in plan.upstreams}
         for upstream in upstreams.values():
             stack.enter_context(upstream)
-        idgate = start_idgate(
-            stack,
-            run_dir,
-            plan.config or config,
-            port=plan.port("idgate"),
-            tls_ca=certs.ca if plan.tls else None,
-            tls_client=(certs.cert, certs.key) if plan.tls else None,
-        )
+        redis = None
+        if plan.replicas > 1:
+            if plan.config is not None:
+                raise ValueError("replicas > 1 needs the generated config (each replica gets its own SPOA port)")
+            redis = stack.enter_context(RedisServer(port=free_tcp_port(), log_path=run_dir / "redis.log"))
+            config["store"] = {"kind": "redis", "url": redis.url, "timeout_seconds": 0.2}
+        tls_ca, tls_client = (certs.ca, (certs.cert, certs.key)) if plan.tls else (None, None)
+        replicas = [
+            start_idgate(
+                stack, run_dir, plan.config or config, port=plan.port("idgate"), tls_ca=tls_ca, tls_client=tls_client
+            )
+        ]
+        spoa_addrs = [f"127.0.0.1:{spoa_port}"]
+        for n in range(2, plan.replicas + 1):
+            port = free_tcp_port()
+            replica_config = config | {"spoa": config["spoa"] | {"port": port}}
+            replicas.append(
+                start_idgate(
+                    stack,
+                    run_dir,
+                    replica_config,
+                    port=free_tcp_port(),
+                    name=f"idgate{n}",
+                    tls_ca=tls_ca,
+                    tls_client=tls_client,
+                )
+            )
+            spoa_addrs.append(f"127.0.0.1:{port}")
+        idgate = replicas[0]
         address = {name: upstream.address for name, upstream in upstreams.items()}
         settings = HaproxySettings(
             tls_pem=certs.pem,
             mode=plan.mode,
-            spoa_addr=f"127.0.0.1:{spoa_port}",
+            spoa_addr=spoa_addrs[0],
+            more_spoa_addrs=tuple(spoa_addrs[1:]),
+            more_service_addrs=tuple(f"127.0.0.1:{r.port}" for r in replicas[1:]),
+            auth_lb_bind=f"127.0.0.1:{free_tcp_port()}" if plan.replicas > 1 else None,
             https_bind=f"127.0.0.1:{https_port}",
             http_bind=f"127.0.0.1:{plan.port('http')}",
             stats_bind=f"127.0.0.1:{plan.port('stats')}",
@@ -319,6 +351,8 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             redirect_uri=idp.config.redirect_uris[0],
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if plan.tls else f"{idgate.url}/metrics",
             faults=faults,
+            replicas=tuple(replicas),
+            redis=redis,
         )
 
 

@@ -462,8 +462,9 @@ def test_haproxy_reads_only_variables_with_defaults() -> None:
     assert variables.used, "no variable found in haproxy.cfg"
     missing = variables.required - set(variables.defaults)
     assert not missing, f"read without a presetenv default or a .if defined() guard: {sorted(missing)}"
-    # the h2c listener is the one optional piece: unset means no such listener
-    assert variables.optional == {"IDGATE_H2C_BIND"}, sorted(variables.optional)
+    # optional pieces: the h2c listener, replicas 2..4 and the local /auth listener; unset means none
+    replicas = {f"IDGATE_{kind}_ADDR_{i}" for kind in ("SERVICE", "SPOA") for i in (2, 3, 4)}
+    assert variables.optional == {"IDGATE_H2C_BIND", "IDGATE_AUTH_LB_BIND", *replicas}, sorted(variables.optional)
     assert not variables.optional & set(variables.defaults), "a presetenv default makes .if defined() always true"
     cfg = HAPROXY_CFG.read_text(encoding="utf-8")
     assert re.search(
@@ -872,9 +873,10 @@ def test_grafana_jwks_url_is_routed_by_haproxy_to_idgate(
     cfg = HAPROXY_CFG.read_text(encoding="utf-8")
     assert "acl is_idgate_path path_beg /.idgate/" in cfg
     assert "use_backend be_idgate if is_idgate_path" in cfg
-    # (IDGATE_SERVICE_TLS picks one of its server lines; every one names IDGATE_SERVICE_ADDR)
-    server_lines = r'(?:\.(?:if|elif|else).*\n\tserver idgate "\$\{IDGATE_SERVICE_ADDR\}".*\n)+\.endif\n'
-    assert re.search(r"backend be_idgate\n" + server_lines, cfg)
+    # (IDGATE_SERVICE_TLS picks its default-server line; the first server is IDGATE_SERVICE_ADDR)
+    assert re.search(
+        r'backend be_idgate\n(?:(?:\t(?!server )|\.).*\n)*\tserver idgate "\$\{IDGATE_SERVICE_ADDR\}"\n', cfg
+    )
     # ... and idgate serves that path on the port IDGATE_SERVICE_ADDR names
     assert split_addr(haproxy_env["IDGATE_SERVICE_ADDR"])[1] == idgate_config.server.port
     paths = {getattr(route, "path", None) for route in create_app(idgate_config).routes}

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -30,6 +31,7 @@ from idgate_devstack.certs import DevCerts, generate_dev_certs
 from idgate_devstack.echo import EchoRecord, EchoUpstream
 from idgate_devstack.haproxy import Haproxy, HaproxySettings, check_config, free_tcp_port, haproxy_binary
 
+Mode = Literal["spoe", "auth_request"]
 AUTH_TIMEOUT_MS = 600
 SLOW_ANSWER_S = 2.0
 
@@ -145,6 +147,11 @@ class FakeAuth:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                if self.path == "/readyz":  # HAProxy's health check of be_idgate: ready, and not an auth call
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 headers = list(self.headers.items())
                 fake.received.append(headers)
                 path = self.headers.get("X-Idgate-Path", "")
@@ -297,6 +304,22 @@ def _wait_for_log(hap: Haproxy, pattern: str, timeout: float = 3.0) -> str:
 def test_haproxy_c_accepts_shipped_config(certs: DevCerts, tmp_path: Path) -> None:
     settings = HaproxySettings(tls_pem=certs.pem, stats_socket=tmp_path / "s.sock")
     check_config(settings)
+
+
+@pytest.mark.parametrize("mode", ["spoe", "auth_request"])
+def test_haproxy_c_accepts_four_replicas(certs: DevCerts, tmp_path: Path, mode: Mode) -> None:
+    more = ("127.0.0.1:9280", "127.0.0.1:9380", "127.0.0.1:9480")
+    settings = HaproxySettings(
+        tls_pem=certs.pem,
+        mode=mode,
+        stats_socket=tmp_path / "s.sock",
+        more_service_addrs=more,
+        more_spoa_addrs=tuple(a.replace("80", "81") for a in more),
+        auth_lb_bind="127.0.0.1:9189",
+    )
+    check_config(settings)
+    with pytest.raises(ValueError, match="at most 4 replicas"):
+        HaproxySettings(tls_pem=certs.pem, more_service_addrs=(*more, "127.0.0.1:9580"))
 
 
 def test_haproxy_c_failure_carries_haproxy_output(certs: DevCerts, tmp_path: Path) -> None:

@@ -51,13 +51,15 @@ def run_stack(
     fault_proxy: bool = False,
     tls: bool = False,
     idgate_extra: dict[str, Any] | None = None,
+    replicas: int = 1,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
     ``sessions.refresh_before_seconds``, ``jwks`` the issuer's ``jwks`` settings (default: 0 s cooldowns);
     ``fault_proxy``: idgate fetches the IdP's keys through a FaultProxy (``Stack.faults``); ``tls``: HAProxy speaks
     TLS to idgate's HTTP server and SPOA agent (``IDGATE_SPOA_TLS`` / ``IDGATE_SERVICE_TLS``); ``idgate_extra`` is
-    merged into idgate's config sections. Free ports, the IdP's
+    merged into idgate's config sections; ``replicas`` the number of idgate processes (more than one share a real
+    Redis). Free ports, the IdP's
     ``/test/*`` and logout URIs on, TLS to the gRPC upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and
     short inactivity timeouts."""
     plan = StackPlan(
@@ -76,6 +78,7 @@ def run_stack(
         fault_proxy=fault_proxy,
         tls=tls,
         idgate_extra=idgate_extra,
+        replicas=replicas,
     )
     return start_stack(plan)
 

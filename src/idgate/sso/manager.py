@@ -7,14 +7,20 @@ is simply "no session" — the caller answers a login redirect or 401, never an 
 
 Refresh (RFC 6749 §6, OIDC Core §12): when the IdP's tokens expire within ``refresh_before_seconds``, the refresh
 token is redeemed once per session (single-flight); a late request still carrying the pre-refresh cookie gets the
-refreshed session from a short-lived cache instead of replaying a rotated refresh token. ``invalid_grant`` ends
-the session at once; a transient IdP failure keeps it until the tokens' expiry plus ``refresh_grace_seconds``.
+refreshed session from a short-lived cache instead of replaying a rotated refresh token. Across replicas the
+store's lock (``lock:refresh:…``) lets one replica redeem the token; it leaves the refreshed session, sealed
+with the session key ring (it holds a refresh token), in the store for 60 s, where a late request on any replica
+finds it. A replica that finds the lock taken waits for that value at most ``refresh_wait_seconds``, then keeps
+the current session (``refresh_deferred``). ``invalid_grant`` ends the session at once; a transient IdP failure
+keeps it until the tokens' expiry plus ``refresh_grace_seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -25,13 +31,17 @@ from typing import Any
 from idgate.config import ClaimPaths, SessionConfig
 from idgate.errors import CookieTooLarge, CredentialError, ProviderError
 from idgate.principal import principal_from_claims
-from idgate.sso.cookies import SessionCookies
+from idgate.sso.cookies import KeyRing, SessionCookies
 from idgate.sso.oidc import OidcClient, TokenSet
 from idgate.sso.session import RevocationStore, Session, is_revoked, session_keys
 
+log = logging.getLogger("idgate.sessions")
 _RECENT_SECONDS = 60.0
 _DECODED_SECONDS = 60.0
 _DECODED_MAX = 10_000
+_LOCK_SECONDS = 15.0  # the refresh lock outlives one IdP call (the OIDC client's timeout)
+_POLL_SECONDS = 0.05
+_SHARED_AAD = b"idgate-refreshed-session-v1"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -78,8 +88,12 @@ class SessionManager:
         store: RevocationStore,
         claims: ClaimPaths,
         clock: Callable[[], float] = time.time,
+        ring: KeyRing | None = None,
+        refresh_wait_seconds: float = 1.0,
     ) -> None:
         self._config = config
+        self._ring = ring  # seals refreshed sessions shared through the store; None: shared within this process only
+        self._refresh_wait = refresh_wait_seconds
         self._cookies = cookies
         self._oidc = oidc
         self._store = store
@@ -238,6 +252,51 @@ class SessionManager:
     async def _refresh_and_remember(self, session: Session, key: str) -> Session:
         """Refresh and remember the result even when every waiting request has given up (timed out), so the
         rotated refresh token is never lost."""
+        refreshed = await self._refresh_once(session, key)
+        self._remember(key, refreshed, self._clock())
+        return refreshed
+
+    async def _refresh_once(self, session: Session, key: str) -> Session:
+        """One refresh per session across replicas: the store's lock, and the refreshed session it keeps.
+
+        Raises:
+            ProviderError: ``refresh_busy`` (transient) when another replica held the lock longer than
+                ``refresh_wait_seconds``; and whatever the refresh raises.
+        """
+        deadline = time.monotonic() + self._refresh_wait  # a real wait, whatever the session clock says
+        while (token := await self._store.lock(f"refresh:{key}", ttl=_LOCK_SECONDS)) is None:
+            shared = await self._shared(key)
+            if shared is not None:
+                return shared
+            if time.monotonic() >= deadline:
+                raise ProviderError("refresh_busy", "another replica is refreshing this session", transient=True)
+            await asyncio.sleep(_POLL_SECONDS)
+        try:
+            shared = await self._shared(key)  # refreshed by another replica between its unlock and our lock
+            if shared is not None:
+                return shared
+            refreshed = await self._counted_refresh(session)
+            session_hash = hashlib.sha256(session.sid.encode()).hexdigest()[:16]
+            log.info(json.dumps({"event": "session_refreshed", "session": session_hash}))
+            if self._ring is not None:
+                sealed = self._ring.seal(refreshed.to_bytes(), aad=_SHARED_AAD + self._config.cookie_name.encode())
+                await self._store.put(f"refreshed:{key}", sealed, ttl=_RECENT_SECONDS)
+            return refreshed
+        finally:
+            await self._store.unlock(f"refresh:{key}", token)
+
+    async def _shared(self, key: str) -> Session | None:
+        """The refreshed session another replica left in the store for ``key``, if any."""
+        if self._ring is None:
+            return None
+        sealed = await self._store.get(f"refreshed:{key}")
+        if sealed is None:
+            return None
+        payload = self._ring.open(sealed, aad=_SHARED_AAD + self._config.cookie_name.encode())
+        return Session.from_bytes(payload) if payload is not None else None
+
+    async def _counted_refresh(self, session: Session) -> Session:
+        """:meth:`_do_refresh`, counted in :attr:`refresh_stats` (one count per redemption at the IdP)."""
         try:
             refreshed = await self._do_refresh(session)
         except ProviderError as exc:
@@ -252,7 +311,6 @@ class SessionManager:
             self.refresh_stats.rejected += 1
             raise
         self.refresh_stats.ok += 1
-        self._remember(key, refreshed, self._clock())
         return refreshed
 
     async def _do_refresh(self, session: Session) -> Session:

@@ -10,19 +10,21 @@ Revocation (OIDC RP-Initiated Logout, Back-Channel Logout 1.0 §2.7): signing ou
 the session's absolute expiry, so a replayed cookie is refused; a back-channel logout token revokes by the IdP's
 ``sid`` or by subject (every session of that subject created before the logout). ``jti`` values of logout tokens
 are remembered to refuse replays, for the tokens' acceptance window only (:mod:`idgate.sso.routes`): an older
-token is refused by its ``iat`` anyway. :class:`RevocationStore` is the interface; :class:`MemoryRevocationStore`
-serves one process, and a shared store (Redis) can implement the same four methods.
+token is refused by its ``iat`` anyway. The store is :class:`idgate.store.base.RevocationStore`:
+:class:`~idgate.store.memory.MemoryRevocationStore` serves one process, :mod:`idgate.store.redis` many replicas.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from idgate.principal import Principal
+from idgate.store.base import RevocationStore
+from idgate.store.memory import MemoryRevocationStore
+
+__all__ = ["MemoryRevocationStore", "RevocationStore", "Session", "is_revoked", "session_keys"]
 
 _STR_FIELDS = ("sid", "issuer", "subject", "id_token")
 _OPT_STR_FIELDS = ("username", "email", "name", "refresh_token", "idp_sid")
@@ -93,55 +95,6 @@ class Session:
     def touched(self, now: float) -> Session:
         """The same session seen at ``now``."""
         return replace(self, last_seen=now)
-
-
-class RevocationStore(Protocol):
-    """Remembers revocations until a deadline. Keys are opaque strings; times are epoch seconds."""
-
-    async def revoke(self, key: str, *, at: float, until: float) -> None:
-        """Record that ``key`` was revoked at ``at``; forget it after ``until``."""
-
-    async def revoked_at(self, key: str) -> float | None:
-        """When ``key`` was revoked, or None."""
-
-    async def remember_once(self, key: str, *, until: float) -> bool:
-        """True the first time ``key`` is seen (until ``until``), False on every replay."""
-
-
-@dataclass(kw_only=True)
-class MemoryRevocationStore:
-    """In-process :class:`RevocationStore`, bounded: the entries nearest their deadline are dropped first."""
-
-    max_entries: int = 100_000
-    clock: Callable[[], float] = time.time
-    _entries: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-    def _prune(self) -> None:
-        now = self.clock()
-        if len(self._entries) < self.max_entries:
-            return
-        for key in [k for k, (_, until) in self._entries.items() if until <= now]:
-            del self._entries[key]
-        while len(self._entries) >= self.max_entries:
-            del self._entries[min(self._entries, key=lambda k: self._entries[k][1])]
-
-    async def revoke(self, key: str, *, at: float, until: float) -> None:
-        previous = self._entries.get(key)
-        if previous is None:
-            self._prune()  # only a new key needs room: re-revoking must never evict another live revocation
-        self._entries[key] = (max(at, previous[0]) if previous else at, max(until, previous[1] if previous else 0))
-
-    async def revoked_at(self, key: str) -> float | None:
-        entry = self._entries.get(key)
-        if entry is None or entry[1] <= self.clock():
-            return None
-        return entry[0]
-
-    async def remember_once(self, key: str, *, until: float) -> bool:
-        if await self.revoked_at(key) is not None:
-            return False
-        await self.revoke(key, at=self.clock(), until=until)
-        return True
 
 
 def session_keys(session: Session) -> tuple[str, ...]:

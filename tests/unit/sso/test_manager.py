@@ -718,3 +718,61 @@ async def test_decoded_session_cache_skips_decryption_but_never_revocation(harne
     await manager.sign_out(session)
     assert (await manager.resolve(header)).reason == "session_revoked"  # cached, yet revocation is still checked
     assert manager.decoded_hits == 2
+
+
+# --- one refresh across replicas (the store's lock and shared value) -----------------------------------------------
+
+
+def replica(h: Harness, *, ring: KeyRing | None, wait: float = 1.0) -> SessionManager:
+    """Another replica: its own manager (own single-flight and recent cache), the harness's store, IdP and keys."""
+    return SessionManager(
+        config=h.manager._config,
+        cookies=h.cookies,
+        oidc=h.manager._oidc,
+        store=h.store,
+        claims=ClaimPaths(),
+        clock=h.clock,
+        ring=ring,
+        refresh_wait_seconds=wait,
+    )
+
+
+@pytest.mark.anyio
+async def test_two_replicas_refreshing_at_once_redeem_the_refresh_token_once(harness: Harness) -> None:
+    ring = harness.cookies._ring
+    a, b = replica(harness, ring=ring), replica(harness, ring=ring)
+    session, header = harness.login()
+    advance_into_refresh_window(harness, session)
+    harness.idp.delay = 0.2  # both ask while the first refresh is at the IdP
+    first, second = await asyncio.gather(a.resolve(header), b.resolve(header))
+    assert harness.idp.calls == 1
+    assert first.refreshed and second.refreshed
+    assert first.session is not None and second.session is not None
+    assert first.session.refresh_token == second.session.refresh_token == "rt-2"
+    # a late request with the pre-refresh cookie on a third replica gets the same refreshed session, no IdP call
+    late = await replica(harness, ring=ring).resolve(header)
+    assert late.session == first.session and harness.idp.calls == 1
+
+
+@pytest.mark.anyio
+async def test_without_the_shared_session_the_second_replica_replays_and_loses(harness: Harness) -> None:
+    """Guards the test above: without the sealed shared session (no ring), the late replica redeems the rotated
+    refresh token again and the IdP answers invalid_grant (what happened before the store was shared)."""
+    a, b = replica(harness, ring=None), replica(harness, ring=None)
+    session, header = harness.login()
+    advance_into_refresh_window(harness, session)
+    assert (await a.resolve(header)).refreshed
+    late = await b.resolve(header)
+    assert late.session is None and late.reason == "refresh_rejected"
+
+
+@pytest.mark.anyio
+async def test_a_replica_waiting_too_long_for_the_lock_keeps_the_session(harness: Harness) -> None:
+    ring = harness.cookies._ring
+    session, header = harness.login()
+    advance_into_refresh_window(harness, session)
+    token = await harness.store.lock(f"refresh:{session.sid}:{hashlib.sha256(b'rt-1').hexdigest()}", ttl=60)
+    assert token is not None  # a replica that took the lock and went silent
+    outcome = await replica(harness, ring=ring, wait=0.1).resolve(header)
+    assert outcome.session == session and outcome.reason == "refresh_deferred"
+    assert harness.idp.calls == 0

@@ -195,12 +195,17 @@ def id_claims(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not ...}
 
 
+class FromNow(int):
+    """A time claim written as seconds from the moment the token is signed, not from test collection (the
+    parametrized claims below are built when pytest collects, minutes before a long suite runs them)."""
+
+
 def logout_claims(**overrides: Any) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "iss": ISSUER,
         "sub": "user-1",
         "aud": CLIENT_ID,
-        "iat": int(time.time()),
+        "iat": FromNow(0),
         "jti": "jti-1",
         "sid": "idp-session-1",
         "events": {BACKCHANNEL_EVENT: {}},
@@ -221,7 +226,9 @@ def as_of_now(claims: dict[str, Any]) -> dict[str, Any]:
 
 
 def sign(claims: dict[str, Any], key: Any, *, typ: str | None = "JWT", alg: str = "RS256", kid: str = KID) -> str:
-    """PyJWT-signed compact JWS; ``typ=None`` leaves the header without ``typ``."""
+    """PyJWT-signed compact JWS; ``typ=None`` leaves the header without ``typ``; :class:`FromNow` times resolved."""
+    now = int(time.time())
+    claims = {k: now + int(v) if isinstance(v, FromNow) else v for k, v in claims.items()}
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": typ})
 
 
