@@ -76,10 +76,12 @@ def test_a_misspelt_value_refuses_to_start_instead_of_meaning_off(certs: DevCert
 
 def test_tls_server_lines_verify_the_name_and_the_lua_call_goes_to_the_name() -> None:
     cfg = (haproxy_dir() / CONFIG_NAME).read_text(encoding="utf-8")
-    for listener, address in (("SPOA", "IDGATE_SPOA_ADDR"), ("SERVICE", "IDGATE_SERVICE_ADDR")):
-        lines = [x for x in cfg.splitlines() if f'server idgate "${{{address}}}"' in x and " ssl " in x]
+    for listener in ("SPOA", "SERVICE"):
+        # the TLS settings live on default-server lines, so every replica's server line gets them
+        lines = [x for x in cfg.splitlines() if x.startswith("\tdefault-server ") and f"IDGATE_{listener}_TLS_CA" in x]
         assert len(lines) == 2, lines  # on and mutual
         for line in lines:
+            assert " ssl " in line
             assert f'verify required ca-file "${{IDGATE_{listener}_TLS_CA}}"' in line
             assert f'sni str("${{IDGATE_{listener}_TLS_NAME}}") verifyhost "${{IDGATE_{listener}_TLS_NAME}}"' in line
     assert 'http-request lua.idgate_auth_at "https://${IDGATE_SERVICE_TLS_NAME}/auth"' in cfg
