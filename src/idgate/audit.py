@@ -3,9 +3,9 @@
 Fields: ``event`` ("decision"), ``request_id`` (HAProxy's ``unique-id``, the key that joins this line to HAProxy's
 log line; null when HAProxy sent none), ``allow``, ``status``, ``reasons`` (reason codes), ``route``, ``upstream``,
 ``iss``, ``sub``, ``user``, ``email``, ``roles`` (a list), ``method``, ``host``, ``path``, ``source``,
-``latency_ms``. ``idgate serve``'s log formatter (:mod:`idgate.cli`) puts ``ts`` (RFC 3339 UTC), ``level`` and
-``logger`` in front, as on every other idgate line. (A policy hash field belongs here once the policy can be
-reloaded: the same line, one more key.)
+``latency_ms``, ``policy`` (``sha256:…``, :func:`idgate.fingerprint.policy_hash` of the configuration that decided;
+null when not given). ``idgate serve``'s log formatter (:mod:`idgate.cli`) puts ``ts`` (RFC 3339 UTC), ``level``
+and ``logger`` in front, as on every other idgate line.
 
 ``user``, ``email`` and ``roles`` are the identity values the upstream received on an allow; on a deny of a known
 principal (403) ``user`` is its username and ``email`` its verified email, ``roles`` empty. A deny an adapter decided
@@ -42,11 +42,15 @@ def _who(decision: Decision) -> tuple[str | None, str | None, list[str]]:
 
 
 class AuditLog:
-    """Writes decision lines. ``log_allows`` False keeps only denies (high-traffic deployments)."""
+    """Writes decision lines. ``log_allows`` False keeps only denies (high-traffic deployments); ``policy`` is the
+    policy hash written on every line."""
 
-    def __init__(self, *, logger: logging.Logger | None = None, log_allows: bool = True) -> None:
+    def __init__(
+        self, *, logger: logging.Logger | None = None, log_allows: bool = True, policy: str | None = None
+    ) -> None:
         self._log = logger or logging.getLogger("idgate.audit")
         self._log_allows = log_allows
+        self._policy = policy
 
     def decision(
         self,
@@ -81,5 +85,6 @@ class AuditLog:
             "path": facts.path[:_MAX] if facts else None,
             "source": (facts.source if facts else source)[:_MAX],
             "latency_ms": round(latency_seconds * 1000, 3),
+            "policy": self._policy,
         }
         self._log.log(logging.INFO if decision.allow else logging.WARNING, json.dumps(record, ensure_ascii=True))

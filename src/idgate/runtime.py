@@ -163,10 +163,11 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
     verifier = Verifier(
         issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches}, cache=token_cache
     )
+    policy = policy_hash(config)
     metrics = Metrics(
         routes=(r.name for r in config.routes),
         upstreams=config.upstreams,
-        policy=policy_hash(config),
+        policy=policy,
         version=_installed_version(),
     )
     login_issuer = next((i for i in config.issuers if config.login and i.name == config.login.issuer), None)
@@ -179,7 +180,7 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
     engine = DecisionEngine(
         config=config,
         authenticator=Authenticator(verifier=verifier, sessions=sessions),
-        audit=AuditLog(log_allows=config.audit.log_allows),
+        audit=AuditLog(log_allows=config.audit.log_allows, policy=policy),
         assertions=assertions,
         metrics=metrics,
     )

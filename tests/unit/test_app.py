@@ -384,3 +384,18 @@ def test_the_request_id_header_is_carried_and_an_unusable_one_dropped() -> None:
 
     assert rid(b"7F000001:B3A2_0003:1C2D") == "7F000001:B3A2_0003:1C2D"
     assert [rid(), rid(b""), rid(b"a b"), rid(b"x" * 200)] == ["", "", "", ""]
+
+
+@pytest.mark.anyio
+async def test_every_audit_line_names_the_policy_that_decided(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="idgate.audit"):
+        async with serve() as c:
+            await ready(c)
+            await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app", "authorization": f"Bearer {token()}"})
+            await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app"})
+            text = (await c.get("/metrics")).text
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "idgate.audit"]
+    policies = {line["policy"] for line in lines}
+    assert len(lines) == 2 and len(policies) == 1
+    (policy,) = policies
+    assert policy.startswith("sha256:") and f'policy="{policy}"' in text
