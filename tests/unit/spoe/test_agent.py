@@ -186,6 +186,7 @@ async def test_hello_uses_our_smaller_maximum(recorder: Recorder) -> None:
     ("hello", "status"),
     [
         (HaproxyHello(supported_versions="1.0", max_frame_size=16380, capabilities=""), Status.BAD_VERSION),
+        (HaproxyHello(supported_versions="\u00b2.0", max_frame_size=16380, capabilities=""), Status.BAD_VERSION),
         (HaproxyHello(supported_versions="2.0", max_frame_size=255, capabilities=""), Status.BAD_FRAME_SIZE),
     ],
 )
