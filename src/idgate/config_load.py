@@ -29,16 +29,21 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     """Load and validate the YAML config at ``path``.
 
     Raises:
-        ConfigError: with every problem found (unreadable file, YAML syntax, schema, cross references, secrets).
+        ConfigError: with every problem found (unreadable or non-UTF-8 file, YAML syntax or a value PyYAML cannot
+            construct, schema, cross references, secrets); never another exception.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    except (ValueError, RecursionError) as exc:  # PyYAML's constructors: 2001-13-01, !!int abc, 5000 digits, [[[…
+        raise ConfigError([f"{path}: not valid YAML: {type(exc).__name__}: {str(exc)[:120]}"]) from None
     return parse_config(raw, environ=os.environ if environ is None else environ, base_dir=Path(path).parent)
 
 
@@ -129,11 +134,29 @@ def _resolve_secret(
             value = (base_dir / str(file_name)).read_text(encoding="utf-8").strip()
         except OSError as exc:
             problems.append(f"{where}_file: cannot read {file_name}: {exc.strerror or exc}")
+        except ValueError:  # a NUL in the path, or a file that is not UTF-8 (never echo its bytes)
+            problems.append(f"{where}_file: cannot read {file_name!r} as UTF-8 text")
     if value is not None:
         if len(value) < min_chars or value.lower() in PLACEHOLDER_SECRETS:
             problems.append(f"{where}: weak or placeholder secret (need {min_chars}+ characters)")
         else:
             section[key] = value
+
+
+def _str(value: object) -> str | None:
+    """``value`` if it is a string, else None: the raw document may hold lists or mappings anywhere, and only a
+    string can name an upstream, a role set, an issuer or a route (the schema reports the rest)."""
+    return value if isinstance(value, str) else None
+
+
+def _strs(value: object) -> list[str]:
+    """The string items of a list in the raw document; nothing for any other value."""
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _list(value: object) -> list[Any]:
+    """``value`` if it is a list, else an empty list (``issuers: 5`` is the schema's to report)."""
+    return value if isinstance(value, list) else []
 
 
 def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
@@ -143,39 +166,44 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
     role_sets: dict[Any, Any] = data["role_sets"] if isinstance(data.get("role_sets"), dict) else {}
     if not data.get("issuers"):
         problems.append("issuers: at least one issuer is required")
-    names = [str(i.get("name")) for i in data.get("issuers") or [] if isinstance(i, dict)]
+    names = [str(i.get("name")) for i in _list(data.get("issuers")) if isinstance(i, dict)]
     problems += [f"issuers: duplicate name {n!r}" for n in sorted({n for n in names if names.count(n) > 1})]
     for name in upstreams:
         if not (isinstance(name, str) and NAME_RE.match(name)):
             problems.append(f"upstreams.{name}: name must match [a-z][a-z0-9_]* (it names HAProxy backend be_<name>)")
     for name, upstream in upstreams.items():
-        if isinstance(upstream, dict) and upstream.get("role_set") not in (None, *role_sets):
+        if (
+            isinstance(upstream, dict)
+            and upstream.get("role_set") is not None
+            and _str(upstream["role_set"]) not in role_sets
+        ):
             problems.append(f"upstreams.{name}.role_set: unknown role set {upstream.get('role_set')!r}")
     problems += _login_problems(data, upstreams)
     routes = data.get("routes")
     if not isinstance(routes, list) or not routes:
         problems.append("routes: at least one route is required (no match = deny)")
         return problems
-    seen: set[object] = set()
+    seen: set[str | None] = set()
     for i, route in enumerate(routes):
         if not isinstance(route, dict):
             continue
         where = f"routes.{i}"
-        if route.get("name") in seen:
-            problems.append(f"{where}.name: duplicate route name {route.get('name')!r}")
-        seen.add(route.get("name"))
+        route_name = _str(route.get("name"))
+        if route_name is not None and route_name in seen:
+            problems.append(f"{where}.name: duplicate route name {route_name!r}")
+        seen.add(route_name)
         upstream_name = route.get("upstream")
         upstream = upstreams.get(upstream_name) if isinstance(upstream_name, str) else None
         if upstream_name is not None and upstream is None:
             problems.append(f"{where}.upstream: unknown upstream {upstream_name!r}")
         allow = route.get("allow")
         if isinstance(allow, dict) and allow.get("roles") and isinstance(upstream, dict):
-            role_set = role_sets.get(upstream.get("role_set"))
+            role_set = role_sets.get(_str(upstream.get("role_set")))
             if not isinstance(role_set, dict):
                 problems.append(f"{where}.allow.roles: upstream {upstream_name!r} has no role_set to take roles from")
             else:
-                vocabulary = set(role_set.get("roles") or ())
-                missing = [r for r in allow["roles"] if r not in vocabulary]
+                vocabulary = set(_strs(role_set.get("roles")))
+                missing = [r for r in _strs(allow["roles"]) if r not in vocabulary]
                 if missing:
                     problems.append(f"{where}.allow.roles: not in role set {upstream.get('role_set')!r}: {missing}")
     return problems
@@ -187,8 +215,9 @@ def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[
     if isinstance(login, dict):
         if not isinstance(data.get("sessions"), dict):
             problems.append("login: browser login needs a sessions section (cookie keys)")
-        issuers = {i.get("name"): i for i in data.get("issuers") or [] if isinstance(i, dict)}
-        issuer = issuers.get(login.get("issuer"))
+        issuers = {_str(i.get("name")): i for i in _list(data.get("issuers")) if isinstance(i, dict)}
+        login_issuer = _str(login.get("issuer"))
+        issuer = issuers.get(login_issuer) if login_issuer else None
         if issuer is None:
             problems.append(f"login.issuer: no issuer named {login.get('issuer')!r}")
         elif not issuer.get("client_id") or "client_secret" not in issuer:
