@@ -204,6 +204,14 @@ def test_files_pyyaml_cannot_construct_are_config_errors(tmp_path: Path, text: b
     assert any(expected in problem for problem in info.value.problems), info.value.problems
 
 
+def test_check_config_lists_an_unconstructible_file_instead_of_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.yaml").write_bytes(b"dev_mode: 2001-13-01\nissuers: [{name: caf\xc3\xa9}]\n")
+    assert main(["check-config", str(tmp_path / "c.yaml")]) == 1
+    assert "not valid YAML: ValueError: month must be in 1..12" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "doc",
     [
