@@ -84,8 +84,11 @@ _BIG = 1 << 32
 
 
 def _spop_error(exc: SpopError) -> None:
+    """A refusal the agent can send: a known status and an AGENT-DISCONNECT that encodes (as the agent builds it)."""
     assert exc.status in _STATUSES, exc.status
-    assert spop.status_message(exc)
+    message = spop.status_message(exc).encode("utf-8")[:200].decode("utf-8", "ignore")  # as agent.disconnect cuts it
+    wire = spop.encode_frame(spop.AgentDisconnect(status_code=spop.Status(exc.status), message=message))
+    assert len(wire) - 4 <= spop.MIN_FRAME_SIZE, len(wire)  # the size every peer accepts
 
 
 def fuzz_spop(data: bytes) -> None:
