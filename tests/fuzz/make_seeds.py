@@ -5,7 +5,7 @@ tests (tests/unit/spoe/test_spop.py, tests/unit/test_verifier.py, tests/unit/sso
 tests/unit/sso/test_redirects.py, tests/unit/test_config.py, tests/unit/test_policy.py), the recorded SPOP frames
 (tests/data/spop/*.bin) and the shipped configs. Files not named ``seed-*`` are inputs the fuzzer found and
 ``scripts/fuzz merge`` kept; this script leaves them alone. Cookie seeds are sealed with the fuzz-only
-``fuzz_targets.COOKIE_KEY``; token seeds in the ``{header}\\n{payload}`` form are signed by the target itself.
+``target_browser.COOKIE_KEY``; token seeds in the ``{header}\\n{payload}`` form are signed by the target itself.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-import fuzz_targets  # noqa: E402  (needs HERE on sys.path)
+import target_browser  # noqa: E402  (needs HERE on sys.path)
+import target_wire  # noqa: E402
 
 
 def _raw(kind: int, payload: bytes, *, flags: int = spop.FLAG_FIN, stream_id: int = 0, frame_id: int = 0) -> bytes:
@@ -145,7 +146,7 @@ def spop_seeds() -> dict[str, bytes]:
 
 
 def jws_seeds() -> dict[str, bytes]:
-    iss, aud = fuzz_targets.JWS_ISSUER, fuzz_targets.JWS_AUDIENCE
+    iss, aud = target_wire.JWS_ISSUER, target_wire.JWS_AUDIENCE
     good = {"iss": iss, "sub": "user-1", "aud": aud, "exp": 4102444800, "iat": 1700000000, "groups": ["a", "b"]}
     header = {"alg": "ES256", "typ": "at+jwt", "kid": "k1"}
 
@@ -188,10 +189,10 @@ def jws_seeds() -> dict[str, bytes]:
 
 
 def cookie_seeds() -> dict[str, bytes]:
-    jar = fuzz_targets.COOKIE_JAR
+    jar = target_browser.COOKIE_JAR
     with mock.patch("os.urandom", lambda n: bytes(n)):  # fixed nonces: the same seed files on every run
-        one = fuzz_targets.cookie_header(jar.encode(b'{"sid":"s1"}', max_age=60))
-        three = fuzz_targets.cookie_header(jar.encode(b"x" * 100, max_age=60))
+        one = target_browser.cookie_header(jar.encode(b'{"sid":"s1"}', max_age=60))
+        three = target_browser.cookie_header(jar.encode(b"x" * 100, max_age=60))
     pairs = three.split("; ")
     return {
         "one-chunk": one.encode(),

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import fuzz_targets
 import pytest
+import target_browser
+import target_values
+import target_wire
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 FILES = sorted(path for path in CORPUS.glob("*/*") if path.is_file())
@@ -42,7 +45,7 @@ def test_the_replay_reads_real_inputs() -> None:
     """The recorded HAProxy frames and the shipped configs are in the corpus and decode without refusal."""
     hello = (CORPUS / "spop" / "seed-recorded-haproxy-2.8-hello").read_bytes()
     assert hello == (CORPUS.parents[1] / "data" / "spop" / "haproxy-2.8-hello.bin").read_bytes()
-    assert fuzz_targets.COOKIE_JAR.decode((CORPUS / "cookies" / "seed-three-chunks").read_text())[1] is None
+    assert target_browser.COOKIE_JAR.decode((CORPUS / "cookies" / "seed-three-chunks").read_text())[1] is None
 
 
 # --- the targets can fail: each one, given a broken implementation, raises --------------------------------------
@@ -54,9 +57,9 @@ def _raises(name: str, data: bytes) -> None:
 
 
 def test_redirects_target_catches_an_open_redirect(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fuzz_targets, "safe_return_to", lambda value, **_: "//evil.example")
+    monkeypatch.setattr(target_browser, "safe_return_to", lambda value, **_: "//evil.example")
     _raises("redirects", b"/x")
-    monkeypatch.setattr(fuzz_targets, "safe_return_to", lambda value, **_: "https://evil.example/")
+    monkeypatch.setattr(target_browser, "safe_return_to", lambda value, **_: "https://evil.example/")
     _raises("redirects", b"/x")
 
 
@@ -73,10 +76,10 @@ def test_identity_target_catches_a_header_split_and_a_forged_role(monkeypatch: p
 def test_spop_target_catches_a_foreign_exception_and_a_bad_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     hello = (CORPUS / "spop" / "seed-recorded-haproxy-2.8-hello").read_bytes()
     fuzz_targets.TARGETS["spop"](hello)
-    monkeypatch.setattr(fuzz_targets.spop, "negotiate", lambda *_, **__: int("²"))
+    monkeypatch.setattr(target_wire.spop, "negotiate", lambda *_, **__: int("²"))
     _raises("spop", hello)
     monkeypatch.undo()
-    monkeypatch.setattr(fuzz_targets.spop, "encode_frame", lambda frame: b"\x00\x00\x00\x05\x03\x00\x00\x00\x01")
+    monkeypatch.setattr(target_wire.spop, "encode_frame", lambda frame: b"\x00\x00\x00\x05\x03\x00\x00\x00\x01")
     _raises("spop", hello)
 
 
@@ -84,9 +87,9 @@ def test_jws_cookies_and_config_targets_catch_foreign_exceptions(monkeypatch: py
     def overflow(*_: object, **__: object) -> None:
         raise OverflowError("int too large to convert to float")
 
-    monkeypatch.setattr(fuzz_targets, "split_compact_jws", overflow)
+    monkeypatch.setattr(target_wire, "split_compact_jws", overflow)
     _raises("jws", b"a.b.c")
-    monkeypatch.setattr(fuzz_targets, "without_cookies", overflow)
+    monkeypatch.setattr(target_browser, "without_cookies", overflow)
     _raises("cookies", b"__Host-idgate_0=x")
-    monkeypatch.setattr(fuzz_targets, "load_config", overflow)
+    monkeypatch.setattr(target_values, "load_config", overflow)
     _raises("config", b"a: 1\n")
