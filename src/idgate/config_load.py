@@ -42,7 +42,8 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    except (ValueError, RecursionError) as exc:  # PyYAML's constructors: 2001-13-01, !!int abc, 5000 digits, [[[…
+    except Exception as exc:  # PyYAML's constructors raise what they meet: ValueError (2001-13-01, !!int abc, 5000
+        # digits), IndexError (!!int ""), KeyError (!!bool ""), AttributeError (!!timestamp ""), RecursionError ([[[…)
         raise ConfigError([f"{path}: not valid YAML: {type(exc).__name__}: {str(exc)[:120]}"]) from None
     return parse_config(raw, environ=os.environ if environ is None else environ, base_dir=Path(path).parent)
 

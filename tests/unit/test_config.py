@@ -192,12 +192,16 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
         (b"server: {port: !!int abc}\n", "not valid YAML: ValueError"),
         (b"server: {port: " + b"1" * 5000 + b"}\n", "not valid YAML: ValueError"),
         (b"[" * 5000, "not valid YAML: RecursionError"),
+        (b"server: {port: !!int ''}\n", "not valid YAML: IndexError"),
+        (b"dev_mode: !!bool ''\n", "not valid YAML: KeyError"),
+        (b"dev_mode: !!timestamp ''\n", "not valid YAML: AttributeError"),
+        (b"server: {port: !!int 0x}\n", "not valid YAML: ValueError"),
     ],
-    ids=["latin-1", "bad-date", "int-tag", "5000-digits", "deep"],
+    ids=["latin-1", "bad-date", "int-tag", "5000-digits", "deep", "empty-int", "empty-bool", "empty-date", "hex"],
 )
 def test_files_pyyaml_cannot_construct_are_config_errors(tmp_path: Path, text: bytes, expected: str) -> None:
-    """Found by the config fuzz target: these raised UnicodeDecodeError, ValueError or RecursionError (a traceback
-    from check-config) instead of a ConfigError."""
+    """Found by the config fuzz target: these raised UnicodeDecodeError, ValueError, RecursionError, IndexError,
+    KeyError or AttributeError (a traceback from check-config) instead of a ConfigError."""
     (tmp_path / "c.yaml").write_bytes(text)
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "c.yaml")
