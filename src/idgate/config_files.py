@@ -31,8 +31,9 @@ def read_text(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTES) 
     """The text of the regular file at ``path``.
 
     Raises:
-        ConfigError: with one problem naming ``path``: missing or unreadable, a directory, not a regular file,
-            larger than ``max_bytes``, not UTF-8, or binary (a control character other than tab, CR and LF).
+        ConfigError: with one problem naming ``path``: missing or unreadable, a NUL in the name, a directory, not a
+            regular file, larger than ``max_bytes``, not UTF-8, or binary (a control character other than tab, CR
+            and LF).
     """
     try:
         mode = os.stat(path).st_mode
@@ -44,6 +45,8 @@ def read_text(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTES) 
             data = handle.read(max_bytes + 1)
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
+    except ValueError:  # a NUL in the name (found by the config fuzz target): never a traceback
+        raise ConfigError([f"{str(path)!r} is not a usable file name (NUL byte)"]) from None
     if len(data) > max_bytes:
         raise ConfigError([f"{path} is larger than {max_bytes} bytes"])
     control = _CONTROL.search(data)  # UTF-8 never uses bytes below 0x80 inside a multi-byte character

@@ -36,14 +36,18 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     """Load and validate the YAML config at ``path``.
 
     Raises:
-        ConfigError: with every problem found (an unreadable, binary or non-UTF-8 file, YAML syntax, duplicate
-            keys, schema, cross references, secrets and key files).
+        ConfigError: with every problem found (an unreadable, binary or non-UTF-8 file, YAML syntax or a value
+            PyYAML cannot construct, duplicate keys, schema, cross references, secrets and key files); never another
+            exception.
     """
     text = read_text(path)
     try:
         raw, duplicates = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    except Exception as exc:  # PyYAML's constructors raise what they meet: ValueError (2001-13-01, !!int abc, 5000
+        # digits), IndexError (!!int ""), KeyError (!!bool ""), AttributeError (!!timestamp ""), RecursionError ([[[…)
+        raise ConfigError([f"{path}: not valid YAML: {type(exc).__name__}: {str(exc)[:120]}"]) from None
     try:
         config = parse_config(raw, environ=os.environ if environ is None else environ, base_dir=Path(path).parent)
     except ConfigError as exc:
@@ -199,7 +203,11 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
         if not (isinstance(name, str) and NAME_RE.match(name)):
             problems.append(f"upstreams.{name}: name must match [a-z][a-z0-9_]* (it names HAProxy backend be_<name>)")
     for name, upstream in upstreams.items():
-        if isinstance(upstream, dict) and upstream.get("role_set") not in (None, *role_sets):
+        if (
+            isinstance(upstream, dict)
+            and upstream.get("role_set") is not None
+            and _name(upstream["role_set"]) not in role_sets
+        ):
             problems.append(f"upstreams.{name}.role_set: unknown role set {upstream.get('role_set')!r}")
         problems += _profile_role_problems(name, upstream, role_sets)
     problems += _login_problems(data, upstreams)

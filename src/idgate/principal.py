@@ -74,7 +74,8 @@ def principal_from_claims(claims: Mapping[str, object], *, paths: ClaimPaths) ->
     configured email path.
 
     Raises:
-        TokenError: ``invalid_claims`` when the subject is missing, not a string, or longer than 255 characters.
+        TokenError: ``invalid_claims`` when the subject is missing, not a string, or longer than 255 characters, or
+            when a numeric ``exp`` is beyond a float (``10**400``: PyJWT accepts any int, ``float()`` overflows).
     """
     subject = claim_at(claims, paths.subject)
     if not isinstance(subject, str) or not subject or len(subject) > 255:
@@ -97,6 +98,12 @@ def principal_from_claims(claims: Mapping[str, object], *, paths: ClaimPaths) ->
         # A string is not iterated into characters; it is refused (the principal gets no groups).
         notes.append("groups_not_a_list")
     exp = claims.get("exp")
+    expires_at = 0.0
+    if isinstance(exp, int | float):
+        try:
+            expires_at = float(exp)
+        except OverflowError:
+            raise TokenError("invalid_claims", "exp is out of range") from None
     return Principal(
         issuer=str(claims.get("iss", "")),
         subject=subject,
@@ -104,7 +111,7 @@ def principal_from_claims(claims: Mapping[str, object], *, paths: ClaimPaths) ->
         email=_string(claims, paths.email),
         name=_string(claims, paths.name),
         groups=tuple(groups),
-        expires_at=float(exp) if isinstance(exp, int | float) else 0.0,
+        expires_at=expires_at,
         notes=tuple(dict.fromkeys(notes)),
         email_verified=claims.get("email_verified") is True,
     )

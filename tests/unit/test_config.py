@@ -185,6 +185,83 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"issuers: [{name: caf\xe9}]\n", "not UTF-8 text (byte 0xe9 at offset 20)"),
+        (b"dev_mode: 2001-13-01\n", "not valid YAML: ValueError"),
+        (b"server: {port: !!int abc}\n", "not valid YAML: ValueError"),
+        (b"server: {port: " + b"1" * 5000 + b"}\n", "not valid YAML: ValueError"),
+        (b"[" * 5000, "not valid YAML: RecursionError"),
+        (b"server: {port: !!int ''}\n", "not valid YAML: IndexError"),
+        (b"dev_mode: !!bool ''\n", "not valid YAML: KeyError"),
+        (b"dev_mode: !!timestamp ''\n", "not valid YAML: AttributeError"),
+        (b"server: {port: !!int 0x}\n", "not valid YAML: ValueError"),
+    ],
+    ids=["latin-1", "bad-date", "int-tag", "5000-digits", "deep", "empty-int", "empty-bool", "empty-date", "hex"],
+)
+def test_files_pyyaml_cannot_construct_are_config_errors(tmp_path: Path, text: bytes, expected: str) -> None:
+    """Found by the config fuzz target: these raised UnicodeDecodeError, ValueError, RecursionError, IndexError,
+    KeyError or AttributeError (a traceback from check-config) instead of a ConfigError."""
+    (tmp_path / "c.yaml").write_bytes(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.yaml")
+    assert any(expected in problem for problem in info.value.problems), info.value.problems
+
+
+def test_check_config_lists_an_unconstructible_file_instead_of_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.yaml").write_bytes(b"dev_mode: 2001-13-01\nissuers: [{name: caf\xc3\xa9}]\n")
+    assert main(["check-config", str(tmp_path / "c.yaml")]) == 1
+    assert "not valid YAML: ValueError: month must be in 1..12" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"issuers": 5, "upstreams": {}, "routes": 7},
+        {**BASE, "routes": [{"name": ["a"], "upstream": "app", "public": True}, {"name": ["a"]}]},
+        {**BASE, "upstreams": {"app": {"role_set": ["grafana"]}}},
+        {
+            **BASE,
+            "upstreams": {"app": {"role_set": {"a": 1}}},
+            "routes": [{"name": "r", "upstream": "app", "allow": {"roles": ["x"]}}],
+        },
+        {**BASE, "role_sets": {"grafana": {"roles": 5}}},
+        {**BASE, "role_sets": {"grafana": {"roles": [["Viewer"]]}}},
+        {**BASE, "routes": [{"name": "r", "upstream": "grafana", "allow": {"roles": 7}}]},
+        {**BASE, "routes": [{"name": "r", "upstream": "grafana", "allow": {"roles": [["Viewer"]]}}]},
+        {**BASE, "login": {"issuer": ["corp"], "redirect_uris": []}, "issuers": [{"name": ["corp"]}]},
+    ],
+    ids=[
+        "not-lists",
+        "list-route-name",
+        "list-role-set",
+        "dict-role-set",
+        "int-roles",
+        "nested-roles",
+        "int-allow-roles",
+        "nested-allow-roles",
+        "list-login-issuer",
+    ],
+)
+def test_wrong_types_anywhere_are_problems_not_exceptions(doc: dict[str, Any]) -> None:
+    """Found by the config fuzz target: the cross-reference checks hashed or iterated raw values (TypeError)."""
+    assert problems_of(doc)
+
+
+def test_secret_file_with_a_nul_or_not_utf8_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "latin1").write_bytes(b"s\xe9cret-value-long-enough\n")
+    for name, why in (("latin1", "not UTF-8 text"), ("a\x00b", "not a usable file name (NUL byte)")):
+        doc = copy.deepcopy(BASE)
+        doc["issuers"][0]["client_secret_file"] = name
+        with pytest.raises(ConfigError) as info:
+            parse_config(doc, environ={}, base_dir=tmp_path)
+        found = "\n".join(info.value.problems)
+        assert why in found and "cret-value" not in found
+
+
+@pytest.mark.parametrize(
     "grpc",
     [
         "demo.Echo/Whoami",

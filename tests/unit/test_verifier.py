@@ -255,6 +255,14 @@ async def test_missing_exp(verifier: Verifier, rsa_key: rsa.RSAPrivateKey, exp: 
     assert await reason_of(verifier, token) == "invalid_claims"
 
 
+@pytest.mark.anyio
+async def test_exp_beyond_a_float_is_a_refusal(verifier: Verifier, rsa_key: rsa.RSAPrivateKey) -> None:
+    """PyJWT accepts any integer exp; 10**400 overflowed float() in principal_from_claims (found by the jws fuzz
+    target): a refusal with a reason code (outside I-JSON's range: invalid_claim_type), not an OverflowError."""
+    token = sign(rsa_header(), claims(exp=10**400), rsa_key, "RS256")
+    assert await reason_of(verifier, token) == "invalid_claim_type"
+
+
 @pytest.mark.parametrize("exp", ["tomorrow", [1], {"t": 1}])
 @pytest.mark.anyio
 async def test_exp_not_a_number(verifier: Verifier, rsa_key: rsa.RSAPrivateKey, exp: object) -> None:

@@ -195,7 +195,9 @@ class _Connection:
         self.outbox.clear()
 
     async def disconnect(self, status: Status, message: str) -> None:
-        await self.send(encode_frame(AgentDisconnect(status_code=status, message=message[:200])))
+        # 200 UTF-8 bytes, not characters: the frame stays within the 256 bytes every peer accepts (SPOE.txt §3.2)
+        text = message.encode("utf-8")[:200].decode("utf-8", "ignore")
+        await self.send(encode_frame(AgentDisconnect(status_code=status, message=text)))
 
     # -- main loop -------------------------------------------------------------------------------------------------
 

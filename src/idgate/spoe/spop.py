@@ -28,6 +28,7 @@ Source: HAProxy ``doc/SPOE.txt`` §3 (SPOP specification), checked against HAPro
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ SPOP_VERSION: Final = "2.0"
 FLAG_FIN: Final = 0x1
 FLAG_ABORT: Final = 0x2
 U64_MAX: Final = (1 << 64) - 1
+_VERSION = re.compile(r"([0-9]{1,9})\.[0-9]{1,9}")  # a SPOP version, "2.0" (bounded: int() of 5000 digits raises)
 _LENGTH = struct.Struct(">I")
 _HEADER = struct.Struct(">BI")
 
@@ -661,9 +663,9 @@ def negotiate(hello: HaproxyHello, *, max_frame_size: int, capabilities: str = "
     of both (refused below 256), and our own capabilities. Raises ``SpopError`` with the status to disconnect with."""
     majors: set[int] = set()
     for item in split_list(hello.supported_versions):
-        major, dot, minor = item.partition(".")
-        if dot and major.isdigit() and minor.isdigit():
-            majors.add(int(major))
+        version = _VERSION.fullmatch(item)  # ASCII digits only: str.isdigit() admits "²" and "٢", int() chokes on one
+        if version:
+            majors.add(int(version.group(1)))
     if 2 not in majors:
         raise SpopError(Status.BAD_VERSION, f"no 2.x in {hello.supported_versions[:64]!r}")
     size = min(hello.max_frame_size, max_frame_size)

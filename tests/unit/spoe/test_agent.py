@@ -191,6 +191,7 @@ async def test_hello_uses_our_smaller_maximum(recorder: Recorder) -> None:
     ("hello", "status"),
     [
         (HaproxyHello(supported_versions="1.0", max_frame_size=16380, capabilities=""), Status.BAD_VERSION),
+        (HaproxyHello(supported_versions="\u00b2.0", max_frame_size=16380, capabilities=""), Status.BAD_VERSION),
         (HaproxyHello(supported_versions="2.0", max_frame_size=255, capabilities=""), Status.BAD_FRAME_SIZE),
     ],
 )
@@ -208,6 +209,27 @@ async def test_hello_missing_capabilities_is_status_7(agent: SpoaAgent) -> None:
     body = bytes([FrameType.HAPROXY_HELLO]) + b"\x00\x00\x00\x01\x00\x00" + payload
     await client.send(struct.pack(">I", len(body)) + body)
     await client.disconnected(Status.NO_CAPABILITIES)
+
+
+async def test_agent_disconnect_fits_the_minimum_frame_size_whatever_the_detail(agent: SpoaAgent) -> None:
+    """The detail names the peer's duplicated key; 150 non-ASCII characters made a 373-byte AGENT-DISCONNECT,
+    over the 256 bytes HAProxy may have negotiated (found when the spop fuzz target checked its disconnects)."""
+    client = await Client.connect(agent)
+    items: list[tuple[str, spop.EncodableValue]] = [
+        ("supported-versions", "2.0"),
+        ("max-frame-size", spop.TypedInt(spop.DataType.UINT32, 256)),
+        ("capabilities", ""),
+        ("\u00e9" * 150, 1),
+        ("\u00e9" * 150, 2),
+    ]
+    body = bytes([FrameType.HAPROXY_HELLO]) + b"\x00\x00\x00\x01\x00\x00" + spop.encode_kv_list(items)
+    await client.send(struct.pack(">I", len(body)) + body)
+    prefix = await client.reader.readexactly(4)
+    assert struct.unpack(">I", prefix)[0] <= spop.MIN_FRAME_SIZE
+    frame = spop.decode_frame(await client.reader.readexactly(struct.unpack(">I", prefix)[0]))
+    assert isinstance(frame, AgentDisconnect) and frame.status_code == Status.INVALID
+    assert frame.message.startswith("invalid frame received: duplicated key")
+    assert await client.closed()
 
 
 async def test_recorded_healthcheck_gets_agent_hello_then_close(agent: SpoaAgent) -> None:
