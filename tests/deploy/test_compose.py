@@ -946,7 +946,7 @@ def looks_like_key(value: str) -> bool:
     if "-----BEGIN" in value:
         return True
     for token in re.findall(r"[A-Za-z0-9+/=_-]{32,}", value):
-        if token.startswith("/"):
+        if token.startswith("/") and not token.endswith("="):  # a path; base64 of a key may start with "/" too
             continue
         classes = sum(bool(re.search(c, token)) for c in ("[a-z]", "[A-Z]", "[0-9]"))
         if classes >= 2:
