@@ -36,7 +36,7 @@ codes are a fixed vocabulary, route and upstream names come from the configurati
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -45,13 +45,32 @@ from prometheus_client.registry import Collector
 from idgate.assertion import AssertionSigner
 from idgate.facts import Decision
 from idgate.jwks import JwksCache
-from idgate.sso.manager import SessionManager
 from idgate.store.base import StoreHealth
 from idgate.token_cache import TokenCache
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MODES = frozenset({"spoe", "auth_request"})
 """The adapters that ask for decisions (the ``mode`` label)."""
+
+
+class _RefreshCounts(Protocol):
+    def as_dict(self) -> Mapping[str, int]: ...
+
+
+class SessionCounters(Protocol):
+    """What the metrics read from the session manager (:class:`idgate.sso.manager.SessionManager`) at scrape time;
+    a protocol, so this module needs no import of the SSO wing."""
+
+    @property
+    def decoded_hits(self) -> int: ...
+
+    @property
+    def decoded_misses(self) -> int: ...
+
+    @property
+    def refresh_stats(self) -> _RefreshCounts: ...
+
+
 REASON_CODES = frozenset(
     {
         # allows
@@ -103,7 +122,7 @@ class _ComponentCollector(Collector):
         tokens: TokenCache | None,
         caches: Sequence[JwksCache],
         assertions: Callable[[], AssertionSigner | None],
-        sessions: SessionManager | None,
+        sessions: SessionCounters | None,
     ) -> None:
         self._sessions = sessions
         self._tokens = tokens
@@ -283,7 +302,7 @@ class Metrics:
         tokens: TokenCache | None,
         caches: Sequence[JwksCache],
         assertions: Callable[[], AssertionSigner | None] = lambda: None,
-        sessions: SessionManager | None = None,
+        sessions: SessionCounters | None = None,
     ) -> None:
         """Expose the components' own counters at scrape time."""
         self.registry.register(
