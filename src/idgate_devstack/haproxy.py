@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from idgate_devstack.process import StartStop, stop_process
+from idgate_devstack.process import free_tcp_port as free_tcp_port
 
 CONFIG_NAME = "haproxy.cfg"
 LUA_NAME = "idgate-auth.lua"
@@ -93,15 +94,6 @@ def split_bind(bind: str) -> tuple[str, int]:
     elif host == "::":
         host = "::1"
     return host, int(port)
-
-
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (bind to port 0, close). Racy; for tests."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _default_stats_socket() -> Path:

@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -33,7 +32,7 @@ from urllib.parse import quote
 
 import httpx
 
-from idgate_devstack.process import StartStop, stop_process
+from idgate_devstack.process import StartStop, free_tcp_port, stop_process
 
 __all__ = ["IdpConfig", "KeyRotation", "TestIdp", "find_testidp_dir", "free_port"]
 
@@ -45,11 +44,8 @@ _LOG_TAIL_BYTES = 8000
 
 
 def free_port() -> int:
-    """Return a TCP port that was free on 127.0.0.1 a moment ago (bind to port 0, then close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port free on 127.0.0.1 a moment ago (:func:`idgate_devstack.process.free_tcp_port`)."""
+    return free_tcp_port()
 
 
 def find_testidp_dir() -> Path:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import abc
 import os
+import random
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -31,6 +33,38 @@ __all__ = ["CONTROL_REQUESTS", "CONTROL_RESET", "ReadyLineServer", "StartStop", 
 CONTROL_REQUESTS = "/__echo/requests"
 CONTROL_RESET = "/__echo/reset"
 CONTROL_TIMEOUT_SECONDS = 5.0
+_HANDED_OUT: set[int] = set()  # ports free_tcp_port gave this test process (harness state, never the service's)
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel picks for a bind to port 0 (``ip_local_port_range``; Linux's default 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` a moment ago, for tests: chosen below the kernel's ephemeral range, so a child
+    that binds port 0 can never be handed the same one before we use it, and never twice in this process (binding
+    port 0 and closing, as before, let a later bind(0) elsewhere take the port: "address already in use")."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    low = min(_ephemeral_low(), 32768)
+    for _ in range(500):
+        port = random.randint(10_000, low - 1)  # noqa: S311 - a port number, not a secret
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port on {host} below {low}")
+
+
 """Timeout of one control call, in seconds."""
 
 RecordT = TypeVar("RecordT")
