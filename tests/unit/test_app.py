@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from idgate.app import facts_from_request
 from idgate.config import Config
 from idgate.config_load import parse_config
 from idgate.runtime import create_app
+from idgate_devstack.process import free_tcp_port
 
 
 @contextlib.asynccontextmanager
@@ -317,15 +317,9 @@ async def test_the_adapters_own_denies_are_audited_and_counted(caplog: pytest.Lo
 HEALTHCHECK_HELLO = (Path(__file__).resolve().parents[1] / "data/spop/haproxy-2.8-healthcheck-hello.bin").read_bytes()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.anyio
 async def test_the_spoa_agents_counters_are_exported() -> None:
-    port = _free_port()
+    port = free_tcp_port()
     raw = config().model_dump(mode="json", exclude_none=True) | {"spoa": {"host": "127.0.0.1", "port": port}}
     async with serve(cfg=parse_config(raw, environ={})) as c:
         before = (await c.get("/metrics")).text

@@ -7,12 +7,13 @@ import importlib.metadata
 import itertools
 import json
 import logging
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from idgate_devstack.process import free_tcp_port
 
 IDGATE = Path(sys.executable).with_name("idgate")
 
@@ -161,9 +162,7 @@ def test_check_config_prints_warnings_on_stderr_and_exits_0(tmp_path: Path) -> N
 
 def test_serve_logs_the_warnings_at_startup(tmp_path: Path) -> None:
     (tmp_path / "idgate.yaml").write_text(WARNINGS)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_tcp_port()
     serve = subprocess.Popen(
         [str(IDGATE), "serve", "--config", str(tmp_path / "idgate.yaml"), "--port", str(port)],
         stderr=subprocess.PIPE,

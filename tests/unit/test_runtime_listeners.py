@@ -19,14 +19,9 @@ from fake_issuer import config, idp
 from idgate.config_load import parse_config
 from idgate.errors import ConfigError
 from idgate.runtime import create_app
+from idgate_devstack.process import free_tcp_port
 
 HELLO = (Path(__file__).resolve().parents[1] / "data/spop/haproxy-2.8-hello.bin").read_bytes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -62,7 +57,7 @@ async def exchange(port: int, source: str) -> bytes:
 async def test_spoa_trusted_callers_come_from_the_config_and_refusals_are_audited(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    port = free_port()
+    port = free_tcp_port()
     spoa = {"host": "127.0.0.1", "port": port, "trusted_callers": ["127.0.0.1/32", "127.0.0.5/32"]}
     with caplog.at_level("INFO", logger="idgate.audit"):
         async with serve(spoa=spoa) as c:
@@ -81,7 +76,7 @@ async def test_spoa_trusted_callers_come_from_the_config_and_refusals_are_audite
 
 @pytest.mark.anyio
 async def test_spoa_default_trusts_loopback_only() -> None:
-    port = free_port()
+    port = free_tcp_port()
     async with serve(spoa={"host": "127.0.0.1", "port": port}) as c:
         assert await exchange(port, "127.0.0.9") == b""
         assert await exchange(port, "127.0.0.1") != b""
@@ -116,7 +111,7 @@ async def test_metrics_on_the_main_port_only_for_trusted_callers(
 
 @pytest.mark.anyio
 async def test_metrics_bind_moves_metrics_to_a_listener_of_its_own() -> None:
-    port = free_port()
+    port = free_tcp_port()
     async with serve(server={"metrics_bind": f"127.0.0.1:{port}"}) as c:
         assert (await c.get("/auth", headers={"x-idgate-method": "GET"})).status_code == 400  # one decision
         main = await c.get("/metrics")  # a trusted caller, yet: not here any more

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import ssl
 import struct
 import subprocess
@@ -42,6 +41,7 @@ from idgate.spoe.spop import (
 )
 from idgate.tls import server_context
 from idgate_devstack.certs import DevCerts, generate_dev_certs
+from idgate_devstack.process import free_tcp_port
 
 pytestmark = pytest.mark.anyio
 DATA = Path(__file__).resolve().parents[2] / "data" / "spop"
@@ -720,12 +720,6 @@ async def test_spop_over_mutual_tls(anyio_backend: object, tls_files: DevCerts, 
 # --- real HAProxy 2.8 -------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_through_real_haproxy(tmp_path: Path) -> None:
     from idgate_devstack.haproxy import haproxy_binary
 
@@ -744,7 +738,7 @@ async def test_through_real_haproxy(tmp_path: Path) -> None:
         return deny("not_zoe")
 
     agent = await started(handler, messages={"check-request": ("method", "host", "path", "src", "auth", "name")})
-    front = _free_port()
+    front = free_tcp_port()
     (tmp_path / "spoe.conf").write_text(
         "[idgate]\n"
         "spoe-agent idgate-agent\n"
