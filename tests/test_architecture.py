@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
             "jwk",
             "jwks",
             "token_cache",
+            "recent",
             "verifier",
             "assertion",
             "audit",

@@ -8,6 +8,8 @@ Counted on the hot path (prometheus-client, one registry per app — no global r
                                               route matched, ``other`` for a name not in it), and the adapter that
                                               asked (``spoe``, ``auth_request``; ``none`` when not said)
     idgate_decision_seconds                   decision latency histogram (seconds)
+    idgate_denials_last_minute{reason}        gauge: denies of the last 60 s by reason (:mod:`idgate.recent`), for
+                                              ``idgate status``; a reason with none in the window is absent
     idgate_logins_started_total, idgate_logins_completed_total, idgate_logins_failed_total{reason}
     idgate_sign_outs_total, idgate_sign_outs_refused_total{reason}
     idgate_backchannel_logouts_total, idgate_backchannel_logouts_refused_total{reason}
@@ -45,6 +47,7 @@ from prometheus_client.registry import Collector
 from idgate.assertion import AssertionSigner
 from idgate.facts import Decision
 from idgate.jwks import JwksCache
+from idgate.recent import RecentDenials
 from idgate.store.base import StoreHealth
 from idgate.token_cache import TokenCache
 
@@ -244,6 +247,8 @@ class Metrics:
         self._latency = Histogram(
             "idgate_decision_seconds", "Decision latency in seconds", buckets=LATENCY_BUCKETS, registry=self.registry
         )
+        self._recent = RecentDenials()
+        self.registry.register(_RecentCollector(self._recent))
         info = GaugeMetricFamily(
             "idgate_config_info", "The loaded configuration: policy hash, idgate version", labels=["policy", "version"]
         )
@@ -277,6 +282,8 @@ class Metrics:
                 mode if mode in MODES else "none",
             )
         child.inc()
+        if decision.status != 200:
+            self._recent.note(reason_label(key[1]) if key[1] else f"status_{decision.status}")
         self._latency.observe(seconds)
 
     @staticmethod
@@ -320,6 +327,21 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""
         return generate_latest(self.registry)
+
+
+class _RecentCollector(Collector):
+    def __init__(self, recent: RecentDenials) -> None:
+        self._recent = recent
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "idgate_denials_last_minute",
+            f"Denies of the last {self._recent.window_seconds} s by reason",
+            labels=["reason"],
+        )
+        for reason, count in self._recent.totals().items():
+            family.add_metric([reason], float(count))
+        yield family
 
 
 class _Static(Collector):

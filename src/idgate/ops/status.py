@@ -3,8 +3,9 @@
 Per HAProxy: frontends (status, request rate, 4xx, 5xx), backends and their servers (status, weight, session rate,
 4xx, 5xx, average response time over the last 1024 requests in ms, retries, queue). idgate: its HTTP replicas (the
 servers of ``be_idgate``) and SPOA agents (``be_idgate_spoa``) up or down as HAProxy sees them, and per ``/metrics``
-URL whether it answered, the decisions by status and the top deny reasons **since idgate started** (the counters'
-totals: ``idgate_decisions_total`` by ``reason`` when it has that label, else by ``status``).
+URL whether it answered, the decisions by status and the top deny reasons **of the last minute**
+(``idgate_denials_last_minute{reason}``; from an idgate without that gauge, since it started: the totals of
+``idgate_decisions_total`` by ``reason`` when it has that label, else by ``status``).
 :func:`collect` returns the ``--json`` document; :func:`render` the screen.
 """
 
@@ -79,7 +80,13 @@ async def _metrics(client: httpx.AsyncClient, url: str) -> dict[str, object]:
         return {"url": url, "up": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
     by_status: Counter[str] = Counter()
     denies: Counter[str] = Counter()
+    recent: Counter[str] | None = None
     for family in text_string_to_metric_families(response.text):
+        if family.name == "idgate_denials_last_minute":
+            recent = Counter()
+            for sample in family.samples:
+                recent[sample.labels.get("reason", "?")] += int(sample.value)
+            continue
         if family.name != "idgate_decisions":
             continue
         for sample in family.samples:
@@ -90,18 +97,22 @@ async def _metrics(client: httpx.AsyncClient, url: str) -> dict[str, object]:
             if status != "200":
                 reason = sample.labels.get("reason")
                 denies[reason if reason else f"status {status}"] += int(sample.value)
+    window = "since start" if recent is None else "last minute"
+    top = denies if recent is None else recent
     return {
         "url": url,
         "up": True,
         "decisions_by_status": dict(sorted(by_status.items())),
-        "top_deny_reasons": [[reason, count] for reason, count in denies.most_common(TOP_REASONS) if count],
+        "top_deny_reasons": [[reason, count] for reason, count in top.most_common(TOP_REASONS) if count],
+        "deny_reasons_window": window,
     }
 
 
 async def collect(apis: Sequence[RuntimeApi], metrics_urls: Sequence[str]) -> dict[str, object]:
     """The status document (``--json``): ``haproxy`` (one entry per Runtime API address, ``error`` when it could not
     be read), ``idgate`` (``replicas``, ``agents``: ``{server, status, check}`` per HAProxy row; ``metrics``: one
-    entry per URL) and ``deny_reasons_window`` (``"since start"``)."""
+    entry per URL, each with its ``deny_reasons_window``: ``"last minute"``, or ``"since start"`` for an idgate
+without the last-minute gauge)."""
     async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
         results = await asyncio.gather(*(_haproxy(api) for api in apis), *(_metrics(client, u) for u in metrics_urls))
     haproxies, metrics = list(results[: len(apis)]), list(results[len(apis) :])
@@ -113,7 +124,7 @@ async def collect(apis: Sequence[RuntimeApi], metrics_urls: Sequence[str]) -> di
                 members[role].append(  # type: ignore[index]
                     {"server": f"{backend['name']}/{server['name']}", "status": server["status"]}
                 )
-    return {"haproxy": haproxies, "idgate": {**members, "metrics": metrics}, "deny_reasons_window": "since start"}
+    return {"haproxy": haproxies, "idgate": {**members, "metrics": metrics}}
 
 
 def _cell(value: object) -> str:
@@ -157,5 +168,5 @@ def render(doc: dict[str, object]) -> str:
         statuses = " ".join(f"{k}={v}" for k, v in m["decisions_by_status"].items()) or "none yet"
         out.append(f"  metrics   {m['url']} up; decisions {statuses}")
         reasons = ", ".join(f"{r} {n}" for r, n in m["top_deny_reasons"]) or "none"
-        out.append(f"  top deny reasons ({doc['deny_reasons_window']}): {reasons}")
+        out.append(f"  top deny reasons ({m['deny_reasons_window']}): {reasons}")
     return "\n".join(out) + "\n"
