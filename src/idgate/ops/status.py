@@ -110,9 +110,9 @@ async def _metrics(client: httpx.AsyncClient, url: str) -> dict[str, object]:
 
 async def collect(apis: Sequence[RuntimeApi], metrics_urls: Sequence[str]) -> dict[str, object]:
     """The status document (``--json``): ``haproxy`` (one entry per Runtime API address, ``error`` when it could not
-    be read), ``idgate`` (``replicas``, ``agents``: ``{server, status, check}`` per HAProxy row; ``metrics``: one
-    entry per URL, each with its ``deny_reasons_window``: ``"last minute"``, or ``"since start"`` for an idgate
-without the last-minute gauge)."""
+        be read), ``idgate`` (``replicas``, ``agents``: ``{server, status, check}`` per HAProxy row; ``metrics``: one
+        entry per URL, each with its ``deny_reasons_window``: ``"last minute"``, or ``"since start"`` for an idgate
+    without the last-minute gauge)."""
     async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
         results = await asyncio.gather(*(_haproxy(api) for api in apis), *(_metrics(client, u) for u in metrics_urls))
     haproxies, metrics = list(results[: len(apis)]), list(results[len(apis) :])
