@@ -51,7 +51,7 @@ role_sets:
 upstreams:
   app: {profile: generic}
   grafana: {profile: grafana, role_set: grafana, user_from: email, assertion_audience: grafana}
-  looker: {profile: looker, role_set: looker}
+  looker: {profile: gate, role_set: looker}
   grpc: {profile: generic, role_set: echo, assertion_audience: $grpc_audience}
 routes:
   - {name: echo-admin, grpc: /demo.Echo/Admin, upstream: grpc, allow: {roles: [echo_admin]}}
