@@ -6,9 +6,12 @@ JSON (strings quoted, lists as arrays, ``force_logout_login`` a JSON boolean), a
 
     host[:port]        (Looker as the browser reaches it, no scheme)
     /login/embed/<percent-encoded target>
-    nonce, time, session_length, external_user_id, permissions, models      (always)
-    group_ids, external_group_id, user_attributes                            (each only when sent)
-    access_filters                                                           (always; ``{}`` when none)
+    nonce, time, session_length, external_user_id, permissions, models, group_ids     (always; ``[]``)
+    external_group_id                                                                 (only when sent)
+    user_attributes, access_filters                                                   (always; ``{}``)
+
+idgate always sends ``group_ids``, ``user_attributes`` and ``access_filters`` (empty when the policy grants none),
+as in the documented example string; a verifier signs an optional line only when its parameter is present.
 
 ``first_name``, ``last_name`` and ``force_logout_login`` are sent but not signed (as documented). Looker accepts a
 URL once (the nonce) and only while ``time`` is within 5 minutes of its clock.
@@ -89,12 +92,10 @@ def embed_params(
         ("permissions", as_json(list(user.permissions))),
         ("models", as_json(list(user.models))),
     ]
-    if user.group_ids:
-        params.append(("group_ids", as_json(list(user.group_ids))))
+    params.append(("group_ids", as_json(list(user.group_ids))))
     if user.external_group_id is not None:
         params.append(("external_group_id", as_json(user.external_group_id)))
-    if user.user_attributes:
-        params.append(("user_attributes", as_json(dict(user.user_attributes))))
+    params.append(("user_attributes", as_json(dict(user.user_attributes))))
     params.append(("access_filters", as_json({k: dict(v) for k, v in user.access_filters.items()})))
     params += [
         ("first_name", as_json(user.first_name)),
