@@ -295,7 +295,7 @@ def create_app(
         return HTMLResponse(f"{page}<h1>Looker (contract stub)</h1><dl>{body}</dl></body></html>")
 
     async def api_login(request: Request) -> Response:
-        form = await request.form()
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
         if client is None or (form.get("client_id"), form.get("client_secret")) != client:
             return JSONResponse({"message": "Not found"}, 404)
         token = secrets.token_urlsafe(24)

@@ -2,9 +2,10 @@
 idgate in both modes, without an auth call; these endpoints read the session cookie themselves).
 
     GET  /.idgate/looker/embed?target=/embed/dashboards/42[&upstream=NAME]
-         signed embedding: 302 to Looker's signed embed login URL for the signed-in user; no session → 302 to
-         /.idgate/start (back here after login); no Looker role → 403 ``no_looker_role``; a target that is not a
-         Looker ``/embed/`` path → 400 ``bad_target``
+         signed embedding: 302 to Looker's signed embed login URL for the signed-in user; no session → 401
+         ``no_session`` (a page linking to sign-in: the embedding page is itself behind idgate, so its user is
+         signed in, and login never returns into ``/.idgate/``); no Looker role → 403 ``no_looker_role``; a
+         target that is not a Looker ``/embed/`` path → 400 ``bad_target``
     POST /.idgate/looker/cookieless/acquire[?upstream=NAME]
     POST /.idgate/looker/cookieless/generate_tokens[?upstream=NAME]   JSON {navigation_token, api_token}
          cookieless embedding: JSON tokens for the embedding page (Looker's acquire / generate_tokens answers
@@ -29,7 +30,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -112,10 +112,15 @@ def _json(status: int, reason: str, *, cookies: tuple[str, ...] = (), **extra: o
     return response
 
 
-def _page(status: int, title: str, reason: str, *, cookies: tuple[str, ...] = ()) -> HTMLResponse:
+def _page(
+    status: int, title: str, reason: str, *, cookies: tuple[str, ...] = (), sign_in: bool = False
+) -> HTMLResponse:
     t = html.escape(title)
     body = f"<!doctype html><html><head><meta charset='utf-8'><title>{t}</title></head><body><h1>{t}</h1>"
-    response = HTMLResponse(f"{body}<p>Reason: <code>{reason}</code></p></body></html>", status, headers=_NO_STORE)
+    link = f"<p><a href='{PREFIX}/start?rd=/'>Sign in</a></p>" if sign_in else ""
+    response = HTMLResponse(
+        f"{body}<p>Reason: <code>{reason}</code></p>{link}</body></html>", status, headers=_NO_STORE
+    )
     for value in cookies:
         response.headers.append("set-cookie", value)
     return response
@@ -163,11 +168,8 @@ def looker_routes(get_sso: Callable[[Request], Sso | None], get: Callable[[Reque
             return _page(404, "Signed embedding is not configured", "signed_embed_off")
         outcome = await sso.sessions.resolve(request.headers.get("cookie"))
         if outcome.session is None:
-            here = f"{LOOKER_PREFIX}/embed?{request.url.query}"
-            response = RedirectResponse(f"{PREFIX}/start?rd={quote(here, safe='')}", 302, headers=_NO_STORE)
-            for value in outcome.set_cookies:
-                response.headers.append("set-cookie", value)
-            return response
+            _event("looker_refused", reason="no_session", upstream=target.name)
+            return _page(401, "Sign in first", "no_session", cookies=outcome.set_cookies, sign_in=True)
         session = outcome.session
         user, roles = _user(looker, target, session)
         if user is None:
