@@ -157,10 +157,18 @@ def test_a_group_change_at_the_idp_changes_the_looker_permissions_on_the_next_lo
         ls.stack.idp.set_groups("carol", [])
 
 
-def _post(ls: LookerStack, client: httpx.Client, action: str, **kw: object) -> httpx.Response:
-    headers = {"origin": ls.stack.url, "x-requested-with": "idgate", "accept": "application/json"}
-    headers |= kw.pop("headers", {})  # type: ignore[arg-type]
-    return client.post(f"{ls.stack.url}/.idgate/looker/cookieless/{action}", headers=headers, **kw)  # type: ignore[arg-type]
+def _post(
+    ls: LookerStack,
+    client: httpx.Client,
+    action: str,
+    *,
+    headers: dict[str, str] | None = None,
+    json: object = None,
+    content: bytes | None = None,
+) -> httpx.Response:
+    sent = {"origin": ls.stack.url, "x-requested-with": "idgate", "accept": "application/json"} | (headers or {})
+    url = f"{ls.stack.url}/.idgate/looker/cookieless/{action}"
+    return client.post(url, headers=sent, json=json, content=content)
 
 
 def test_cookieless_tokens_are_served_to_the_signed_in_page(looker_stack: LookerStack) -> None:
