@@ -33,7 +33,7 @@ def test_demo_check_serves_authenticated_requests_and_stops_cleanly(mode: str) -
     assert "ok  browser login as alice" in run.stdout  # ok requires authMode jwt: the stub verified the assertion
     assert "'x-webauth-role': 'Admin'" in run.stdout and "'x-webauth-role': 'Viewer'" in run.stdout
     # both Looker paths: the gate by group, and idgate as the embedding application in front of the Looker stub
-    assert "ok  alice     GET /looker/" in run.stdout and "ok  bob       GET /looker/    → 403" in run.stdout
+    assert "ok  alice     GET /looker/" in run.stdout and "ok  bob       GET /looker/   → 403" in run.stdout
     assert "ok  alice     Looker signed embed /embed/dashboards/1 → 200" in run.stdout
     assert "ok  bob       Looker signed embed /embed/dashboards/1 → 403" in run.stdout
     assert "ok  alice     Looker cookieless acquire → 200" in run.stdout
