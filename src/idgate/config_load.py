@@ -150,12 +150,18 @@ def _resolve_store(
 def _resolve_looker(
     upstreams: dict[Any, Any], environ: Mapping[str, str], problems: list[str], base_dir: Path
 ) -> dict[Any, Any]:
-    """``upstreams.*.looker``: the embed secret and the API client secret from ``X_env`` / ``X_file``."""
+    """``upstreams.*.looker``: the embed secret and the API client secret from ``X_env`` / ``X_file``; the CA
+    bundle of ``ca_file`` resolved and loadable."""
     for name, upstream in upstreams.items():
         if isinstance(upstream, dict) and isinstance(upstream.get("looker"), dict):
             looker = dict(upstream["looker"])
             for key in ("embed_secret", "client_secret"):
                 _resolve_secret(looker, key, f"upstreams.{name}.looker", environ, problems, base_dir, secret_problems)
+            if isinstance(looker.get("ca_file"), str):
+                looker["ca_file"] = str(base_dir / looker["ca_file"])
+                where = f"upstreams.{name}.looker.ca_file"
+                if _read(looker["ca_file"], where, problems) is not None:
+                    problems += [f"{where}: {p}" for p in ca_bundle_problems(Path(looker["ca_file"]))]
             upstreams[name] = dict(upstream) | {"looker": looker}
     return upstreams
 

@@ -131,6 +131,7 @@ def _looker(config: Config) -> Looker | None:
                 client_id=looker.client_id,
                 client_secret=looker.client_secret.get_secret_value(),
                 timeout_seconds=looker.api_timeout_seconds,
+                ca_file=looker.ca_file,
             )
         upstreams[name] = LookerUpstream(name=name, upstream=upstream, config=looker, api=api)
     return Looker(upstreams=upstreams, policy=Policy(config=config)) if upstreams else None

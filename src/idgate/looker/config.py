@@ -118,6 +118,7 @@ class LookerEmbedConfig(_Model):
     session_length_seconds: int = Field(default=3600, ge=60, le=MAX_SESSION_LENGTH_SECONDS)
     force_logout_login: bool = True
     api_timeout_seconds: float = Field(default=5, gt=0, le=30)
+    ca_file: str | None = None  # PEM CA bundle for TLS to api_url (a private CA); default: the system store
     roles: dict[str, LookerRoleGrant]
 
     @field_validator("url", "api_url")

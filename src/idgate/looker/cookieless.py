@@ -18,6 +18,7 @@ authentication, navigation and API tokens and their TTLs (seconds).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -73,7 +74,9 @@ def acquire_body(
 
 
 class LookerApi:
-    """One Looker instance's API with API3 credentials; the access token is reused until 60 s before it expires."""
+    """One Looker instance's API with API3 credentials; the access token is reused until 60 s before it expires.
+    ``ca_file``: a PEM CA bundle to verify ``api_url``'s certificate (default: the system store); redirects are
+    never followed."""
 
     def __init__(
         self,
@@ -82,13 +85,17 @@ class LookerApi:
         client_id: str,
         client_secret: str,
         timeout_seconds: float,
+        ca_file: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._base = api_url.rstrip("/") + "/api/4.0"
         self._credentials = {"client_id": client_id, "client_secret": client_secret}
         self._timeout = timeout_seconds
-        self._client = httpx.AsyncClient(timeout=timeout_seconds, transport=transport, follow_redirects=False)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._client = httpx.AsyncClient(
+            timeout=timeout_seconds, transport=transport, follow_redirects=False, verify=verify
+        )
         self._clock = clock
         self._token: tuple[str, float] | None = None
         self._lock = asyncio.Lock()

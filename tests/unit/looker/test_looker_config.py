@@ -13,6 +13,7 @@ import pytest
 from idgate.config_load import parse_config
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+from idgate_devstack.certs import generate_dev_certs
 
 EMBED_SECRET = "looker-embed-secret-9f8e7d6c5b4a39281706"
 
@@ -138,3 +139,16 @@ def test_profile_looker_is_the_deprecated_name_of_gate(tmp_path: Path) -> None:
     assert any("profile looker is deprecated, use gate" in w for w in warnings)
     doc["upstreams"]["app"]["profile"] = "gate"
     assert config_warnings(parse_config(doc, environ={}, base_dir=tmp_path)) == ()
+
+
+def test_a_looker_ca_file_is_resolved_and_must_load(tmp_path: Path) -> None:
+    doc = _doc(tmp_path)
+    doc["upstreams"]["analytics"]["looker"]["ca_file"] = "missing.pem"
+    assert "upstreams.analytics.looker.ca_file: cannot read" in _problems(doc, tmp_path)
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    doc["upstreams"]["analytics"]["looker"]["ca_file"] = "bad.pem"
+    assert "upstreams.analytics.looker.ca_file:" in _problems(doc, tmp_path)
+    generate_dev_certs(tmp_path / "tls")
+    doc["upstreams"]["analytics"]["looker"]["ca_file"] = "tls/ca.pem"
+    looker = parse_config(doc, environ={}, base_dir=tmp_path).upstreams["analytics"].looker
+    assert looker is not None and looker.ca_file == str(tmp_path / "tls" / "ca.pem")
