@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
             "looker.embed_url",
             "looker.mapping",
             "looker.cookieless",
+            "looker.references",
         ],
         1,
     ),

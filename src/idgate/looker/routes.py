@@ -27,7 +27,6 @@ import html
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -41,6 +40,7 @@ from idgate.looker.config import LookerEmbedConfig
 from idgate.looker.cookieless import LookerApi
 from idgate.looker.embed_url import EmbedUser, as_json, check_target, signed_embed_url
 from idgate.looker.mapping import embed_user
+from idgate.looker.references import ReferenceStore
 from idgate.policy import Policy
 from idgate.sso.params import unique_params
 from idgate.sso.routes import PREFIX, Sso, site_origin
@@ -51,31 +51,6 @@ LOOKER_PREFIX = f"{PREFIX}/looker"
 CSRF_HEADER = ("x-requested-with", "idgate")
 MAX_BODY_BYTES = 16 * 1024
 _NO_STORE = {"cache-control": "no-store"}
-
-
-class ReferenceStore:
-    """Looker session reference tokens by (idgate session, embed user) until Looker's TTL; bounded, oldest
-    dropped first. Per process: a replica that has none acquires a new Looker session (the user sees a reload)."""
-
-    def __init__(self, *, max_entries: int = 10_000, clock: Callable[[], float] = time.time) -> None:
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._max = max_entries
-        self._clock = clock
-
-    def get(self, key: str) -> str | None:
-        """The live reference for ``key``, or None."""
-        entry = self._entries.get(key)
-        if entry is None or self._clock() >= entry[1]:
-            self._entries.pop(key, None)
-            return None
-        return entry[0]
-
-    def put(self, key: str, reference: str, ttl_seconds: float) -> None:
-        """Remember ``reference`` for ``ttl_seconds``."""
-        self._entries[key] = (reference, self._clock() + ttl_seconds)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
