@@ -29,6 +29,8 @@ LAYERS: dict[str, int] = {
             "peers",
             "tls",
             "fingerprint",
+            "looker",
+            "looker.config",
         ],
         0,
     ),
@@ -56,11 +58,17 @@ LAYERS: dict[str, int] = {
             "sso.manager",
             "authn",
             "decision",
+            "looker.embed_url",
+            "looker.mapping",
+            "looker.cookieless",
+            "looker.references",
         ],
         1,
     ),
     # 2 adapters: wire formats in and out (SPOP, HTTP)
-    **dict.fromkeys(["spoe.spop", "spoe.listener", "spoe.agent", "spoe.adapter", "sso.routes", "app"], 2),
+    **dict.fromkeys(
+        ["spoe.spop", "spoe.listener", "spoe.agent", "spoe.adapter", "sso.routes", "looker.routes", "app"], 2
+    ),
     # 3 the composition root, 4 operator tools (explain, status, the Runtime API client), 5 the command line
     "runtime": 3,
     **dict.fromkeys(["ops", "ops.upstream_headers", "ops.explain", "ops.runtime_api", "ops.status", "ops.commands"], 4),

@@ -1,6 +1,6 @@
 """The HTTP face of idgate: ``GET /auth`` (auth_request mode), ``/healthz``, ``/readyz``, ``/metrics``,
 ``POST /admin/jwks/refresh`` and ``/.idgate/jwks.json``, with the SSO endpoints of :mod:`idgate.sso.routes`
-mounted beside them.
+mounted beside them, and the Looker embedding endpoints of :mod:`idgate.looker.routes`.
 
 ``/auth`` takes the request facts HAProxy computed from ``X-Idgate-*`` headers (contract in ``haproxy/README.md``;
 ``X-Idgate-Request-Id`` is HAProxy's request id, logged only)
@@ -48,6 +48,7 @@ from idgate.assertion import AssertionSigner
 from idgate.decision import DecisionEngine
 from idgate.facts import ANSWER_HEADERS, Decision, RequestFacts, clean_request_id
 from idgate.jwks import FetchOutcome, JwksCache
+from idgate.looker.routes import Looker, looker_routes
 from idgate.metrics import Metrics
 from idgate.peers import Network, is_trusted
 from idgate.sso.routes import PREFIX, Sso, sso_routes
@@ -74,6 +75,7 @@ class Services:
     assertions: AssertionSigner | None = None
     metrics: Metrics | None = None
     metrics_here: bool = True  # False: /metrics lives on server.metrics_bind, this listener answers 404
+    looker: Looker | None = None  # the looker_embed upstreams (/.idgate/looker/*, idgate.looker.routes)
 
 
 def facts_from_request(request: Request) -> RequestFacts | None:
@@ -223,5 +225,6 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(ADMIN_JWKS_REFRESH, jwks_refresh, methods=["POST"]),
         *sso_routes(lambda request: get(request).sso),
+        *looker_routes(lambda request: get(request).sso, lambda request: get(request).looker),
         Route(f"{PREFIX}/jwks.json", jwks, methods=["GET"]),
     ]

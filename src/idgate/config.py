@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from idgate.looker.config import LookerEmbedConfig
 from idgate.peers import LOOPBACK_TEXT, parse_networks
 
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -313,7 +314,10 @@ class RoleSet(_Model):
 class UpstreamConfig(_Model):
     """An upstream profile: how identity is presented to one kind of upstream."""
 
-    profile: Literal["generic", "grafana", "looker"] = "generic"
+    # gate: a product that signs users in itself (Looker with its own OIDC): idgate gates it by group and sends
+    # X-Auth-*; looker_embed: idgate is Looker's embedding application (docs/looker.md). "looker" is the deprecated
+    # name of gate (a check-config warning).
+    profile: Literal["generic", "grafana", "gate", "looker", "looker_embed"] = "generic"
     role_set: str | None = None
     # Which principal attribute becomes the user value: Grafana's header_property is username or email.
     user_from: Literal["username", "email", "subject"] = "username"
@@ -322,6 +326,8 @@ class UpstreamConfig(_Model):
     # profile grafana: the role set may also name GrafanaAdmin (Grafana's server admin), granted only by Grafana's
     # [auth.jwt] with allow_assign_grafana_admin = true.
     allow_grafana_admin: bool = False
+    # profile looker_embed: Looker's URL, secrets and per role what the embed user gets (idgate.looker.config)
+    looker: LookerEmbedConfig | None = None
 
     @field_validator("assertion_audience")
     @classmethod
@@ -334,6 +340,10 @@ class UpstreamConfig(_Model):
     def _grafana_admin(self) -> UpstreamConfig:
         if self.allow_grafana_admin and self.profile != "grafana":
             raise ValueError("allow_grafana_admin applies to profile grafana only")
+        if (self.looker is not None) != (self.profile == "looker_embed"):
+            raise ValueError("profile looker_embed needs a looker block, and a looker block needs profile looker_embed")
+        if self.profile == "looker_embed" and self.role_set is None:
+            raise ValueError("profile looker_embed needs a role_set: its roles decide the Looker permissions")
         return self
 
 

@@ -109,6 +109,8 @@ def _resolve_secrets(
         _resolve_secret(data["sessions"], "keys", "sessions", environ, problems, base_dir, key_ring_problems)
     if isinstance(data.get("store"), dict):
         data["store"] = _resolve_store(dict(data["store"]), environ, problems, base_dir)
+    if isinstance(data.get("upstreams"), dict):
+        data["upstreams"] = _resolve_looker(dict(data["upstreams"]), environ, problems, base_dir)
     assertion = data.get("assertion")
     if isinstance(assertion, dict) and isinstance(assertion.get("keys_file"), str):
         data["assertion"] = assertion = dict(assertion)
@@ -143,6 +145,25 @@ def _resolve_store(
                 if text is not None and name == "ca_file":
                     problems += [f"store.tls.ca_file: {p}" for p in ca_bundle_problems(Path(tls[name]))]
     return store
+
+
+def _resolve_looker(
+    upstreams: dict[Any, Any], environ: Mapping[str, str], problems: list[str], base_dir: Path
+) -> dict[Any, Any]:
+    """``upstreams.*.looker``: the embed secret and the API client secret from ``X_env`` / ``X_file``; the CA
+    bundle of ``ca_file`` resolved and loadable."""
+    for name, upstream in upstreams.items():
+        if isinstance(upstream, dict) and isinstance(upstream.get("looker"), dict):
+            looker = dict(upstream["looker"])
+            for key in ("embed_secret", "client_secret"):
+                _resolve_secret(looker, key, f"upstreams.{name}.looker", environ, problems, base_dir, secret_problems)
+            if isinstance(looker.get("ca_file"), str):
+                looker["ca_file"] = str(base_dir / looker["ca_file"])
+                where = f"upstreams.{name}.looker.ca_file"
+                if _read(looker["ca_file"], where, problems) is not None:
+                    problems += [f"{where}: {p}" for p in ca_bundle_problems(Path(looker["ca_file"]))]
+            upstreams[name] = dict(upstream) | {"looker": looker}
+    return upstreams
 
 
 def _read(path: str | Path, where: str, problems: list[str]) -> str | None:
@@ -210,6 +231,9 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
         ):
             problems.append(f"upstreams.{name}.role_set: unknown role set {upstream.get('role_set')!r}")
         problems += _profile_role_problems(name, upstream, role_sets)
+        problems += _looker_role_problems(name, upstream, role_sets)
+        if isinstance(upstream, dict) and upstream.get("profile") == "looker_embed" and not data.get("login"):
+            problems.append(f"upstreams.{name}: profile looker_embed needs login (the embed user is the signed-in one)")
     problems += _login_problems(data, upstreams)
     routes = data.get("routes")
     if not isinstance(routes, list) or not routes:
@@ -253,6 +277,28 @@ def _profile_role_problems(name: object, upstream: object, role_sets: dict[Any, 
         f"upstreams.{name}: role set {upstream.get('role_set')!r} names roles Grafana does not have: {unknown} "
         f"(Grafana's roles are {', '.join(GRAFANA_ROLES)}; {GRAFANA_ADMIN} needs allow_grafana_admin: true)"
     ]
+
+
+def _looker_role_problems(name: object, upstream: object, role_sets: dict[Any, Any]) -> list[str]:
+    """A ``looker_embed`` upstream's ``looker.roles`` may only name roles of its role set, and should cover them."""
+    if not isinstance(upstream, dict) or not isinstance(upstream.get("looker"), dict):
+        return []
+    role_set = role_sets.get(_name(upstream.get("role_set")))
+    if not isinstance(role_set, dict):
+        return []
+    vocabulary = set(_strings(role_set.get("roles")))
+    mapped = [str(r) for r in _mapping(upstream["looker"].get("roles"))]
+    unknown = [r for r in mapped if r not in vocabulary]
+    unmapped = sorted(vocabulary - set(mapped))
+    problems = []
+    if unknown:
+        problems.append(f"upstreams.{name}.looker.roles: not in role set {upstream.get('role_set')!r}: {unknown}")
+    if unmapped:
+        problems.append(
+            f"upstreams.{name}.looker.roles: roles of role set {upstream.get('role_set')!r} without a Looker grant: "
+            f"{unmapped} (a user holding only those would be let through to Looker with nothing to embed)"
+        )
+    return problems
 
 
 def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[str]:

@@ -5,6 +5,7 @@
 - a ``public: true`` route on ``/`` (prefix): every path no earlier route matches is public;
 - a public route whose prefix covers a protected route: before it (first match wins), the protected route is
   never reached; after it, every path under the prefix that the protected route does not match is public;
+- an upstream with ``profile: looker``, the deprecated name of ``gate`` (docs/looker.md);
 - group names that differ only by case or surrounding spaces (``Admins``, ``admins ``), anywhere in
   ``role_sets.*.from_groups`` and ``routes[].allow.groups``: IdP groups are compared exactly, so all but the
   IdP's own spelling are dead.
@@ -28,7 +29,16 @@ class _Scope:
 
 def config_warnings(config: Config) -> tuple[str, ...]:
     """Every warning about ``config``, one line each, in file order."""
-    return (*_public_route_warnings(config.routes), *_group_warnings(config))
+    return (*_public_route_warnings(config.routes), *_group_warnings(config), *_profile_warnings(config))
+
+
+def _profile_warnings(config: Config) -> list[str]:
+    return [
+        f"upstreams.{name}: profile looker is deprecated, use gate (the same behaviour: Looker ignores X-Auth-* "
+        "headers and signs users in itself); for idgate to decide Looker roles use looker_embed (docs/looker.md)"
+        for name, upstream in config.upstreams.items()
+        if upstream.profile == "looker"
+    ]
 
 
 def _scope(route: RouteConfig) -> _Scope:

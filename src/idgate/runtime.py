@@ -36,8 +36,11 @@ from idgate.config import Config
 from idgate.decision import DecisionEngine
 from idgate.fingerprint import policy_hash
 from idgate.jwks import JwksCache
+from idgate.looker.cookieless import LookerApi
+from idgate.looker.routes import Looker, LookerUpstream
 from idgate.metrics import Metrics
 from idgate.peers import parse_networks
+from idgate.policy import Policy
 from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler, spoe_untrusted_caller
 from idgate.spoe.agent import SpoaAgent
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
@@ -114,6 +117,26 @@ def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClien
     )
 
 
+def _looker(config: Config) -> Looker | None:
+    """The ``looker_embed`` upstreams (None without any): their Looker blocks and API clients."""
+    upstreams = {}
+    for name, upstream in config.upstreams.items():
+        looker = upstream.looker
+        if looker is None:
+            continue
+        api = None
+        if looker.api_url is not None and looker.client_id is not None and looker.client_secret is not None:
+            api = LookerApi(
+                api_url=looker.api_url,
+                client_id=looker.client_id,
+                client_secret=looker.client_secret.get_secret_value(),
+                timeout_seconds=looker.api_timeout_seconds,
+                ca_file=looker.ca_file,
+            )
+        upstreams[name] = LookerUpstream(name=name, upstream=upstream, config=looker, api=api)
+    return Looker(upstreams=upstreams, policy=Policy(config=config)) if upstreams else None
+
+
 def _installed_version() -> str:
     try:
         return importlib.metadata.version("idgate")
@@ -185,6 +208,7 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         metrics=metrics,
     )
     return Services(
+        looker=_looker(config),
         engine=engine,
         caches=caches,
         trusted=parse_networks(config.server.trusted_callers),
@@ -285,6 +309,10 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             await asyncio.gather(*warmers, return_exceptions=True)
             for client in clients.values():
                 await client.aclose()
+            if services.looker is not None:
+                for looker in services.looker.upstreams.values():
+                    if looker.api is not None:
+                        await looker.api.aclose()
             if store is not None:
                 await store.close()
 

@@ -35,6 +35,21 @@ def write_secrets(secrets_dir: Path) -> None:
         path.chmod(0o600)
 
 
+LOOKER_SECRET_FILES: Final = ("looker_embed_secret", "looker_client_secret")
+"""config/demo.yaml's ``analytics`` (looker_embed) upstream secrets: the embed secret and the API3 client secret."""
+
+
+def write_looker_secrets(secrets_dir: Path) -> dict[str, str]:
+    """Fresh random :data:`LOOKER_SECRET_FILES` (mode 0600) in ``secrets_dir``; returns file name → value, for the
+    Looker contract stub that must share them."""
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    values = {name: base64.urlsafe_b64encode(os.urandom(32)).decode() for name in LOOKER_SECRET_FILES}
+    for name, value in values.items():
+        (secrets_dir / name).write_text(value)
+        (secrets_dir / name).chmod(0o600)
+    return values
+
+
 _GENERATED_CONFIG = string.Template("""\
 server: {host: 127.0.0.1}
 spoa: {host: 127.0.0.1, port: $spoa_port}
@@ -51,7 +66,7 @@ role_sets:
 upstreams:
   app: {profile: generic}
   grafana: {profile: grafana, role_set: grafana, user_from: email, assertion_audience: grafana}
-  looker: {profile: looker, role_set: looker}
+  looker: {profile: gate, role_set: looker}
   grpc: {profile: generic, role_set: echo, assertion_audience: $grpc_audience}
 routes:
   - {name: echo-admin, grpc: /demo.Echo/Admin, upstream: grpc, allow: {roles: [echo_admin]}}

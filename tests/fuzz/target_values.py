@@ -44,6 +44,8 @@ def _config_home() -> Path:
         (_CONFIG_HOME / ".run" / "demo" / "tls" / "ca.pem").write_text("not read by the loader\n")
         (secrets / "client_secret").write_text(CONFIG_ENVIRON["IDGATE_CLIENT_SECRET"] + "\n")
         (secrets / "session_keys").write_text(CONFIG_ENVIRON["IDGATE_SESSION_KEYS"] + "\n")
+        for name in ("looker_embed_secret", "looker_client_secret"):  # config/demo.yaml's looker_embed upstream
+            (secrets / name).write_text(f"fuzz-{name.replace('_', '-')}-0123456789\n")
         (_CONFIG_HOME / "config").mkdir()
     return _CONFIG_HOME / "config" / f"fuzz-{os.getpid()}.yaml"
 

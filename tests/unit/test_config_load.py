@@ -20,7 +20,7 @@ from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
 from idgate.runtime import preflight
 from idgate_devstack.certs import generate_dev_certs
-from idgate_devstack.stack_config import write_secrets
+from idgate_devstack.stack_config import write_looker_secrets, write_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 WRONG_TYPES: tuple[object, ...] = (None, [], [["x"]], {}, {"a": ["b"]}, 5, -1.5, "x", True)
@@ -39,6 +39,10 @@ def demo_config(tmp_path: Path) -> dict[str, Any]:
     doc["issuers"][0]["client_secret_file"] = "client_secret"
     doc["sessions"]["keys_file"] = "session_keys"
     doc["assertion"]["keys_file"] = "assertion.pem"
+    looker = doc["upstreams"]["analytics"]["looker"]
+    for key in ("embed_secret", "client_secret"):
+        (tmp_path / f"looker_{key}").write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        looker[f"{key}_file"] = f"looker_{key}"
     return doc
 
 
@@ -109,5 +113,6 @@ def test_the_demo_config_with_the_files_the_demo_generates_passes_without_warnin
     (tmp_path / "config" / "demo.yaml").write_text((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
     generate_dev_certs(tmp_path / ".run" / "demo" / "tls")
     write_secrets(tmp_path / ".run" / "demo" / "secrets")
+    write_looker_secrets(tmp_path / ".run" / "demo" / "secrets")
     config = load_config(tmp_path / "config" / "demo.yaml", environ={})
     assert config_warnings(config) == () and preflight(config) == []

@@ -34,6 +34,9 @@ def demo_file(tmp_path: Path) -> Path:
     del doc["issuers"][0]["ca_file"]
     doc["issuers"][0]["client_secret_file"] = "client_secret"
     doc["sessions"]["keys_file"] = "session_keys"
+    for key in ("embed_secret", "client_secret"):  # the looker_embed upstream's secrets
+        (tmp_path / f"looker_{key}").write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        doc["upstreams"]["analytics"]["looker"][f"{key}_file"] = f"looker_{key}"
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(doc))
     return tmp_path / "demo.yaml"
 
