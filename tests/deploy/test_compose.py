@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import haproxy_check
 import pytest
 import yaml
 from cryptography import x509
@@ -1107,3 +1108,13 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_secret() -> None:
     for path in (".run/demo/secrets/session_keys", ".venv/bin/python", ".git/config", "testidp/node_modules/x/y.js"):
         assert _dockerignore_excludes(path), path
     assert _dockerignore_excludes("src/idgate/__pycache__/cli.cpython-311.pyc")
+
+
+@pytest.mark.parametrize("mode", ["spoe", "auth_request"])
+def test_haproxy_accepts_the_stacks_environment(mode: str, tmp_path: Path) -> None:
+    """The real HAProxy checks the shipped config with the haproxy service's variables: three replicas, the local
+    /auth balancer, both modes (service names become loopback addresses here; zero-warning)."""
+    env = environment(load_compose({"IDGATE_MODE": mode})["services"]["haproxy"])
+    assert env["IDGATE_MODE"] == mode
+    result = haproxy_check.check(HAPROXY_CFG, env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

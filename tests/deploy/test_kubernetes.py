@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import haproxy_check
 import kubernetes_validate
 import pytest
 import yaml
@@ -471,3 +472,21 @@ def test_trial_config_differs_from_the_base_only_in_the_store() -> None:
     assert trial["store"]["password_file"] == base["store"]["password_file"]
     del base["store"], trial["store"]
     assert base == trial
+
+
+# ----------------------------------------------------------------------------------------- HAProxy with the pod's env
+
+
+@pytest.mark.parametrize("mode", ["spoe", "auth_request"])
+def test_haproxy_accepts_the_pods_environment(rendered: list[Doc], mode: str, tmp_path: Path) -> None:
+    """The real HAProxy checks the ConfigMap's files with the haproxy container's variables (zero-warning)."""
+    config_dir = tmp_path / "haproxy"
+    config_dir.mkdir()
+    for name, text in one(rendered, "ConfigMap", "haproxy-config")["data"].items():
+        (config_dir / name).write_text(text, encoding="utf-8")
+    haproxy = one(rendered, "Deployment", "idgate-edge")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in haproxy["env"]} | {"IDGATE_MODE": mode}
+    result = haproxy_check.check(config_dir / "haproxy.cfg", env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = haproxy_check.check(config_dir / "haproxy.cfg", env | {"IDGATE_SPOA_TLS": "yes"}, tmp_path)
+    assert broken.returncode != 0, "the check can fail"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import haproxy_check
 import pytest
 import yaml
 
@@ -221,3 +222,16 @@ def test_haproxy_drop_in_runs_unprivileged_after_idgate() -> None:
     assert set(env) <= read, sorted(set(env) - read)
     for name in ("IDGATE_SPOA_ADDR", "IDGATE_SERVICE_ADDR", "IDGATE_AUTH_URL"):
         assert name not in env, f"{name}: idgate is on this host, the loopback default is right"
+
+
+@pytest.mark.parametrize("mode", ["spoe", "auth_request"])
+def test_haproxy_accepts_the_env_example(mode: str, tmp_path: Path) -> None:
+    """The real HAProxy checks the shipped config with haproxy-idgate.env.example (zero-warning)."""
+    env = dict(
+        line.split("=", 1)
+        for line in (SYSTEMD / "haproxy-idgate.env.example").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    )
+    env |= {"IDGATE_MODE": mode, "IDGATE_LUA_DIR": str(REPO / "haproxy")}  # /etc/haproxy/idgate on the VM
+    result = haproxy_check.check(REPO / "haproxy" / "haproxy.cfg", env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
