@@ -234,16 +234,6 @@ def test_haproxy_configmap_is_the_shipped_haproxy_directory(rendered: list[Doc])
     assert mounts["/usr/local/etc/haproxy"] == "haproxy-config"  # the official image's -f directory
 
 
-def test_configmap_generator_round_trips_awkward_text(tmp_path: Path) -> None:
-    for text in ("a\n\tb\n", "a\n\n\n", "no newline", "x\n\n y\n"):
-        for name in kube_configmap.FILES:
-            (tmp_path / name).write_text(text, encoding="utf-8")
-        assert all(v == text for v in yaml.safe_load(kube_configmap.build(tmp_path))["data"].values())
-    (tmp_path / "haproxy.cfg").write_text(" leading space\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="literal block"):
-        kube_configmap.build(tmp_path)
-
-
 def test_probes(rendered: list[Doc]) -> None:
     for name, _, container in containers(rendered):
         assert container.get("readinessProbe"), f"{name}: no readinessProbe"
