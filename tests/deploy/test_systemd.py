@@ -147,6 +147,7 @@ def test_idgate_unit_is_hardened() -> None:
         "ReadOnlyPaths": "/etc/idgate",
         "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
         "UMask": "0077",
+        "Restart": "always",  # without idgate, HAProxy answers 503 to everything
     }
     assert {k: service.get(k) for k in expected} == expected
     assert values(UNIT, "Service", "Type") == ["exec"], "idgate does not call sd_notify: not Type=notify"
