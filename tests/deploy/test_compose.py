@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import haproxy_check
 import pytest
+import redis_command
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -1118,3 +1119,23 @@ def test_haproxy_accepts_the_stacks_environment(mode: str, tmp_path: Path) -> No
     assert env["IDGATE_MODE"] == mode
     result = haproxy_check.check(HAPROXY_CFG, env, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_redis_command_and_healthcheck_run_for_real(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """The redis service's start script and healthcheck, run with this host's redis-server: the password is
+    required, the generated one works, and the healthcheck passes only with it."""
+    redis = services["redis"]
+    assert redis["command"][:2] == ["sh", "-c"]
+    password = tmp_path / "password"
+    password.write_text("Zq3v9Lr0pW8xT2mK5sB7nD1cXy0a", encoding="utf-8")
+    paths = {"/run/secrets/redis/password": str(password), "/tmp/redis.conf": str(tmp_path / "redis.conf")}
+    with redis_command.started(redis["command"][2], paths) as server:
+        assert server.reply(b"PING\r\n").startswith(b"-NOAUTH")
+        assert server.reply(b"AUTH Zq3v9Lr0pW8xT2mK5sB7nD1cXy0a\r\n") == b"+OK\r\n"
+        assert server.reply(b"AUTH wrong\r\n").startswith(b"-WRONGPASS")
+        kind, script = redis["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        assert redis_command.probe(script, paths, server.port).returncode == 0
+        password.write_text("not-the-password", encoding="utf-8")
+        assert redis_command.probe(script, paths, server.port).returncode != 0
+    assert "requirepass" in (tmp_path / "redis.conf").read_text(encoding="utf-8")

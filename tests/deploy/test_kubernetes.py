@@ -26,6 +26,7 @@ from typing import Any
 import haproxy_check
 import kubernetes_validate
 import pytest
+import redis_command
 import yaml
 
 from idgate.config import Config
@@ -480,3 +481,20 @@ def test_haproxy_accepts_the_pods_environment(rendered: list[Doc], mode: str, tm
     assert result.returncode == 0, result.stdout + result.stderr
     broken = haproxy_check.check(config_dir / "haproxy.cfg", env | {"IDGATE_SPOA_TLS": "yes"}, tmp_path)
     assert broken.returncode != 0, "the check can fail"
+
+
+def test_trial_redis_command_and_probe_run_for_real(tmp_path: Path) -> None:
+    """The trial StatefulSet's start script and readiness probe, run with this host's redis-server."""
+    (container,) = one(render(TRIAL), "StatefulSet", "idgate-redis")["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["/bin/sh", "-c"]
+    password = tmp_path / "password"
+    password.write_text("Zq3v9Lr0pW8xT2mK5sB7nD1cXy0a\n", encoding="utf-8")  # as kubectl create secret --from-file
+    paths = {"/run/secrets/idgate-redis/password": str(password), "/tmp/redis.conf": str(tmp_path / "redis.conf")}
+    with redis_command.started(container["command"][2], paths) as server:
+        assert server.reply(b"PING\r\n").startswith(b"-NOAUTH")
+        assert server.reply(b"AUTH Zq3v9Lr0pW8xT2mK5sB7nD1cXy0a\r\n") == b"+OK\r\n"
+        shell, flag, script = container["readinessProbe"]["exec"]["command"]
+        assert (shell, flag) == ("/bin/sh", "-c")
+        assert redis_command.probe(script, paths, server.port).returncode == 0
+        password.write_text("not-the-password", encoding="utf-8")
+        assert redis_command.probe(script, paths, server.port).returncode != 0
