@@ -222,8 +222,8 @@ def volumes(services: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="module")
-def idgate_config(services: dict[str, dict[str, Any]], volumes: dict[str, Path]) -> Config:
-    """compose/idgate.yaml as idgate will load it in its container: the mounted file, the generated secrets."""
+def localised_idgate_yaml(services: dict[str, dict[str, Any]], volumes: dict[str, Path]) -> dict[str, Any]:
+    """compose/idgate.yaml with its container paths turned into the host paths of the mounts (the generated secrets)."""
     idgate = services["idgate"]
     command = [str(c) for c in idgate["command"]]
     config_path = to_host(idgate, command[command.index("--config") + 1], volumes)
@@ -239,11 +239,16 @@ def idgate_config(services: dict[str, dict[str, Any]], volumes: dict[str, Path])
             return {k: localise(v) for k, v in node.items()}
         return node
 
-    localised = {
+    return {
         key: (localise(value) if key in ("issuers", "sessions", "assertion", "store") else value)
         for key, value in raw.items()
     }
-    return parse_config(localised, environ=environment(idgate), base_dir=config_path.parent)
+
+
+@pytest.fixture(scope="module")
+def idgate_config(services: dict[str, dict[str, Any]], localised_idgate_yaml: dict[str, Any]) -> Config:
+    """compose/idgate.yaml as idgate will load it in its container: the mounted file, the generated secrets."""
+    return parse_config(localised_idgate_yaml, environ=environment(services["idgate"]), base_dir=COMPOSE_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -643,6 +648,16 @@ def test_idgate_config_validates_with_the_generated_secrets(idgate_config: Confi
     assert signer.jwks()["keys"], "the generated assertion key is published"
     assert idgate_config.dev_mode is False
     assert idgate_config.upstreams["grafana"].assertion_audience
+
+
+def test_idgate_check_config_accepts_the_stacks_config(localised_idgate_yaml: dict[str, Any], tmp_path: Path) -> None:
+    """The real command, `idgate check-config`, on the file every replica loads (the generated secrets in place)."""
+    path = tmp_path / "idgate.yaml"
+    path.write_text(yaml.safe_dump(localised_idgate_yaml), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "idgate.cli", "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and f"{path}: OK" in result.stdout, result.stdout + result.stderr
 
 
 def test_idgate_grpc_routes(idgate_config: Config) -> None:

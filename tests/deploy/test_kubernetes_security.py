@@ -13,6 +13,7 @@ import pytest
 from kube_manifests import (
     BASE,
     EDGE_LABELS,
+    REPO,
     TRIAL,
     Doc,
     admitted_ports,
@@ -148,3 +149,18 @@ def test_trial_redis_admits_only_the_edge() -> None:
     assert "requirepass" in command and "--requirepass" not in command, "the password never on a command line"
     assert "TRIALS ONLY" in (TRIAL / "redis.yaml").read_text(encoding="utf-8")
     assert not by_kind(render(BASE), "StatefulSet"), "the base brings no Redis: store.url is external"
+
+
+def test_uids_match_the_images(rendered: list[Doc]) -> None:
+    """idgate runs as the Dockerfile's user (its Secret files are group-readable by that gid through fsGroup)."""
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    uid = re.search(r"useradd .*--uid (\d+)", dockerfile)
+    gid = re.search(r"groupadd .*--gid (\d+)", dockerfile)
+    assert uid and gid and re.search(rf"^USER {uid[1]}:{gid[1]}$", dockerfile, re.M), "a numeric USER"
+    deployment = one(rendered, "Deployment", "idgate-edge")["spec"]["template"]["spec"]
+    (idgate,) = [c for c in deployment["containers"] if c["name"] == "idgate"]
+    assert (idgate["securityContext"]["runAsUser"], idgate["securityContext"]["runAsGroup"]) == (
+        int(uid[1]),
+        int(gid[1]),
+    )
+    assert deployment["securityContext"]["fsGroup"] == int(gid[1])
