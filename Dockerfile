@@ -30,7 +30,8 @@ RUN pip install ".[speed,grpc]" \
     && rm -rf /build
 
 WORKDIR /
-USER idgate:idgate
+# numeric, so that Kubernetes can check runAsNonRoot without a runAsUser (deploy/kubernetes sets 10001 anyway)
+USER 10001:10001
 EXPOSE 9180 9181
 
 # /readyz is 200 once every issuer's signing keys were fetched (the default port 9180; override with --health-cmd)

@@ -3,7 +3,7 @@
 compose/docker-compose.yml runs this as the ``certs`` service (the idgate image, as root, no network) before any
 other service starts; the others wait for it with ``depends_on: condition: service_completed_successfully``.
 
-    python generate.py --tls-dir DIR --secrets-dir DIR [--group GID] --dns NAME... [--ip ADDR...]
+    python generate.py --tls-dir DIR --secrets-dir DIR [--redis-dir DIR] [--group GID] --dns NAME... [--ip ADDR...]
 
 Writes (PEM unless noted):
 
@@ -15,6 +15,8 @@ Writes (PEM unless noted):
     <secrets-dir>/client_secret       the OIDC client secret idgate and the test IdP share (text)      (0640)
     <secrets-dir>/session_keys        idgate's session-cookie AEAD key: base64 of 32 random bytes      (0640)
     <secrets-dir>/assertion_key.pem   idgate's ES256 key for Grafana's signed assertions               (0640)
+    <redis-dir>/password              the password of the stack's Redis (idgate's shared store), text; a
+                                      directory of its own, so the Redis container sees no other secret (0640)
 
 Private files belong to root and group ``--group`` (the gid the idgate image runs as; HAProxy gets it through
 ``group_add``), so only the services that need them can read them.
@@ -111,10 +113,20 @@ def write_secrets(secrets_dir: Path, *, gid: int | None) -> list[str]:
     return written
 
 
+def write_redis_password(redis_dir: Path, *, gid: int | None) -> bool:
+    """Create ``<redis_dir>/password`` (43 URL-safe characters) unless it exists; True when written."""
+    path = redis_dir / "password"
+    if path.is_file() and path.stat().st_size > 0:
+        return False
+    _write(path, secrets.token_urlsafe(32).encode(), mode=PRIVATE_MODE, gid=gid)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tls-dir", type=Path, required=True)
     parser.add_argument("--secrets-dir", type=Path, required=True)
+    parser.add_argument("--redis-dir", type=Path, default=None, help="where to write the Redis password")
     parser.add_argument("--group", type=int, default=None, help="gid that may read the private files")
     parser.add_argument("--dns", action="append", default=[], help="DNS name for the server certificate (repeat)")
     parser.add_argument("--ip", action="append", default=[], help="IP address for the server certificate (repeat)")
@@ -123,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.dns:
         parser.error("give at least one --dns name")
-    for directory, mode in ((args.tls_dir, 0o755), (args.secrets_dir, 0o750)):
+    private_dirs = [d for d in (args.secrets_dir, args.redis_dir) if d is not None]
+    for directory, mode in ((args.tls_dir, 0o755), *((d, 0o750) for d in private_dirs)):
         directory.mkdir(parents=True, exist_ok=True)
         if args.group is not None and os.geteuid() == 0:
             os.chown(directory, 0, args.group)
@@ -135,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"certs: wrote a new CA and server certificate to {args.tls_dir} for {', '.join(args.dns + args.ip)}")
     written = write_secrets(args.secrets_dir, gid=args.group)
     print(f"certs: secrets in {args.secrets_dir}: " + (f"wrote {', '.join(written)}" if written else "all kept"))
+    if args.redis_dir is not None:
+        wrote = write_redis_password(args.redis_dir, gid=args.group)
+        print(f"certs: Redis password in {args.redis_dir}: " + ("wrote it" if wrote else "kept"))
     return 0
 
 

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import haproxy_check
 import pytest
+import redis_command
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -43,7 +45,8 @@ COMPOSE_DIR = REPO / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
 SPOE_CONF = REPO / "haproxy" / "spoe-idgate.conf"
-SERVICES = {"certs", "idp", "idgate", "echo", "grpc", "grafana", "haproxy", "prometheus"}
+REPLICAS = ("idgate", "idgate-2", "idgate-3")  # idgate replicas sharing one store (the redis service)
+SERVICES = {"certs", "idp", *REPLICAS, "redis", "echo", "grpc", "grafana", "haproxy", "prometheus"}
 IDGATE_GID = 10001
 TEST_IDP_DEFAULT_SECRET = "idgate-test-secret-0123456789abcdef"  # server.mjs's built-in fallback, never used here
 
@@ -219,8 +222,8 @@ def volumes(services: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="module")
-def idgate_config(services: dict[str, dict[str, Any]], volumes: dict[str, Path]) -> Config:
-    """compose/idgate.yaml as idgate will load it in its container: the mounted file, the generated secrets."""
+def localised_idgate_yaml(services: dict[str, dict[str, Any]], volumes: dict[str, Path]) -> dict[str, Any]:
+    """compose/idgate.yaml with its container paths turned into the host paths of the mounts (the generated secrets)."""
     idgate = services["idgate"]
     command = [str(c) for c in idgate["command"]]
     config_path = to_host(idgate, command[command.index("--config") + 1], volumes)
@@ -236,10 +239,16 @@ def idgate_config(services: dict[str, dict[str, Any]], volumes: dict[str, Path])
             return {k: localise(v) for k, v in node.items()}
         return node
 
-    localised = {
-        key: (localise(value) if key in ("issuers", "sessions", "assertion") else value) for key, value in raw.items()
+    return {
+        key: (localise(value) if key in ("issuers", "sessions", "assertion", "store") else value)
+        for key, value in raw.items()
     }
-    return parse_config(localised, environ=environment(idgate), base_dir=config_path.parent)
+
+
+@pytest.fixture(scope="module")
+def idgate_config(services: dict[str, dict[str, Any]], localised_idgate_yaml: dict[str, Any]) -> Config:
+    """compose/idgate.yaml as idgate will load it in its container: the mounted file, the generated secrets."""
+    return parse_config(localised_idgate_yaml, environ=environment(services["idgate"]), base_dir=COMPOSE_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +379,7 @@ def test_build_context_and_bind_mounts_exist(compose: dict[str, Any]) -> None:
 def test_only_certs_writes_the_generated_volumes(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         for mount in mounts(service):
-            if mount.source in ("tls", "secrets") and name != "certs":
+            if mount.source in ("tls", "secrets", "redis-secret") and name != "certs":
                 assert mount.read_only, f"{name} must mount {mount.source} read-only"
                 assert services[name]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
     assert services["certs"]["network_mode"] == "none"
@@ -402,17 +411,20 @@ def test_dependencies_wait_for_health(services: dict[str, dict[str, Any]]) -> No
                 assert check.get("test") and not check.get("disable"), f"{name} waits for {dependency}'s health"
     assert services["haproxy"]["depends_on"] == {
         "certs": {"condition": "service_completed_successfully"},
-        "idgate": {"condition": "service_healthy"},
+        **{replica: {"condition": "service_healthy"} for replica in REPLICAS},
         "echo": {"condition": "service_healthy"},
         "grafana": {"condition": "service_healthy"},
         "grpc": {"condition": "service_healthy"},
     }
-    assert services["idgate"]["depends_on"]["idp"] == {"condition": "service_healthy"}
+    for replica in REPLICAS:
+        assert services[replica]["depends_on"]["idp"] == {"condition": "service_healthy"}
+        assert services[replica]["depends_on"]["redis"] == {"condition": "service_healthy"}
 
 
 def test_idgate_healthcheck_is_readyz(services: dict[str, dict[str, Any]], idgate_config: Config) -> None:
-    test = " ".join(services["idgate"]["healthcheck"]["test"])
-    assert f"http://127.0.0.1:{idgate_config.server.port}/readyz" in test
+    for replica in REPLICAS:
+        test = " ".join(services[replica]["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{idgate_config.server.port}/readyz" in test, replica
 
 
 # ----------------------------------------------------------------------------------------- HAProxy
@@ -484,8 +496,10 @@ def test_haproxy_variables_that_must_differ_are_set(haproxy_env: dict[str, str])
         assert name in haproxy_env, f"{name} is not set for the haproxy service"
         assert haproxy_env[name] != defaults[name], f"{name} keeps its loopback/dev default {defaults[name]}"
         assert "127.0.0.1" not in haproxy_env[name] and "localhost" not in haproxy_env[name]
-    for name in sorted(variables.optional & set(haproxy_env)):
+    for name in sorted(variables.optional & set(haproxy_env) - {"IDGATE_AUTH_LB_BIND"}):
         assert "127.0.0.1" not in haproxy_env[name] and "localhost" not in haproxy_env[name], name
+    # the local /auth balancer is HAProxy's own listener: loopback inside the HAProxy container, never published
+    assert split_addr(haproxy_env["IDGATE_AUTH_LB_BIND"])[0] == "127.0.0.1"
     known = set(defaults) | variables.optional
     assert set(haproxy_env) <= known, f"unknown variables: {sorted(set(haproxy_env) - known)}"
 
@@ -636,6 +650,16 @@ def test_idgate_config_validates_with_the_generated_secrets(idgate_config: Confi
     assert idgate_config.upstreams["grafana"].assertion_audience
 
 
+def test_idgate_check_config_accepts_the_stacks_config(localised_idgate_yaml: dict[str, Any], tmp_path: Path) -> None:
+    """The real command, `idgate check-config`, on the file every replica loads (the generated secrets in place)."""
+    path = tmp_path / "idgate.yaml"
+    path.write_text(yaml.safe_dump(localised_idgate_yaml), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "idgate.cli", "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and f"{path}: OK" in result.stdout, result.stdout + result.stderr
+
+
 def test_idgate_grpc_routes(idgate_config: Config) -> None:
     """The gRPC routes of config/demo.yaml, ahead of the catch-all "/" that would otherwise take every method."""
     policy = Policy(config=idgate_config)
@@ -702,6 +726,76 @@ def test_idgate_runs_as_the_image_intends(services: dict[str, dict[str, Any]]) -
     assert idgate["command"][:2] == ["idgate", "serve"]
     assert idgate.get("read_only") is True and "ALL" in idgate.get("cap_drop", [])
     assert "user" not in idgate, "keep the image's non-root user"
+
+
+# ----------------------------------------------------------------------------------------- replicas and Redis
+
+
+def test_idgate_replicas_are_one_service_three_times(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    first = services["idgate"]
+    shared = ("command", "volumes", "healthcheck", "read_only", "tmpfs", "cap_drop", "security_opt", "depends_on")
+    for replica in REPLICAS:
+        service = services[replica]
+        assert {k: service.get(k) for k in shared} == {k: first.get(k) for k in shared}, replica
+        assert service["image"] == "idgate:local" and "user" not in service and not service.get("ports")
+    assert [r for r in REPLICAS if services[r].get("build")] == ["idgate"], "the image is built once"
+    # a fixed address each (HAProxy resolves the names once, at its start), in the subnet, outside the dynamic range
+    addresses = [network_address(services[r]) for r in REPLICAS]
+    assert all(addresses) and len(set(addresses)) == len(REPLICAS)
+    (ipam,) = compose["networks"]["idgate"]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(ipam["subnet"]), ipaddress.ip_network(ipam["ip_range"])
+    for address in addresses:
+        assert ipaddress.ip_address(address) in subnet and ipaddress.ip_address(address) not in dynamic
+
+
+def test_haproxy_balances_over_every_replica(haproxy_env: dict[str, str], idgate_config: Config) -> None:
+    assert idgate_config.spoa is not None
+    for number, replica in enumerate(REPLICAS, 1):
+        suffix = "" if number == 1 else f"_{number}"
+        assert haproxy_env[f"IDGATE_SERVICE_ADDR{suffix}"] == f"{replica}:{idgate_config.server.port}"
+        assert haproxy_env[f"IDGATE_SPOA_ADDR{suffix}"] == f"{replica}:{idgate_config.spoa.port}"
+    assert "IDGATE_SERVICE_ADDR_4" not in haproxy_env and "IDGATE_SPOA_ADDR_4" not in haproxy_env
+    # auth_request mode: the Lua call goes to the local balancer, which health-checks and retries over the replicas
+    cfg = HAPROXY_CFG.read_text(encoding="utf-8")
+    assert 'http-request lua.idgate_auth "http://${IDGATE_AUTH_LB_BIND}/auth"' in cfg
+    assert re.search(r'listen li_idgate_auth\n\tbind "\$\{IDGATE_AUTH_LB_BIND\}"\n', cfg)
+    for number in (2, 3):
+        assert f'server idgate{number} "${{IDGATE_SPOA_ADDR_{number}}}"' in cfg
+        assert cfg.count(f'server idgate{number} "${{IDGATE_SERVICE_ADDR_{number}}}"') == 2  # be_idgate, the balancer
+
+
+def test_idgate_store_is_the_stacks_redis(
+    services: dict[str, dict[str, Any]],
+    idgate_config: Config,
+    raw_idgate_yaml: dict[str, Any],
+    volumes: dict[str, Path],
+) -> None:
+    store = idgate_config.store
+    assert store.kind == "redis" and store.url is not None and store.password is not None
+    url = urlsplit(store.url)
+    assert (url.scheme, url.hostname, url.port) == ("redis", "redis", 6379)
+    redis = services["redis"]
+    assert redis["image"] == "redis:7" and not redis.get("ports"), "Redis is reached on the network only"
+    # one password file, generated by certs into a volume of its own; idgate and Redis read the same file
+    password_file = raw_idgate_yaml["store"]["password_file"]
+    for replica in REPLICAS:
+        assert to_host(services[replica], password_file, volumes) == volumes["redis-secret"] / "password"
+    script = " ".join(str(c) for c in redis["command"])
+    (redis_path,) = re.findall(r"cat (/\S+?)\)", script)
+    assert to_host(redis, redis_path, volumes) == volumes["redis-secret"] / "password"
+    assert store.password.get_secret_value() == (volumes["redis-secret"] / "password").read_text().strip()
+    assert len(store.password.get_secret_value()) >= 32
+    assert "requirepass" in script and "--requirepass" not in script, "the password never on a command line"
+    assert "/tmp/redis.conf" in script and "/tmp" in redis["tmpfs"], "the generated config lives on a tmpfs"
+    assert {m.source for m in mounts(redis)} == {"redis-secret"}, "Redis sees no other secret"
+    assert redis["user"].split(":")[0] not in ("0", "root") and "10001" in [str(g) for g in redis["group_add"]]
+    assert redis.get("read_only") is True and "ALL" in redis.get("cap_drop", [])
+    # healthy = answers PING with the password (idgate replicas wait for it)
+    check = " ".join(redis["healthcheck"]["test"])
+    assert "redis-cli ping" in check and "REDISCLI_AUTH" in check
+    assert redis["depends_on"]["certs"]["condition"] == "service_completed_successfully"
 
 
 def test_generated_material(idgate_config: Config, volumes: dict[str, Path]) -> None:
@@ -902,8 +996,9 @@ def test_prometheus_scrapes_haproxy_and_idgate(
     assert (f"haproxy:{stats_port}", "/metrics") in targets
     # idgate's metrics have a listener of their own (Prometheus is no trusted caller of /auth)
     assert idgate_config.server.metrics_address is not None
-    assert (f"idgate:{idgate_config.server.metrics_address[1]}", "/metrics") in targets
-    assert not any(t.startswith(f"idgate:{idgate_config.server.port}") for t, _ in targets)
+    for replica in REPLICAS:  # every replica: their counters are their own
+        assert (f"{replica}:{idgate_config.server.metrics_address[1]}", "/metrics") in targets, replica
+        assert not any(t.startswith(f"{replica}:{idgate_config.server.port}") for t, _ in targets)
     assert "http-request use-service prometheus-exporter if { path /metrics }" in HAPROXY_CFG.read_text(
         encoding="utf-8"
     )
@@ -1029,3 +1124,33 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_secret() -> None:
     for path in (".run/demo/secrets/session_keys", ".venv/bin/python", ".git/config", "testidp/node_modules/x/y.js"):
         assert _dockerignore_excludes(path), path
     assert _dockerignore_excludes("src/idgate/__pycache__/cli.cpython-311.pyc")
+
+
+@pytest.mark.parametrize("mode", ["spoe", "auth_request"])
+def test_haproxy_accepts_the_stacks_environment(mode: str, tmp_path: Path) -> None:
+    """The real HAProxy checks the shipped config with the haproxy service's variables: three replicas, the local
+    /auth balancer, both modes (service names become loopback addresses here; zero-warning)."""
+    env = environment(load_compose({"IDGATE_MODE": mode})["services"]["haproxy"])
+    assert env["IDGATE_MODE"] == mode
+    result = haproxy_check.check(HAPROXY_CFG, env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_redis_command_and_healthcheck_run_for_real(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """The redis service's start script and healthcheck, run with this host's redis-server: the password is
+    required, the generated one works, and the healthcheck passes only with it."""
+    redis = services["redis"]
+    assert redis["command"][:2] == ["sh", "-c"]
+    password = tmp_path / "password"
+    password.write_text("Zq3v9Lr0pW8xT2mK5sB7nD1cXy0a", encoding="utf-8")
+    paths = {"/run/secrets/redis/password": str(password), "/tmp/redis.conf": str(tmp_path / "redis.conf")}
+    with redis_command.started(redis["command"][2], paths) as server:
+        assert server.reply(b"PING\r\n").startswith(b"-NOAUTH")
+        assert server.reply(b"AUTH Zq3v9Lr0pW8xT2mK5sB7nD1cXy0a\r\n") == b"+OK\r\n"
+        assert server.reply(b"AUTH wrong\r\n").startswith(b"-WRONGPASS")
+        kind, script = redis["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        assert redis_command.probe(script, paths, server.port).returncode == 0
+        password.write_text("not-the-password", encoding="utf-8")
+        assert redis_command.probe(script, paths, server.port).returncode != 0
+    assert "requirepass" in (tmp_path / "redis.conf").read_text(encoding="utf-8")

@@ -116,9 +116,13 @@ class RedisRevocationStore:
         """A store for ``config`` (``kind: redis``); no I/O until the first call."""
         assert config.url is not None
         tls: dict[str, Any] = {}
+        if config.url.startswith("rediss://"):
+            # the certificate must chain to a trusted CA and name the URL's host (redis-py before 6.0 did not check
+            # the name by default)
+            tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
         if config.tls is not None:
-            tls = {"ssl_ca_certs": config.tls.ca_file, "ssl_certfile": config.tls.cert_file}
-            tls |= {"ssl_keyfile": config.tls.key_file, "ssl_cert_reqs": "required"}
+            tls |= {"ssl_ca_certs": config.tls.ca_file, "ssl_certfile": config.tls.cert_file}
+            tls |= {"ssl_keyfile": config.tls.key_file}
         client = aioredis.Redis.from_url(
             config.url,
             username=config.username,
