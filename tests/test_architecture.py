@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
             "peers",
             "tls",
             "fingerprint",
+            "presets",
         ],
         0,
     ),
