@@ -65,6 +65,13 @@ def _string(claims: Mapping[str, object], path: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def has_overage(claims: Mapping[str, object]) -> bool:
+    """True when the claims say the groups were left out: Entra ID's groups overage, ``_claim_names.groups``
+    (OIDC Core §5.6.2 distributed claims) or ``hasgroups: true``."""
+    names = claims.get("_claim_names")
+    return (isinstance(names, Mapping) and "groups" in names) or claims.get("hasgroups") is True
+
+
 def groups_at(claims: Mapping[str, object], paths: ClaimPaths, notes: list[str]) -> tuple[str, ...]:
     """The string entries of the list at ``paths.groups``, then of the list at ``paths.roles`` (when set),
     de-duplicated in order, at most :data:`MAX_GROUPS`; reason codes of what was dropped are appended to ``notes``
@@ -86,6 +93,8 @@ def groups_at(claims: Mapping[str, object], paths: ClaimPaths, notes: list[str])
     if len(groups) > MAX_GROUPS:
         groups = groups[:MAX_GROUPS]
         notes.append("groups_truncated")
+    if has_overage(claims):
+        notes.append("groups_overage_unresolved")  # a bearer token's own claims: no groups (sessions ask Graph)
     return tuple(groups)
 
 
