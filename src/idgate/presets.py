@@ -19,9 +19,9 @@ entra      ``require_at_jwt_typ: false`` (v2.0 access tokens have ``typ: JWT``);
 okta       ``require_at_jwt_typ: false``; ``claims.groups: groups``; login scopes with ``groups`` (Okta's org
            authorization server knows it; a custom server needs a ``groups`` scope and claim defined).
 google     nothing about groups: Google puts none in tokens (``hd`` names a Workspace domain): grant roles with
-           ``role_sets.*.default`` and routes on ``authenticated``; ``jwks_uri`` pinned at
-           www.googleapis.com (Google publishes its keys on another host); login scopes without ``groups`` or
-           ``offline_access`` (Google refuses both).
+           ``role_sets.*.default`` and routes on ``authenticated``; for ``https://accounts.google.com``,
+           ``jwks_uri`` pinned at www.googleapis.com (Google publishes its keys on another host); login
+           scopes without ``groups`` or ``offline_access`` (Google refuses both).
 =========  ===================================================================================================
 """
 
@@ -31,6 +31,9 @@ from collections.abc import Mapping
 from typing import Any
 
 PROVIDERS = ("generic", "keycloak", "entra", "okta", "google")
+GOOGLE_ISSUER = "https://accounts.google.com"
+GOOGLE_JWKS_URI = "https://www.googleapis.com/oauth2/v3/certs"
+"""Google publishes its keys on another host than its issuer's (its discovery document says so)."""
 
 _BASE_SCOPES = ["openid", "profile", "email"]
 
@@ -50,8 +53,6 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
     },
     "google": {
         "claims": {"sources": ["id_token"]},
-        "jwks_uri": "https://www.googleapis.com/oauth2/v3/certs",
-        "jwks_uri_host_mismatch_ok": True,
     },
 }
 """provider → the issuer keys it sets (nested mappings are merged key by key)."""
@@ -88,8 +89,8 @@ def issuer_with_preset(issuer: Mapping[str, Any]) -> dict[str, Any]:
     merged = _merged(preset, issuer)
     if provider == "entra" and "entra" not in issuer and issuer.get("client_id") and "client_secret" in issuer:
         merged["entra"] = {}
-    if provider == "google" and "jwks_uri" in issuer and "jwks_uri_host_mismatch_ok" not in issuer:
-        merged.pop("jwks_uri_host_mismatch_ok", None)  # the file's own jwks_uri: its host rule applies
+    if provider == "google" and issuer.get("issuer") == GOOGLE_ISSUER and "jwks_uri" not in issuer:
+        merged |= {"jwks_uri": GOOGLE_JWKS_URI, "jwks_uri_host_mismatch_ok": True}
     return merged
 
 
