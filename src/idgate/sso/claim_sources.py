@@ -21,8 +21,10 @@ username, email, name) comes from the ID token only. A source that cannot be use
 ``groups_overage_unresolved``. Only the resulting groups are kept in the session cookie, never claim sets.
 
 Entra ID groups overage (:mod:`idgate.sso.graph`): a source whose claims say the groups were left out gets them
-from Microsoft Graph, when ``entra`` is configured; otherwise, or when Graph fails, no groups from that source and
-the note ``groups_overage_unresolved`` (logged, counted in ``idgate_session_group_notes_total{reason}``).
+from Microsoft Graph, when ``entra`` is configured — only those the policy names (``role_sets.*.from_groups``,
+``routes[].allow.groups``), so a user in a thousand groups still fits the session cookie; otherwise, or when
+Graph fails, no groups from Graph and the note ``groups_overage_unresolved`` (logged, counted in
+``idgate_session_group_notes_total{reason}``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from idgate.config import IssuerConfig
+from idgate.config import Config, IssuerConfig
 from idgate.errors import KeysUnavailable, ProviderError, TokenError
 from idgate.principal import MAX_GROUPS, groups_at, has_overage
 from idgate.sso.fetch import bounded_json
@@ -75,7 +77,12 @@ class ClaimSources:
         oidc: OidcClient,
         http: httpx.AsyncClient,
         graph: GraphGroups | None = None,
+        policy_groups: frozenset[str] | None = None,
     ) -> None:
+        """``policy_groups``: the groups the policy names (``from_groups``, ``allow.groups``); the groups Graph
+        answers are kept only when named there (a user in 1000 groups must still fit the session cookie). None:
+        every group Graph answers is kept."""
+        self._policy_groups = policy_groups
         self._trusted = trusted
         self._config: IssuerConfig = trusted.config
         self._oidc = oidc
@@ -124,11 +131,13 @@ class ClaimSources:
             notes.append(OVERAGE_REASON)
             return groups
         try:
-            return groups + await self._graph.groups_of(oid)
+            resolved = await self._graph.groups_of(oid)
         except ProviderError as exc:
             notes.append(OVERAGE_REASON)
             log.warning(json.dumps({"event": "groups_overage_unresolved", "detail": exc.detail[:200]}))
             return groups
+        wanted = self._policy_groups
+        return groups + tuple(g for g in resolved if wanted is None or g in wanted)
 
     async def _access_token_claims(self, token: str, subject: object, notes: list[str]) -> Mapping[str, Any] | None:
         try:
@@ -179,7 +188,13 @@ class ClaimSources:
         return doc
 
 
-def claim_sources(trusted: TrustedIssuer, oidc: OidcClient, http: httpx.AsyncClient) -> ClaimSources | None:
+def claim_sources(
+    trusted: TrustedIssuer,
+    oidc: OidcClient,
+    http: httpx.AsyncClient,
+    *,
+    policy_groups: frozenset[str] | None = None,
+) -> ClaimSources | None:
     """The claim sources of the login issuer, None when it reads the ID token alone and resolves no overage."""
     cfg = trusted.config
     graph = None
@@ -197,4 +212,11 @@ def claim_sources(trusted: TrustedIssuer, oidc: OidcClient, http: httpx.AsyncCli
         )
     if cfg.claims.sources == ("id_token",) and graph is None:
         return None
-    return ClaimSources(trusted=trusted, oidc=oidc, http=http, graph=graph)
+    return ClaimSources(trusted=trusted, oidc=oidc, http=http, graph=graph, policy_groups=policy_groups)
+
+
+def policy_groups(config: Config) -> frozenset[str]:
+    """Every group the policy names: the keys of ``role_sets.*.from_groups`` and ``routes[].allow.groups``."""
+    named = {g for rs in config.role_sets.values() for g in rs.from_groups}
+    named |= {g for r in config.routes if r.allow is not None for g in r.allow.groups}
+    return frozenset(named)

@@ -19,10 +19,11 @@ from jwt.algorithms import RSAAlgorithm
 from pydantic import SecretStr
 
 from idgate.config import ClaimPaths, EntraSettings, IssuerConfig, JwksSettings, LoginConfig
+from idgate.config_load import parse_config
 from idgate.errors import ProviderError
 from idgate.jwks import JwksCache
 from idgate.principal import principal_from_claims
-from idgate.sso.claim_sources import ClaimSources, claim_sources
+from idgate.sso.claim_sources import ClaimSources, claim_sources, policy_groups
 from idgate.sso.graph import GraphGroups
 from idgate.sso.oidc import OidcClient, TokenSet
 from idgate.verifier import TrustedIssuer
@@ -79,7 +80,9 @@ def sign(key: rsa.RSAPrivateKey, typ: str = "at+jwt", **claims: Any) -> str:
     return jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1", "typ": typ})
 
 
-def build(routes: Routes, *, entra: EntraSettings | None = None, **claims: Any) -> ClaimSources:
+def build(
+    routes: Routes, *, entra: EntraSettings | None = None, policy_groups: frozenset[str] | None = None, **claims: Any
+) -> ClaimSources:
     config = IssuerConfig(
         name="idp",
         issuer=ISSUER,
@@ -95,7 +98,7 @@ def build(routes: Routes, *, entra: EntraSettings | None = None, **claims: Any) 
     trusted = TrustedIssuer(config=config, keys=JwksCache(config=config, client=http, dev_mode=False))
     login = LoginConfig(issuer="idp", redirect_uris=("https://app.test/.idgate/callback",))
     oidc = OidcClient(trusted=trusted, login=login, http=http, dev_mode=False)
-    sources = claim_sources(trusted, oidc, http)
+    sources = claim_sources(trusted, oidc, http, policy_groups=policy_groups)
     assert sources is not None
     return sources
 
@@ -295,3 +298,26 @@ def test_id_token_only_needs_no_sources_object(routes: Routes) -> None:
     login = LoginConfig(issuer="idp", redirect_uris=("https://app.test/.idgate/callback",))
     assert claim_sources(trusted, OidcClient(trusted=trusted, login=login, http=http, dev_mode=False), http) is None
     assert json.dumps(ID)  # the module's fixtures are plain JSON
+
+
+async def test_graph_groups_are_kept_only_when_the_policy_names_them(routes: Routes) -> None:
+    routes.table[USER_PATH] = lambda r: page(["g-1", "g-unused", "g-2"])
+    sources = build(routes, roles="roles", entra=ENTRA, policy_groups=frozenset({"g-1", "g-2", "app-role"}))
+    found = await sources.groups(tokens=tokens(), id_claims=OVERAGE)
+    assert found.groups == ("app-role", "g-1", "g-2")
+
+
+def test_policy_groups_are_those_role_sets_and_routes_name() -> None:
+    config = parse_config(
+        {
+            "issuers": [{"name": "i", "issuer": ISSUER, "audiences": ["a"]}],
+            "role_sets": {"r": {"roles": ["x"], "from_groups": {"staff": ["x"]}}},
+            "upstreams": {"app": {"role_set": "r"}},
+            "routes": [
+                {"name": "admin", "path": "/admin", "upstream": "app", "allow": {"groups": ["admins"]}},
+                {"name": "pub", "path": "/", "upstream": "app", "public": True},
+            ],
+        },
+        environ={},
+    )
+    assert policy_groups(config) == {"staff", "admins"}
