@@ -44,7 +44,8 @@ const OIDC_SCOPES = ['openid', 'profile', 'email', 'groups', 'offline_access'];
 //   atTyp         the access token's JWS `typ` (undefined: none); only `generic` sends RFC 9068 `at+jwt`
 //   atFormat      'jwt' or 'opaque' (Google's access tokens are opaque)
 // Keycloak: realm roles only in the access token (`realm_access.roles`), `aud: account`, `azp`; the ID token has no
-//   groups (https://www.keycloak.org/docs/latest/server_admin/#_protocol-mappers).
+//   groups; userinfo answers its JWT access tokens, with `groups` (a Group Membership mapper added to userinfo)
+//   (https://www.keycloak.org/docs/latest/server_admin/#_protocol-mappers).
 // Entra ID: `groups` in ID and access tokens, replaced by `_claim_names`/`_claim_sources` (groups overage) above
 //   ENTRA_GROUPS_LIMIT groups (200 in a real JWT; 2 here), `oid`; app-only tokens by client credentials with
 //   scope https://graph.microsoft.com/.default (https://learn.microsoft.com/entra/identity-platform/id-token-claims-reference).
@@ -548,6 +549,35 @@ function refuseUnknownScope(res, url, cfg) {
   return true;
 }
 
+// Keycloak answers userinfo for its own JWT access tokens (oidc-provider does not: JWT access tokens are for
+// resource servers), with the claims of the scopes plus `groups` (the Group Membership mapper's "Add to userinfo").
+function keycloakUserinfo(req, res, state) {
+  const [scheme, token] = (req.headers.authorization ?? '').split(' ');
+  const parts = scheme === 'Bearer' && token ? token.split('.') : [];
+  if (parts.length !== 3) {
+    send(res, 401, 'application/json', JSON.stringify({ error: 'invalid_token' }), { 'WWW-Authenticate': 'Bearer' });
+    return;
+  }
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8'));
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  } catch {
+    sendJson(res, 401, { error: 'invalid_token' });
+    return;
+  }
+  const key = state.keys.published.includes(header.kid) ? state.keys.get(header.kid) : undefined;
+  const signed = key && header.alg === 'RS256'
+    && crypto.verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`), key.publicKey, Buffer.from(parts[2], 'base64url'));
+  const user = signed && claims.iss === state.cfg.issuer && claims.exp > Date.now() / 1000 ? state.users.get(claims.sub) : undefined;
+  if (!user) {
+    sendJson(res, 401, { error: 'invalid_token' });
+    return;
+  }
+  sendJson(res, 200, userClaims(user, PROFILES.generic));
+}
+
 // ------------------------------------------------------------------------------------------ test routes
 
 async function handleTest(req, res, state, url, parts) {
@@ -624,6 +654,8 @@ function main() {
     try {
       if (parts[0] === 'interaction' && parts.length >= 2 && parts.length <= 3) {
         await handleInteraction(req, res, state, parts.slice(1));
+      } else if (cfg.profile.name === 'keycloak' && url.pathname === '/me') {
+        keycloakUserinfo(req, res, state);
       } else if (cfg.profile.strictScopes && url.pathname === '/auth' && refuseUnknownScope(res, url, cfg)) {
         // answered: invalid_scope
       } else if (parts[0] === 'test' && cfg.testEndpoints) {

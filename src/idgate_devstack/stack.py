@@ -104,6 +104,8 @@ class StackPlan:
     idp_profile: str = "generic"
     """The test IdP's provider profile (``IDP_PROFILE``); the generated config's issuer gets ``provider:`` the same
     (generic: none), so idgate's preset meets the shapes it was made for."""
+    issuer_extra: Mapping[str, Any] | None = None
+    """Keys merged into the generated config's issuer entry (after ``provider``; e.g. ``claims``)."""
     graph_users: Mapping[str, list[str]] | None = None
     """Start the Microsoft Graph contract stub (HTTPS, dev CA) with these users (oid → group ids) and point the
     generated config's ``entra.graph_url`` at it (``Stack.graph``)."""
@@ -301,6 +303,7 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             config = merged(config, plan.idgate_extra or {})
             if plan.idp_profile != "generic":
                 config["issuers"][0]["provider"] = plan.idp_profile
+            config["issuers"][0] |= dict(plan.issuer_extra or {})
             if graph is not None:
                 config["issuers"][0]["entra"] = {"graph_url": graph.graph_url, "timeout_seconds": 2}
         else:

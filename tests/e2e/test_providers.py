@@ -170,3 +170,21 @@ def test_entra_graph_down_means_no_groups_not_a_login_loop(provider: Stack) -> N
     finally:
         provider.graph.fail(0)
     assert 'idgate_session_group_notes_total{reason="groups_overage_unresolved"}' in provider.idgate_metrics()
+
+
+@pytest.fixture(scope="module", params=MODES)
+def keycloak_userinfo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Keycloak-shaped IdP, idgate reading groups from the ID token and userinfo only (not the access token)."""
+    with run_stack(
+        tmp_path_factory.mktemp(f"keycloak-userinfo-{request.param}"),
+        mode=request.param,
+        idp_profile="keycloak",
+        issuer_extra={"claims": {"sources": ["id_token", "userinfo"], "roles": None}},
+    ) as running:
+        yield running
+
+
+@pytest.mark.parametrize(("username", "role"), [("alice", "Admin"), ("bob", "Viewer")])
+def test_groups_from_userinfo(keycloak_userinfo: Stack, username: str, role: str) -> None:
+    """The ID token has no groups and realm roles are not read: the role can only come from userinfo."""
+    assert grafana_user(keycloak_userinfo, username)["role"] == role
