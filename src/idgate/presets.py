@@ -23,6 +23,9 @@ google     nothing about groups: Google puts none in tokens (``hd`` names a Work
            ``jwks_uri`` pinned at www.googleapis.com (Google publishes its keys on another host); login
            scopes without ``groups`` or ``offline_access`` (Google refuses both).
 =========  ===================================================================================================
+
+Logout endpoints are not a preset's: every one of these IdPs publishes ``end_session_endpoint`` in its discovery
+document, which idgate reads (Google publishes none: signing out ends idgate's session only).
 """
 
 from __future__ import annotations

@@ -103,43 +103,67 @@ def test_bearer_tokens_of_the_provider_shape(provider: Stack) -> None:
         assert response.status_code == 200, response.text
 
 
-def test_keycloak_token_with_an_audience_mapper_is_accepted_with_realm_roles(provider: Stack) -> None:
-    if profile_of(provider) != "keycloak":
-        pytest.skip("Keycloak shape only")
+def shaped_claims(stack: Stack, **extra: Any) -> dict[str, Any]:
     now = int(time.time())
-    claims = {
-        "iss": provider.idp.issuer,
-        "sub": "dave",
-        "aud": [AUDIENCE, "account"],  # what Keycloak's "Audience" mapper adds
-        "azp": "idgate",
-        "iat": now,
-        "exp": now + 300,
-        "preferred_username": "dave",
-        "realm_access": {"roles": ["grafana-admins"]},
-    }
-    token = provider.idp.sign({"typ": "JWT"}, claims)
-    assert bearer(provider, "/admin/", token).status_code == 200
-    without_roles = provider.idp.sign({"typ": "JWT"}, claims | {"realm_access": {"roles": ["staff"]}})
-    assert bearer(provider, "/admin/", without_roles).status_code == 403
+    return {"iss": stack.idp.issuer, "sub": "dave", "iat": now, "exp": now + 300, "preferred_username": "dave"} | extra
+
+
+# profile → (JWS header, claims) of an access token in the provider's documented shape naming grafana-admins
+SHAPED: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
+    # what Keycloak's "Audience" mapper adds to aud; realm roles in realm_access
+    "keycloak": (
+        {"typ": "JWT"},
+        {"aud": [AUDIENCE, "account"], "azp": "idgate", "realm_access": {"roles": ["grafana-admins"]}},
+    ),
+    # an app role assigned in Entra ID (no overage for roles)
+    "entra": ({"typ": "JWT"}, {"aud": AUDIENCE, "oid": "oid-dave", "roles": ["grafana-admins"]}),
+    "okta": ({}, {"aud": AUDIENCE, "groups": ["grafana-admins"]}),
+    # Google puts no groups in tokens: hd names the domain and grants nothing
+    "google": ({"typ": "at+jwt"}, {"aud": AUDIENCE, "hd": "example.test"}),
+}
+
+
+def test_a_token_of_the_provider_shape_gets_what_its_groups_give(provider: Stack) -> None:
+    header, claims = SHAPED[profile_of(provider)]
+    token = provider.idp.sign(header, shaped_claims(provider, **claims))
+    admin = bearer(provider, "/admin/", token)
+    assert bearer(provider, "/app/", token).status_code == 200
+    assert admin.status_code == (403 if profile_of(provider) == "google" else 200), admin.text
+
+
+def test_an_audience_that_is_not_this_api_is_refused(provider: Stack) -> None:
+    """Keycloak's default ``aud: account`` (no Audience mapper) — or any other API's — never passes, whatever the
+    groups or roles the token carries."""
+    header, claims = SHAPED[profile_of(provider)]
+    token = provider.idp.sign(header, shaped_claims(provider, **(claims | {"aud": "account"})))
+    response = bearer(provider, "/app/", token)
+    assert response.status_code == 401
+    assert 'error_description="invalid_audience"' in response.headers["www-authenticate"]
 
 
 def test_the_groups_scope_is_refused_where_the_provider_refuses_it(provider: Stack) -> None:
-    """Why the preset leaves ``groups`` out of login.scopes: the IdP answers invalid_scope."""
-    if profile_of(provider) not in ("keycloak", "google", "entra"):
-        pytest.skip("providers that refuse unknown scopes")
+    """Why the Keycloak, Entra ID and Google presets leave ``groups`` out of login.scopes: invalid_scope."""
     from idgate_devstack.login import login
 
     config = provider.idp.config
-    with pytest.raises(RuntimeError, match="invalid_scope"):
-        login(
+
+    def sign_in() -> object:
+        return login(
             issuer=provider.idp.issuer,
             client_id=config.client_id,
             client_secret=config.client_secret,
             redirect_uri=config.redirect_uris[0],
             username="alice",
             scope="openid groups",
+            resource=AUDIENCE,
             verify=config.verify(),
         )
+
+    if profile_of(provider) == "okta":
+        assert sign_in()
+    else:
+        with pytest.raises(RuntimeError, match="invalid_scope"):
+            sign_in()
 
 
 def test_entra_overage_went_through_graph(provider: Stack) -> None:
