@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from idgate.config_load import parse_config, summarize
+from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
 from idgate.policy import Policy
 from idgate.presets import LOGIN_SCOPES, PRESETS, PROVIDERS
@@ -135,3 +136,14 @@ def test_summary_shows_effective_values_and_who_gets_which_role() -> None:
     assert "Admin ← groups ['admins']" in text
     assert "Editor ← nobody" in text
     assert "scopes=['openid', 'profile', 'email', 'offline_access']" in text
+
+
+def test_presets_met_with_settings_that_defeat_them_are_warned_about() -> None:
+    raw = _raw("entra", trust_unverified_email=True)
+    assert any("nOAuth" in w for w in config_warnings(parse_config(raw, environ=ENV)))
+    google = parse_config(_raw("google"), environ=ENV)
+    assert any("Google sends no groups" in w for w in config_warnings(google))
+    raw = _raw("google")
+    raw["role_sets"]["grafana"]["default"] = "Viewer"
+    assert config_warnings(parse_config(raw, environ=ENV)) == ()
+    assert config_warnings(parse_config(_raw("keycloak"), environ=ENV)) == ()
