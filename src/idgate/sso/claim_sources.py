@@ -55,8 +55,11 @@ NOTES = (
     "userinfo_unavailable",
     "userinfo_sub_mismatch",
     OVERAGE_REASON,
+    "groups_not_a_list",
+    "group_not_a_string",
+    "groups_truncated",
 )
-"""Reason codes of a source that added no groups (the ``reason`` label of the metric)."""
+"""Every reason code a session's groups can be noted with (the ``reason`` label of the metric: a fixed set)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -93,8 +96,8 @@ class ClaimSources:
     async def groups(self, *, tokens: TokenSet, id_claims: Mapping[str, Any]) -> SessionGroups:
         """Groups from every configured source for one token response and its verified ID token claims.
 
-        Never raises for what a source answers: an unusable source is a note (see the module doc). Raises
-        ProviderError only as :meth:`OidcClient.metadata` does (the discovery document is needed for userinfo).
+        Never raises for what a source answers, nor when it cannot be reached: an unusable source is a note (see
+        the module doc).
         """
         notes: list[str] = []
         joined: list[str] = []

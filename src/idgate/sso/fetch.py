@@ -29,8 +29,8 @@ async def bounded_json(
 
     Raises:
         ProviderError: ``reason`` for every failure — unreachable, late (``timeout_seconds``), a status other than
-            200, larger than ``max_bytes`` bytes, not JSON; ``transient`` is True for network errors, time-outs
-            and 5xx.
+            200, larger than ``max_bytes`` bytes, not JSON, a URL httpx refuses; ``transient`` is True for network
+            errors, time-outs and 5xx.
     """
     try:
         async with asyncio.timeout(timeout_seconds):
@@ -42,8 +42,10 @@ async def bounded_json(
                         raise ProviderError(reason, f"answer larger than {max_bytes} bytes", transient=False)
     except TimeoutError:
         raise ProviderError(reason, f"no answer within {timeout_seconds:g} s", transient=True) from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.StreamError) as exc:
         raise ProviderError(reason, type(exc).__name__, transient=True) from None
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:  # a URL httpx cannot use (e.g. from a nextLink)
+        raise ProviderError(reason, type(exc).__name__, transient=False) from None
     if response.status_code != 200:
         raise ProviderError(reason, f"HTTP {response.status_code}", transient=response.status_code >= 500)
     try:

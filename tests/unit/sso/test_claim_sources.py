@@ -242,8 +242,9 @@ async def test_overage_is_resolved_through_graph_with_an_app_token(routes: Route
         lambda r: page(["a"], f"{USER_PATH}?$skiptoken=again"),  # more than max_pages
         lambda r: page(["a"], "https://evil.test/next"),  # nextLink off the Graph origin
         lambda r: httpx.Response(200, json={"value": "nope"}),
+        lambda r: page(["a"], "https://graph.test/v1.0/next\x00"),  # on Graph's origin, a URL httpx refuses
     ],
-    ids=["403", "503", "too-many-groups", "too-many-pages", "foreign-next-link", "bad-shape"],
+    ids=["403", "503", "too-many-groups", "too-many-pages", "foreign-next-link", "bad-shape", "unusable-next-link"],
 )
 async def test_overage_fails_closed_to_no_groups(routes: Routes, answer: Handler) -> None:
     routes.table[USER_PATH] = answer
