@@ -212,3 +212,32 @@ def keycloak_userinfo(request: pytest.FixtureRequest, tmp_path_factory: pytest.T
 def test_groups_from_userinfo(keycloak_userinfo: Stack, username: str, role: str) -> None:
     """The ID token has no groups and realm roles are not read: the role can only come from userinfo."""
     assert grafana_user(keycloak_userinfo, username)["role"] == role
+
+
+@pytest.fixture(scope="module", params=MODES)
+def keycloak_short(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Keycloak-shaped IdP with 4 s tokens; idgate refreshes 2 s before expiry."""
+    with run_stack(
+        tmp_path_factory.mktemp(f"keycloak-short-{request.param}"),
+        mode=request.param,
+        idp_profile="keycloak",
+        token_ttl=4,
+        refresh_before=2,
+    ) as running:
+        yield running
+
+
+def test_realm_roles_are_read_again_from_the_refreshed_access_token(keycloak_short: Stack) -> None:
+    stack = keycloak_short
+    with stack.client() as client:
+        assert browser_login(stack, client, "/grafana/d/home").response.status_code == 200
+        api = {"accept": "application/json"}
+        assert client.get(stack.url + "/grafana/api/user", headers=api).json()["role"] == "Admin"
+        stack.idp.set_groups("alice", ["staff"])  # her realm roles in the next access token
+        try:
+            time.sleep(2.5)  # the 4 s tokens are now within idgate's 2 s refresh window
+            after = client.get(stack.url + "/grafana/api/user", headers=api)
+            assert after.status_code == 200 and after.json()["role"] == "Viewer", after.text
+            assert after.json()["groups"] == ["staff"]
+        finally:
+            stack.idp.set_groups("alice", ["grafana-admins", "staff", "looker-analysts"])
