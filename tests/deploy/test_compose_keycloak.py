@@ -96,7 +96,7 @@ def test_realm_export_has_users_groups_and_the_client(realm: dict[str, Any]) -> 
     assert mappers["oidc-audience-mapper"]["included.custom.audience"] == "https://api.idgate.test"
 
 
-def test_idgate_keycloak_config_agrees_with_the_realm(realm: dict[str, Any], tmp_path: Path) -> None:
+def test_idgate_keycloak_config_agrees_with_the_realm(realm: dict[str, Any]) -> None:
     raw = yaml.safe_load(KEYCLOAK_CONFIG.read_text(encoding="utf-8"))
     issuer = raw["issuers"][0]
     assert issuer["provider"] == "keycloak"

@@ -166,9 +166,13 @@ def test_the_groups_scope_is_refused_where_the_provider_refuses_it(provider: Sta
             sign_in()
 
 
+ENTRA = pytest.mark.parametrize(
+    "provider", [("entra", m) for m in MODES], indirect=True, ids=lambda pm: f"entra-{pm[1]}"
+)
+
+
+@ENTRA
 def test_entra_overage_went_through_graph(provider: Stack) -> None:
-    if profile_of(provider) != "entra":
-        pytest.skip("Entra ID only")
     assert provider.graph is not None
     provider.graph.reset()
     user = grafana_user(provider, "alice")
@@ -178,9 +182,8 @@ def test_entra_overage_went_through_graph(provider: Stack) -> None:
     assert [c["path"] for c in calls] == ["/v1.0/users/oid-alice/transitiveMemberOf"] * 2  # two pages
 
 
+@ENTRA
 def test_entra_graph_down_means_no_groups_not_a_login_loop(provider: Stack) -> None:
-    if profile_of(provider) != "entra":
-        pytest.skip("Entra ID only")
     assert provider.graph is not None
     provider.graph.fail(503)
     try:
