@@ -21,6 +21,8 @@
 //   IDP_ID_TOKEN_TTL                seconds, default 300
 //   IDP_TEST_ENDPOINTS              "1" enables POST /test/rotate-keys, POST /test/sign,
 //                                   GET /test/public-key.pem, POST /test/users/<name>/groups
+//   IDP_PROFILE                     generic (default) | keycloak | entra | okta | google: reproduce that
+//                                   provider's documented token shapes (see PROFILES below). Reproduced, not run.
 //
 // Prints "idp ready <issuer>" on stdout once listening. Exits 0 on SIGTERM/SIGINT.
 
@@ -35,6 +37,31 @@ import Provider, { errors } from 'oidc-provider';
 import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const OIDC_SCOPES = ['openid', 'profile', 'email', 'groups', 'offline_access'];
+
+// Provider profiles: the documented shapes of each IdP's tokens, reproduced on oidc-provider (not the IdP itself).
+//   scopes        the scopes the provider knows; `strictScopes` answers invalid_scope for any other (Keycloak,
+//                 Entra ID, Okta and Google all refuse unknown scopes; generic oidc-provider ignores them)
+//   atTyp         the access token's JWS `typ` (undefined: none); only `generic` sends RFC 9068 `at+jwt`
+//   atFormat      'jwt' or 'opaque' (Google's access tokens are opaque)
+// Keycloak: realm roles only in the access token (`realm_access.roles`), `aud: account`, `azp`; the ID token has no
+//   groups; userinfo answers its JWT access tokens, with `groups` (a Group Membership mapper added to userinfo)
+//   (https://www.keycloak.org/docs/latest/server_admin/#_protocol-mappers).
+// Entra ID: `groups` in ID and access tokens, replaced by `_claim_names`/`_claim_sources` (groups overage) above
+//   ENTRA_GROUPS_LIMIT groups (200 in a real JWT; 2 here), `oid`; app-only tokens by client credentials with
+//   scope https://graph.microsoft.com/.default (https://learn.microsoft.com/entra/identity-platform/id-token-claims-reference).
+// Okta: `groups` only when the `groups` scope is asked for, access tokens without `typ`
+//   (https://developer.okta.com/docs/guides/customize-tokens-groups-claim/).
+// Google: no groups at all, `hd` for Workspace users, opaque access tokens
+//   (https://developers.google.com/identity/openid-connect/openid-connect#an-id-tokens-payload).
+const ENTRA_GROUPS_LIMIT = 2;
+const GRAPH_RESOURCE = 'https://graph.microsoft.com'; // the aud of app-only Graph tokens (client credentials)
+const PROFILES = {
+  generic: { scopes: OIDC_SCOPES, strictScopes: false, atTyp: 'at+jwt', atFormat: 'jwt' },
+  keycloak: { scopes: ['openid', 'profile', 'email', 'offline_access'], strictScopes: true, atTyp: 'JWT', atFormat: 'jwt' },
+  entra: { scopes: ['openid', 'profile', 'email', 'offline_access'], strictScopes: true, atTyp: 'JWT', atFormat: 'jwt' },
+  okta: { scopes: OIDC_SCOPES, strictScopes: true, atTyp: undefined, atFormat: 'jwt' },
+  google: { scopes: ['openid', 'profile', 'email'], strictScopes: true, atTyp: undefined, atFormat: 'opaque' },
+};
 const SIGN_ALGS = new Set(['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512']);
 const MAX_BODY_BYTES = 64 * 1024;
 
@@ -55,6 +82,11 @@ function positiveInt(name, fallback) {
   const n = Number(raw);
   if (!Number.isInteger(n) || n <= 0) fail(`${name} must be a positive integer (seconds), got ${JSON.stringify(raw)}`);
   return n;
+}
+
+function profileNamed(name) {
+  if (!Object.hasOwn(PROFILES, name)) fail(`IDP_PROFILE must be one of ${Object.keys(PROFILES).join(', ')}`);
+  return { name, ...PROFILES[name] };
 }
 
 function readConfig(env) {
@@ -89,6 +121,7 @@ function readConfig(env) {
     accessTokenTtl: positiveInt('IDP_ACCESS_TOKEN_TTL', 300),
     idTokenTtl: positiveInt('IDP_ID_TOKEN_TTL', 300),
     testEndpoints: env.IDP_TEST_ENDPOINTS === '1',
+    profile: profileNamed(env.IDP_PROFILE || 'generic'),
   };
 }
 
@@ -108,8 +141,8 @@ function makeUsers() {
   return users;
 }
 
-function userClaims(user) {
-  return {
+function userClaims(user, profile = PROFILES.generic) {
+  const claims = {
     sub: user.username,
     email: user.email,
     email_verified: user.emailVerified,
@@ -117,6 +150,37 @@ function userClaims(user) {
     preferred_username: user.username,
     groups: [...user.groups],
   };
+  if (profile.name === 'keycloak') delete claims.groups; // realm roles: access token only
+  if (profile.name === 'google') {
+    delete claims.groups;
+    if (claims.email.endsWith('@example.test')) claims.hd = 'example.test';
+  }
+  if (profile.name === 'entra') {
+    claims.oid = `oid-${user.username}`;
+    if (user.groups.length > ENTRA_GROUPS_LIMIT) {
+      delete claims.groups;
+      claims._claim_names = { groups: 'src1' };
+      claims._claim_sources = {
+        src1: { endpoint: `https://graph.windows.net/tenant/users/${claims.oid}/getMemberObjects` },
+      };
+    }
+  }
+  return claims;
+}
+
+// Claims a provider puts in its JWT access tokens (besides iss, sub, aud, exp, iat, jti, client_id, scope).
+function accessTokenClaims(user, profile, clientId) {
+  const all = userClaims(user, profile);
+  const pick = (...names) => Object.fromEntries(names.filter((n) => Object.hasOwn(all, n)).map((n) => [n, all[n]]));
+  switch (profile.name) {
+    case 'keycloak':
+      return { ...pick('email', 'email_verified', 'name', 'preferred_username'), azp: clientId,
+        realm_access: { roles: [...user.groups] } };
+    case 'entra':
+      return pick('oid', 'name', 'preferred_username', 'groups', '_claim_names', '_claim_sources');
+    default:
+      return pick('email', 'email_verified', 'name', 'preferred_username', 'groups');
+  }
 }
 
 // ------------------------------------------------------------------------------------------ signing keys
@@ -194,20 +258,33 @@ ${body}
 
 function buildProvider(cfg, { keys, users, adapter, cookieKeys }) {
   const ttl = (seconds) => () => seconds;
+  const { profile } = cfg;
   const resourceServerInfo = (resource) => ({
     scope: '',
     audience: resource,
     accessTokenTTL: cfg.accessTokenTtl,
-    accessTokenFormat: 'jwt',
-    jwt: { sign: { alg: 'RS256' } },
+    accessTokenFormat: profile.atFormat,
+    ...(profile.atFormat === 'jwt' ? { jwt: { sign: { alg: 'RS256' } } } : {}),
   });
+  const scopeClaims = {
+    openid: ['sub'],
+    profile: ['name', 'preferred_username'],
+    email: ['email', 'email_verified'],
+    groups: ['groups'],
+  };
+  if (profile.name === 'keycloak' || profile.name === 'google') delete scopeClaims.groups;
+  if (profile.name === 'google') scopeClaims.openid.push('hd');
+  if (profile.name === 'entra') {
+    delete scopeClaims.groups;
+    scopeClaims.openid.push('oid', 'groups'); // Entra sends groups without a scope (group claims of the app)
+  }
 
   const client = {
     client_id: cfg.clientId,
     client_secret: cfg.clientSecret,
     client_name: 'idgate (test client)',
     application_type: 'web',
-    grant_types: ['authorization_code', 'refresh_token'],
+    grant_types: ['authorization_code', 'refresh_token', ...(profile.name === 'entra' ? ['client_credentials'] : [])],
     response_types: ['code'],
     redirect_uris: cfg.redirectUris,
     post_logout_redirect_uris: cfg.postLogoutRedirectUris,
@@ -225,27 +302,37 @@ function buildProvider(cfg, { keys, users, adapter, cookieKeys }) {
     jwks: keys.providerJwks(),
     cookies: { keys: cookieKeys },
     responseTypes: ['code'],
-    scopes: OIDC_SCOPES, // OIDC scopes only: a resource scope here would loop every login into consent
-    claims: {
-      openid: ['sub'],
-      profile: ['name', 'preferred_username'],
-      email: ['email', 'email_verified'],
-      groups: ['groups'],
+    scopes: profile.scopes, // OIDC scopes only: a resource scope here would loop every login into consent
+    claims: scopeClaims,
+    formats: {
+      customizers: {
+        // The provider's access token header and audience (oidc-provider signs RFC 9068 at+jwt by default).
+        async jwt(_ctx, _token, jwt) {
+          jwt.header = { typ: profile.atTyp };
+          if (profile.name === 'keycloak') jwt.payload.aud = 'account';
+        },
+      },
     },
     conformIdTokenClaims: false, // let scope claims (groups) into the ID token
     pkce: { required: () => true }, // v9 supports S256 only
     clockTolerance: 5,
     features: {
       devInteractions: { enabled: false },
+      clientCredentials: { enabled: profile.name === 'entra' },
       rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
       backchannelLogout: { enabled: true },
       revocation: { enabled: true, allowedPolicy: async (ctx, cl, token) => token.clientId === cl.clientId },
       resourceIndicators: {
         enabled: true,
-        defaultResource: async (_ctx, _client, oneOf) => (oneOf ? oneOf[0] : cfg.resources[0]),
+        defaultResource: async (ctx, _client, oneOf) => {
+          if (profile.name === 'entra' && ctx.oidc.params?.grant_type === 'client_credentials') return GRAPH_RESOURCE;
+          return oneOf ? oneOf[0] : cfg.resources[0];
+        },
         useGrantedResource: async () => true,
-        getResourceServerInfo: async (_ctx, resource) => {
-          if (!cfg.resources.includes(resource)) throw new errors.InvalidTarget();
+        getResourceServerInfo: async (ctx, resource) => {
+          const graph = profile.name === 'entra' && resource === GRAPH_RESOURCE
+            && ctx.oidc.params?.grant_type === 'client_credentials';
+          if (!cfg.resources.includes(resource) && !graph) throw new errors.InvalidTarget();
           return resourceServerInfo(resource);
         },
       },
@@ -253,16 +340,14 @@ function buildProvider(cfg, { keys, users, adapter, cookieKeys }) {
     async findAccount(_ctx, sub) {
       const user = users.get(sub);
       if (!user) return undefined;
-      return { accountId: sub, claims: async () => userClaims(user) };
+      return { accountId: sub, claims: async () => userClaims(user, profile) };
     },
     // Identity claims copied into JWT access tokens; read at issue time, so /test/users/<name>/groups
     // changes show up in the next token (also on refresh).
     async extraTokenClaims(_ctx, token) {
       const user = token.accountId ? users.get(token.accountId) : undefined;
       if (!user) return undefined;
-      const { email, email_verified: emailVerified, name, preferred_username: preferredUsername, groups } =
-        userClaims(user);
-      return { email, email_verified: emailVerified, name, preferred_username: preferredUsername, groups };
+      return accessTokenClaims(user, profile, cfg.clientId);
     },
     issueRefreshToken: async (_ctx, cl) => cl.grantTypeAllowed('refresh_token'),
     // Auto-consent: the grant always holds every OIDC scope and every configured resource.
@@ -272,7 +357,7 @@ function buildProvider(cfg, { keys, users, adapter, cookieKeys }) {
       let grant = grantId ? await oidc.provider.Grant.find(grantId) : undefined;
       if (grant && grant.accountId !== oidc.session.accountId) grant = undefined;
       grant ||= new oidc.provider.Grant({ clientId: oidc.client.clientId, accountId: oidc.session.accountId });
-      grant.addOIDCScope(OIDC_SCOPES.join(' '));
+      grant.addOIDCScope(profile.scopes.join(' '));
       for (const resource of cfg.resources) grant.addResourceScope(resource, '');
       await grant.save();
       return grant;
@@ -414,7 +499,7 @@ async function handleInteraction(req, res, state, parts) {
   if (prompt.name === 'consent') {
     // Not expected (loadExistingGrant grants everything), but never block on a consent page.
     const grant = new provider.Grant({ clientId: params.client_id, accountId: details.session.accountId });
-    grant.addOIDCScope(OIDC_SCOPES.join(' '));
+    grant.addOIDCScope(state.cfg.profile.scopes.join(' '));
     for (const resource of state.cfg.resources) grant.addResourceScope(resource, '');
     const grantId = await grant.save();
     await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
@@ -441,6 +526,56 @@ async function handleInteraction(req, res, state, parts) {
     { login: { accountId: login, amr: ['pwd'] } },
     { mergeWithLastSubmission: false },
   );
+}
+
+// The provider's answer to an authorization request naming a scope it does not know (Keycloak, Entra ID, Okta and
+// Google: error=invalid_scope back at the client's redirect URI). True when it answered.
+function refuseUnknownScope(res, url, cfg) {
+  const scopes = (url.searchParams.get('scope') ?? '').split(' ').filter(Boolean);
+  const unknown = scopes.filter((scope) => !cfg.profile.scopes.includes(scope));
+  if (unknown.length === 0) return false;
+  const redirectUri = url.searchParams.get('redirect_uri') ?? '';
+  if (!cfg.redirectUris.includes(redirectUri)) {
+    sendJson(res, 400, { error: 'invalid_scope', error_description: `unknown scope ${unknown.join(' ')}` });
+    return true;
+  }
+  const target = new URL(redirectUri);
+  target.searchParams.set('error', 'invalid_scope');
+  target.searchParams.set('error_description', `Invalid scopes: ${unknown.join(' ')}`);
+  if (url.searchParams.has('state')) target.searchParams.set('state', url.searchParams.get('state'));
+  target.searchParams.set('iss', cfg.issuer);
+  res.writeHead(302, { Location: target.toString(), 'Cache-Control': 'no-store' });
+  res.end();
+  return true;
+}
+
+// Keycloak answers userinfo for its own JWT access tokens (oidc-provider does not: JWT access tokens are for
+// resource servers), with the claims of the scopes plus `groups` (the Group Membership mapper's "Add to userinfo").
+function keycloakUserinfo(req, res, state) {
+  const [scheme, token] = (req.headers.authorization ?? '').split(' ');
+  const parts = scheme === 'Bearer' && token ? token.split('.') : [];
+  if (parts.length !== 3) {
+    send(res, 401, 'application/json', JSON.stringify({ error: 'invalid_token' }), { 'WWW-Authenticate': 'Bearer' });
+    return;
+  }
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8'));
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  } catch {
+    sendJson(res, 401, { error: 'invalid_token' });
+    return;
+  }
+  const key = state.keys.published.includes(header.kid) ? state.keys.get(header.kid) : undefined;
+  const signed = key && header.alg === 'RS256'
+    && crypto.verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`), key.publicKey, Buffer.from(parts[2], 'base64url'));
+  const user = signed && claims.iss === state.cfg.issuer && claims.exp > Date.now() / 1000 ? state.users.get(claims.sub) : undefined;
+  if (!user) {
+    sendJson(res, 401, { error: 'invalid_token' });
+    return;
+  }
+  sendJson(res, 200, userClaims(user, PROFILES.generic));
 }
 
 // ------------------------------------------------------------------------------------------ test routes
@@ -519,6 +654,10 @@ function main() {
     try {
       if (parts[0] === 'interaction' && parts.length >= 2 && parts.length <= 3) {
         await handleInteraction(req, res, state, parts.slice(1));
+      } else if (cfg.profile.name === 'keycloak' && url.pathname === '/me') {
+        keycloakUserinfo(req, res, state);
+      } else if (cfg.profile.strictScopes && url.pathname === '/auth' && refuseUnknownScope(res, url, cfg)) {
+        // answered: invalid_scope
       } else if (parts[0] === 'test' && cfg.testEndpoints) {
         await handleTest(req, res, state, url, parts.slice(1));
       } else {

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
             "fingerprint",
             "looker",
             "looker.config",
+            "presets",
         ],
         0,
     ),
@@ -55,6 +56,9 @@ LAYERS: dict[str, int] = {
             "sso.redirects",
             "sso.params",
             "sso.oidc",
+            "sso.fetch",
+            "sso.graph",
+            "sso.claim_sources",
             "sso.manager",
             "authn",
             "decision",
@@ -71,7 +75,9 @@ LAYERS: dict[str, int] = {
     ),
     # 3 the composition root, 4 operator tools (explain, status, the Runtime API client), 5 the command line
     "runtime": 3,
-    **dict.fromkeys(["ops", "ops.upstream_headers", "ops.explain", "ops.runtime_api", "ops.status", "ops.commands"], 4),
+    **dict.fromkeys(
+        ["ops", "ops.upstream_headers", "ops.explain", "ops.runtime_api", "ops.status", "ops.commands", "ops.init"], 4
+    ),
     "cli": 5,
 }
 

@@ -108,6 +108,14 @@ def split_pem(data: bytes) -> tuple[bytes, ...]:
     return tuple(blocks)
 
 
+def generate_key_pem(algorithm: Algorithm) -> bytes:
+    """A new private key for ``algorithm`` (ES256: P-256; RS256: RSA, :data:`RSA_KEY_BITS` bits) as unencrypted
+    PKCS#8 PEM, the form ``assertion.keys_file`` takes (``idgate init`` writes one)."""
+    return _generate(algorithm).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def _generate(algorithm: Algorithm) -> PrivateKey:
     if algorithm == "ES256":
         return ec.generate_private_key(ec.SECP256R1())

@@ -5,6 +5,8 @@
     idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0),
                                       and warnings on stderr (exit 0)
     idgate --version                  the installed version (package metadata)
+    idgate init --provider P --issuer URL --client-id ID [--out DIR]
+                                      a complete, commented starter config with keys in files (idgate.ops.init)
     idgate jwks refresh [--issuer NAME] [--url URL | --config FILE]
                                       emergency key withdrawal: make a running idgate refetch its issuers' keys now,
                                       drop withdrawn keys and every cached verification of their tokens
@@ -39,6 +41,7 @@ from idgate.config_load import load_config, summarize
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
 from idgate.ops import commands as ops_commands
+from idgate.ops import init as init_command
 
 log = logging.getLogger("idgate.config")
 
@@ -257,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run=lambda a: _jwks_refresh(url=a.url, config_path=a.config, issuer=a.issuer, timeout=a.timeout, raw=a.json)
     )
     ops_commands.register(sub)
+    init_command.register(sub)
     _plugin_commands(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -160,13 +160,51 @@ class ClaimPaths(_Model):
     email: str = "email"
     name: str = "name"
     groups: str = "groups"
+    # A second list of group-like values (Entra ID app roles `roles`, Keycloak realm roles `realm_access.roles`),
+    # added to the groups: role_sets.*.from_groups and allow.groups name them like groups. Unset: none.
+    roles: str | None = None
+    # Browser sessions: where groups/roles are read, in this order (idgate.sso.claim_sources): the ID token, the
+    # access token from the token endpoint (when it is a JWT signed by this issuer), the userinfo answer. The
+    # groups of every source are joined; identity (sub, username, email, name) always comes from the ID token.
+    # Bearer tokens always use the token's own claims.
+    sources: tuple[Literal["id_token", "access_token", "userinfo"], ...] = ("id_token",)
 
-    @field_validator("*")
+    @field_validator("subject", "username", "email", "name", "groups", "roles")
     @classmethod
-    def _path(cls, value: str) -> str:
-        if not CLAIM_PATH_RE.match(value):
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not CLAIM_PATH_RE.match(value):
             raise ValueError(f"not a claim path: {value!r}")
         return value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("list one or more of id_token, access_token, userinfo, each once")
+        return value
+
+
+class EntraSettings(_Model):
+    """Entra ID "groups overage": a token naming more groups than fit says so with ``_claim_names.groups`` (or
+    ``hasgroups``) instead of listing them; idgate asks Microsoft Graph for the user's groups
+    (``GET /users/{oid}/transitiveMemberOf``, app-only token by client credentials) at login and refresh, bounded
+    by these limits (seconds, pages, groups). Any failure: no groups, reason ``groups_overage_unresolved``."""
+
+    graph_url: str = "https://graph.microsoft.com/v1.0"  # override for tests (a Graph contract stub)
+    scope: str = "https://graph.microsoft.com/.default"  # of the app-only token (client credentials grant)
+    timeout_seconds: float = Field(default=5, gt=0, le=30)  # the whole resolution: token + every page
+    max_pages: int = Field(default=5, ge=1, le=50)
+    max_groups: int = Field(default=1000, ge=1, le=10_000)
+    max_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)  # per answer
+
+    @field_validator("graph_url")
+    @classmethod
+    def _graph_url(cls, value: str, info: ValidationInfo) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(f"{value!r} is not an absolute http(s) URL without query or fragment")
+        if value.startswith("http://") and not (info.context or {}).get("dev_mode"):
+            raise ValueError(f"{value!r} is not https (allowed only with dev_mode: true)")
+        return value.rstrip("/")
 
 
 class JwksSettings(_Model):
@@ -192,6 +230,8 @@ class IssuerConfig(_Model):
     """One trusted token issuer (an OpenID Provider or OAuth 2.0 authorization server)."""
 
     name: str
+    # A preset of known-good defaults for this IdP (idgate.presets): every key it sets can still be given here.
+    provider: Literal["generic", "keycloak", "entra", "okta", "google"] = "generic"
     issuer: str
     discovery: bool = True
     # jwks_uri on another host than the issuer's is refused unless pinned here (e.g. Google: accounts.google.com
@@ -212,6 +252,8 @@ class IssuerConfig(_Model):
     # not carry `email_verified: true`. Only for an IdP that verifies every address and does not send the claim;
     # logged as a WARNING at startup. Never for Entra ID, whose `email` a user can edit (nOAuth).
     trust_unverified_email: bool = False
+    # Entra ID groups overage through Microsoft Graph (needs client_id and a client secret); provider entra sets it.
+    entra: EntraSettings | None = None
 
     @field_validator("name")
     @classmethod
@@ -276,6 +318,8 @@ class IssuerConfig(_Model):
             problems.append("set jwks_uri when discovery is false")
         if self.jwks.min_ttl_seconds > self.jwks.max_ttl_seconds:
             problems.append("jwks.min_ttl_seconds exceeds jwks.max_ttl_seconds")
+        if self.entra is not None and (self.client_id is None or self.client_secret is None):
+            problems.append("entra (groups overage through Microsoft Graph) needs client_id and a client secret")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -290,6 +334,9 @@ class RoleSet(_Model):
 
     roles: tuple[str, ...]
     from_groups: dict[str, tuple[str, ...]] = {}
+    # A role granted to every authenticated user of the upstreams using this set ("everyone else is Viewer").
+    # Explicit only: unset (the default) grants nothing without a matching group.
+    default: str | None = None
 
     @field_validator("roles")
     @classmethod
@@ -308,6 +355,8 @@ class RoleSet(_Model):
         unknown = sorted({r for rs in self.from_groups.values() for r in rs} - set(self.roles))
         if unknown:
             raise ValueError(f"from_groups grants roles not in this role set: {', '.join(unknown)}")
+        if self.default is not None and self.default not in self.roles:
+            raise ValueError(f"default role {self.default!r} is not in this role set")
         return self
 
 

@@ -27,6 +27,7 @@ from idgate.config_checks import (
 )
 from idgate.config_files import load_yaml, read_text
 from idgate.errors import ConfigError
+from idgate.presets import apply_presets
 from idgate.tls import check_tls_files
 
 UNRESOLVED = "<unresolved>"  # a secret whose source is given but unusable; only ever in a refused config
@@ -66,7 +67,7 @@ def parse_config(raw: object, *, environ: Mapping[str, str], base_dir: Path | No
     if not isinstance(raw, dict):
         raise ConfigError(["the config file must be a YAML mapping"])
     problems: list[str] = []
-    data = _resolve_secrets(raw, environ, problems, base_dir or Path.cwd())
+    data = apply_presets(_resolve_secrets(raw, environ, problems, base_dir or Path.cwd()))
     problems += _cross_reference_problems(data)
     config: Config | None = None
     try:
@@ -346,6 +347,12 @@ def summarize(config: Config) -> str:
             f"typ_at+jwt={iss.require_at_jwt_typ} leeway={iss.leeway_seconds:g}s keys={keys}"
             + ("  client_secret=<set>" if iss.client_secret else "")
         )
+        c = iss.claims
+        lines.append(
+            f"    provider={iss.provider} claims: sub={c.subject} username={c.username} email={c.email} "
+            f"groups={c.groups} roles={c.roles or '-'} sources={list(c.sources)}"
+            + (f" entra_graph={iss.entra.graph_url}" if iss.entra else "")
+        )
     lines.append("role sets:")
     for name, rs in config.role_sets.items():
         mapping = ", ".join(f"{g}→{'/'.join(r)}" for g, r in rs.from_groups.items())
@@ -353,8 +360,10 @@ def summarize(config: Config) -> str:
     lines.append("upstreams:")
     for name, up in config.upstreams.items():
         lines.append(f"  {name}: profile={up.profile} role_set={up.role_set} user_from={up.user_from}")
+        lines += [f"    {line}" for line in _role_lines(config, up.role_set)]
     if config.login:
         lines.append(f"login: via issuer {config.login.issuer}, redirect URIs {list(config.login.redirect_uris)}")
+        lines.append(f"  scopes={list(config.login.scopes)}")
     if config.sessions:
         s = config.sessions
         lines.append(
@@ -380,6 +389,21 @@ def summarize(config: Config) -> str:
         token = ", Authorization stripped" if r.authorization == "strip" else ""
         lines.append(f"  {r.name}: {where} → {r.upstream}  [{rule}{token}]")
     return "\n".join(lines)
+
+
+def _role_lines(config: Config, role_set_name: str | None) -> list[str]:
+    """Per role of the upstream's role set, the groups that grant it (and the explicit default role)."""
+    if role_set_name is None or role_set_name not in config.role_sets:
+        return ["no role set: no roles"]
+    rs = config.role_sets[role_set_name]
+    lines = []
+    for role in rs.roles:
+        groups = [g for g, roles in rs.from_groups.items() if role in roles]
+        given = [f"groups {groups}"] if groups else []
+        if rs.default == role:
+            given.append("every authenticated user (default)")
+        lines.append(f"{role} ← {' or '.join(given) if given else 'nobody'}")
+    return lines
 
 
 def _describe_allow(allow: object) -> str:

@@ -8,7 +8,10 @@
 - an upstream with ``profile: looker``, the deprecated name of ``gate`` (docs/looker.md);
 - group names that differ only by case or surrounding spaces (``Admins``, ``admins ``), anywhere in
   ``role_sets.*.from_groups`` and ``routes[].allow.groups``: IdP groups are compared exactly, so all but the
-  IdP's own spelling are dead.
+  IdP's own spelling are dead;
+- provider presets (:mod:`idgate.presets`) met with settings that defeat them: ``trust_unverified_email: true`` on
+  an Entra ID issuer (its ``email`` is user-editable: "nOAuth"); a Google issuer, which sends no groups, while
+  ``from_groups`` or ``allow.groups`` are the only ways to a role or a route (no ``role_sets.*.default``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ class _Scope:
 
 def config_warnings(config: Config) -> tuple[str, ...]:
     """Every warning about ``config``, one line each, in file order."""
-    return (*_public_route_warnings(config.routes), *_group_warnings(config), *_profile_warnings(config))
+    return (
+        *_public_route_warnings(config.routes),
+        *_group_warnings(config),
+        *_provider_warnings(config),
+        *_profile_warnings(config),
+    )
 
 
 def _profile_warnings(config: Config) -> list[str]:
@@ -100,4 +108,23 @@ def _group_warnings(config: Config) -> list[str]:
             )
         elif (group := next(iter(spellings))) != group.strip():
             warnings.append(f"group {group!r} has surrounding spaces ({used}): IdP groups are compared exactly")
+    return warnings
+
+
+def _provider_warnings(config: Config) -> list[str]:
+    warnings = []
+    for i, issuer in enumerate(config.issuers):
+        if issuer.provider == "entra" and issuer.trust_unverified_email:
+            warnings.append(
+                f"issuers.{i} ({issuer.name}): trust_unverified_email on Entra ID, whose email users can edit "
+                "(nOAuth): anyone can claim another user's address"
+            )
+    google_only = bool(config.issuers) and all(i.provider == "google" for i in config.issuers)
+    if google_only:
+        for name, rs in config.role_sets.items():
+            if rs.from_groups and rs.default is None:
+                warnings.append(
+                    f"role_sets.{name}: Google sends no groups, so from_groups never grants a role; set default "
+                    "for a role every signed-in user gets"
+                )
     return warnings

@@ -25,6 +25,8 @@ Read at scrape time from the components' own counters (no work per request):
     idgate_assertions_minted_total, idgate_assertions_reused_total
     idgate_session_cache_hits_total / _misses_total (decoded session cookies)
     idgate_session_refreshes_total{result}    ``ok``, ``transient_failure``, ``invalid_grant``, ``rejected``
+    idgate_session_group_notes_total{reason}  a claim source gave no groups: ``groups_overage_unresolved``,
+                                              ``userinfo_unavailable``, ``access_token_unverified`` … (fixed set)
     idgate_store_up (1: the shared store answers; memory: always), idgate_store_errors_total (failed or late store
     calls), idgate_store_pending_revocations (queued while Redis is down), idgate_store_dropped_revocations_total
     idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, notifies, denies,
@@ -154,6 +156,14 @@ class _ComponentCollector(Collector):
             for result, count in self._sessions.refresh_stats.as_dict().items():
                 refreshes.add_metric([result], count)
             yield refreshes
+            notes = CounterMetricFamily(
+                "idgate_session_group_notes",
+                "Logins and refreshes where a claim source gave no groups, by reason (idgate.sso.claim_sources)",
+                labels=["reason"],
+            )
+            for reason, count in getattr(self._sessions, "group_notes", {}).items():
+                notes.add_metric([reason], count)
+            yield notes
         signer = self._assertions()
         if signer is not None:
             stats = signer.stats

@@ -57,11 +57,14 @@ class Policy:
         return self._upstreams[route.upstream]
 
     def roles_for(self, upstream: UpstreamConfig, groups: tuple[str, ...]) -> tuple[str, ...]:
-        """Roles granted by ``groups`` in the upstream's role set, in ascending privilege order."""
+        """Roles granted by ``groups`` in the upstream's role set, plus the set's explicit ``default`` role (granted
+        to any authenticated principal), in ascending privilege order."""
         if upstream.role_set is None:
             return ()
         role_set = self._role_sets[upstream.role_set]
         granted = {role for g in groups for role in role_set.from_groups.get(g, ())}
+        if role_set.default is not None:
+            granted.add(role_set.default)
         return tuple(r for r in role_set.roles if r in granted)
 
     def check(self, route: RouteConfig, principal: Principal) -> Grant:

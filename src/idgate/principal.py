@@ -65,6 +65,39 @@ def _string(claims: Mapping[str, object], path: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def has_overage(claims: Mapping[str, object]) -> bool:
+    """True when the claims say the groups were left out: Entra ID's groups overage, ``_claim_names.groups``
+    (OIDC Core §5.6.2 distributed claims) or ``hasgroups: true``."""
+    names = claims.get("_claim_names")
+    return (isinstance(names, Mapping) and "groups" in names) or claims.get("hasgroups") is True
+
+
+def groups_at(claims: Mapping[str, object], paths: ClaimPaths, notes: list[str]) -> tuple[str, ...]:
+    """The string entries of the list at ``paths.groups``, then of the list at ``paths.roles`` (when set),
+    de-duplicated in order, at most :data:`MAX_GROUPS`; reason codes of what was dropped are appended to ``notes``
+    (``groups_not_a_list``, ``group_not_a_string``, ``groups_truncated``)."""
+    groups: list[str] = []
+    for path in (paths.groups, paths.roles):
+        raw = claim_at(claims, path) if path is not None else None
+        if raw is None:
+            continue
+        if not isinstance(raw, list):
+            # A string is not iterated into characters; it is refused (the principal gets no groups from it).
+            notes.append("groups_not_a_list")
+            continue
+        for g in raw:
+            if isinstance(g, str) and g and g not in groups:
+                groups.append(g)
+            elif not isinstance(g, str):
+                notes.append("group_not_a_string")
+    if len(groups) > MAX_GROUPS:
+        groups = groups[:MAX_GROUPS]
+        notes.append("groups_truncated")
+    if has_overage(claims):
+        notes.append("groups_overage_unresolved")  # a bearer token's own claims: no groups (sessions ask Graph)
+    return tuple(groups)
+
+
 def principal_from_claims(claims: Mapping[str, object], *, paths: ClaimPaths) -> Principal:
     """Build a :class:`Principal` from verified claims (their types already checked by :mod:`idgate.claims`).
 
@@ -81,22 +114,7 @@ def principal_from_claims(claims: Mapping[str, object], *, paths: ClaimPaths) ->
     if not isinstance(subject, str) or not subject or len(subject) > 255:
         raise TokenError("invalid_claims", "subject claim missing or not a short string")
     notes: list[str] = []
-    raw_groups = claim_at(claims, paths.groups)
-    groups: list[str] = []
-    if raw_groups is None:
-        pass
-    elif isinstance(raw_groups, list):
-        for g in raw_groups:
-            if isinstance(g, str) and g and g not in groups:
-                groups.append(g)
-            elif not isinstance(g, str):
-                notes.append("group_not_a_string")
-        if len(groups) > MAX_GROUPS:
-            groups = groups[:MAX_GROUPS]
-            notes.append("groups_truncated")
-    else:
-        # A string is not iterated into characters; it is refused (the principal gets no groups).
-        notes.append("groups_not_a_list")
+    groups = list(groups_at(claims, paths, notes))
     exp = claims.get("exp")
     expires_at = 0.0
     if isinstance(exp, int | float):

@@ -43,6 +43,7 @@ from idgate.peers import parse_networks
 from idgate.policy import Policy
 from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler, spoe_untrusted_caller
 from idgate.spoe.agent import SpoaAgent
+from idgate.sso.claim_sources import claim_sources, policy_groups
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
 from idgate.sso.oidc import OidcClient
@@ -96,6 +97,7 @@ def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClien
         ring=ring, settings=CookieJarSettings(name=f"{name}-login", max_chunks=1), purpose=b"login-state"
     )
     manager = SessionManager(
+        sources=claim_sources(trusted, oidc, client, policy_groups=policy_groups(config)),
         config=config.sessions,
         cookies=cookies,
         oidc=oidc,

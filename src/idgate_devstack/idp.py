@@ -136,6 +136,9 @@ class IdpConfig:
     testidp_dir: Path | None = None
     node: str = "node"
     startup_timeout: float = 20.0
+    profile: str = "generic"
+    """``IDP_PROFILE``: ``generic``, ``keycloak``, ``entra``, ``okta`` or ``google`` (that provider's documented
+    token shapes, reproduced on oidc-provider: see ``testidp/server.mjs`` PROFILES)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -178,6 +181,7 @@ class IdpConfig:
             "IDP_ACCESS_TOKEN_TTL": str(self.access_token_ttl),
             "IDP_ID_TOKEN_TTL": str(self.id_token_ttl),
             "IDP_TEST_ENDPOINTS": "1" if self.test_endpoints else "0",
+            "IDP_PROFILE": self.profile,
         }
         if self.tls_cert is not None and self.tls_key is not None:
             env["IDP_TLS_CERT"] = str(self.tls_cert)

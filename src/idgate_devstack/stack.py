@@ -26,10 +26,12 @@ from typing import Any, Final, Literal
 import httpx
 import yaml
 
+from idgate.presets import LOGIN_SCOPES
 from idgate_devstack.certs import DevCerts, generate_dev_certs
 from idgate_devstack.echo import EchoUpstream
 from idgate_devstack.faultproxy import FaultProxy
 from idgate_devstack.grafana_stub import GrafanaStub
+from idgate_devstack.graph_stub import GraphStub
 from idgate_devstack.grpc_echo import GrpcUpstream
 from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
 from idgate_devstack.idp import IdpConfig, TestIdp
@@ -99,6 +101,14 @@ class StackPlan:
     tls: bool = False
     idgate_extra: Mapping[str, Any] | None = None
     replicas: int = 1
+    idp_profile: str = "generic"
+    """The test IdP's provider profile (``IDP_PROFILE``); the generated config's issuer gets ``provider:`` the same
+    (generic: none), so idgate's preset meets the shapes it was made for."""
+    issuer_extra: Mapping[str, Any] | None = None
+    """Keys merged into the generated config's issuer entry (after ``provider``; e.g. ``claims``)."""
+    graph_users: Mapping[str, list[str]] | None = None
+    """Start the Microsoft Graph contract stub (HTTPS, dev CA) with these users (oid → group ids) and point the
+    generated config's ``entra.graph_url`` at it (``Stack.graph``)."""
 
     def port(self, name: str) -> int:
         """The port for listener ``name`` (a :data:`FIXED_PORTS` key); ``"free"``: one free a moment ago, 0 (the
@@ -126,6 +136,8 @@ class Stack:
     replicas: tuple[IdgateService, ...] = ()
     """Every ``idgate serve`` process, ``idgate`` first."""
     redis: RedisServer | None = None
+    graph: GraphStub | None = None
+    """The Microsoft Graph contract stub (``StackPlan.graph_users``)."""
 
     @property
     def mode(self) -> Mode:
@@ -147,7 +159,8 @@ class Stack:
         return httpx.Client(verify=ssl.create_default_context(cafile=str(self.certs.ca)), timeout=10.0, **kw)
 
     def login(self, username: str) -> Tokens:
-        """A real code + PKCE login at the IdP for ``username``."""
+        """A real code + PKCE login at the IdP for ``username``, with the scopes idgate's preset for the IdP's
+        profile asks for (Keycloak, Entra ID and Google refuse ``groups``)."""
         return login_user(self.idp, username)
 
     def idgate_metrics(self) -> str:
@@ -177,6 +190,7 @@ def start_idp(
     id_token_ttl: int | None = None,
     test_endpoints: bool,
     logout: bool = False,
+    profile: str = "generic",
 ) -> TestIdp:
     """The test IdP on HTTPS ``port`` (entered into ``stack``), log ``run_dir/idp.log``. Its one client (``idgate``)
     redirects to ``{site}/.idgate/callback``; ``logout``: also ``{site}/`` after logout and back-channel logout to
@@ -195,6 +209,7 @@ def start_idp(
         id_token_ttl=token_ttl if id_token_ttl is None else id_token_ttl,
         test_endpoints=test_endpoints,
         log_file=run_dir / "idp.log",
+        profile=profile,
     )
     return stack.enter_context(TestIdp(config))
 
@@ -209,6 +224,7 @@ def login_user(idp: TestIdp, username: str) -> Tokens:
         redirect_uri=config.redirect_uris[0],
         username=username,
         resource=AUDIENCE,
+        scope=" ".join(LOGIN_SCOPES.get(config.profile, LOGIN_SCOPES["generic"])),
         verify=config.verify(),
     )
 
@@ -255,7 +271,17 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             id_token_ttl=plan.id_token_ttl,
             test_endpoints=plan.idp_test_endpoints,
             logout=plan.idp_logout,
+            profile=plan.idp_profile,
         )
+        graph = None
+        if plan.graph_users is not None:
+            stub = GraphStub(
+                dict(plan.graph_users),
+                users_file=run_dir / "graph-users.json",
+                tls=(certs.cert, certs.key),
+                ca_file=certs.ca,
+            )
+            graph = stack.enter_context(stub)
         metrics_port = free_tcp_port() if plan.tls else 0
         faults = None
         if plan.fault_proxy:
@@ -275,6 +301,11 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             if plan.tls:
                 config = merged(config, tls_config(certs, mode=plan.mode, metrics_port=metrics_port))
             config = merged(config, plan.idgate_extra or {})
+            if plan.idp_profile != "generic":
+                config["issuers"][0]["provider"] = plan.idp_profile
+            config["issuers"][0] |= dict(plan.issuer_extra or {})
+            if graph is not None:
+                config["issuers"][0]["entra"] = {"graph_url": graph.graph_url, "timeout_seconds": 2}
         else:
             write_secrets(secrets_dir)
             config = yaml.safe_load(plan.config.read_text(encoding="utf-8"))
@@ -353,6 +384,7 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             faults=faults,
             replicas=tuple(replicas),
             redis=redis,
+            graph=graph,
         )
 
 

@@ -111,3 +111,29 @@ def test_promtool_finds_the_exposition_clean() -> None:
         ["promtool", "check", "metrics"], input=m.exposition(), capture_output=True, timeout=60, check=False
     )
     assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), checked
+
+
+class _Refreshes:
+    def as_dict(self) -> dict[str, int]:
+        return {"ok": 1}
+
+
+class _Sessions:
+    def __init__(self) -> None:
+        self.decoded_hits = 0
+        self.decoded_misses = 0
+        self.refresh_stats = _Refreshes()
+        self.group_notes = {"groups_overage_unresolved": 3, "userinfo_unavailable": 1}
+
+
+def test_session_group_notes_are_counted_by_reason_and_lint_clean() -> None:
+    m = metrics()
+    m.watch(tokens=None, caches=[], sessions=_Sessions())
+    sample = m.registry.get_sample_value
+    assert sample("idgate_session_group_notes_total", {"reason": "groups_overage_unresolved"}) == 3
+    assert sample("idgate_session_group_notes_total", {"reason": "userinfo_unavailable"}) == 1
+    assert shutil.which("promtool")
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=m.exposition(), capture_output=True, timeout=60, check=False
+    )
+    assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), checked

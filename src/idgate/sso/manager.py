@@ -31,6 +31,7 @@ from typing import Any
 from idgate.config import ClaimPaths, SessionConfig
 from idgate.errors import CookieTooLarge, CredentialError, ProviderError
 from idgate.principal import principal_from_claims
+from idgate.sso.claim_sources import ClaimSources
 from idgate.sso.cookies import KeyRing, SessionCookies
 from idgate.sso.oidc import OidcClient, TokenSet
 from idgate.sso.session import RevocationStore, Session, is_revoked, session_keys
@@ -90,7 +91,11 @@ class SessionManager:
         clock: Callable[[], float] = time.time,
         ring: KeyRing | None = None,
         refresh_wait_seconds: float = 1.0,
+        sources: ClaimSources | None = None,
     ) -> None:
+        """``sources``: read the session's groups from the issuer's ``claims.sources`` at login and at refreshes
+        that bring a new ID token (:mod:`idgate.sso.claim_sources`); None: from the ID token alone."""
+        self._sources = sources
         self._config = config
         self._ring = ring  # seals refreshed sessions shared through the store; None: shared within this process only
         self._refresh_wait = refresh_wait_seconds
@@ -139,14 +144,31 @@ class SessionManager:
         payload, _ = self._cookies.decode(cookie_header)
         return Session.from_bytes(payload) if payload is not None else None
 
-    def new_session(self, *, tokens: TokenSet, id_claims: dict[str, Any]) -> Session:
-        """A fresh session (new random id: no fixation) from a completed login.
+    @property
+    def group_notes(self) -> dict[str, int]:
+        """Reason code → how many logins and refreshes met it while reading groups (``access_token_unverified``,
+        ``userinfo_unavailable``, ``groups_overage_unresolved`` …; :mod:`idgate.sso.claim_sources`)."""
+        return dict(self._sources.note_counts) if self._sources is not None else {}
+
+    async def session_groups(self, *, tokens: TokenSet, id_claims: dict[str, Any]) -> tuple[str, ...] | None:
+        """The groups of every configured claim source, or None when only the ID token is read (no sources)."""
+        if self._sources is None:
+            return None
+        return (await self._sources.groups(tokens=tokens, id_claims=id_claims)).groups
+
+    def new_session(
+        self, *, tokens: TokenSet, id_claims: dict[str, Any], groups: tuple[str, ...] | None = None
+    ) -> Session:
+        """A fresh session (new random id: no fixation) from a completed login; ``groups`` (from
+        :meth:`session_groups`) replaces the ID token's when given.
 
         Raises:
             CredentialError: ``invalid_claims`` when the ID token lacks a usable subject.
         """
         now = self._clock()
         principal = principal_from_claims(id_claims, paths=self._claims)
+        if groups is not None:
+            principal = replace(principal, groups=groups)
         expires_at = now + self._config.absolute_timeout_seconds
         return Session(
             sid=secrets.token_urlsafe(24),
@@ -327,8 +349,9 @@ class SessionManager:
             principal = principal_from_claims(claims, paths=self._claims)
             if (principal.issuer, principal.subject) != (session.issuer, session.subject):
                 raise CredentialError("subject_changed", "refreshed ID token names another principal")
+            groups = await self.session_groups(tokens=tokens, id_claims=claims)
             changes |= {
-                "groups": principal.groups,
+                "groups": principal.groups if groups is None else groups,
                 "email": principal.email,
                 "email_verified": principal.email_verified,
                 "name": principal.name,

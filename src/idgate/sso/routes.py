@@ -188,7 +188,8 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             claims = await sso.oidc.verify_id_token(
                 tokens.id_token, nonce=login.nonce, access_token=tokens.access_token
             )
-            session = sso.sessions.new_session(tokens=tokens, id_claims=claims)
+            groups = await sso.sessions.session_groups(tokens=tokens, id_claims=claims)
+            session = sso.sessions.new_session(tokens=tokens, id_claims=claims, groups=groups)
             session_cookies = sso.sessions.issue(session)
         except ProviderError as exc:
             status = 503 if exc.transient else 400

@@ -16,6 +16,8 @@ import os
 import time
 import urllib.parse
 import uuid
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ from pydantic import SecretStr
 from idgate.config import ClaimPaths, IssuerConfig, JwksSettings, LoginConfig, SessionConfig
 from idgate.errors import CredentialError
 from idgate.jwks import JwksCache
+from idgate.sso.claim_sources import ClaimSources, SessionGroups
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager, SessionOutcome
 from idgate.sso.oidc import OidcClient, TokenSet
@@ -141,6 +144,8 @@ class Harness:
     idp: RotatingIdP
     clock: FakeClock
     cookies: SessionCookies
+    sessions: SessionConfig | None = None
+    oidc: OidcClient | None = None
 
     def login(
         self,
@@ -217,7 +222,7 @@ def harness(fake_idp: FakeIdP, rsa_key: rsa.RSAPrivateKey, clock: FakeClock) -> 
     )
     store = MemoryRevocationStore(clock=clock)
     manager = SessionManager(config=sessions, cookies=cookies, oidc=oidc, store=store, claims=ClaimPaths(), clock=clock)
-    return Harness(manager=manager, store=store, idp=idp, clock=clock, cookies=cookies)
+    return Harness(manager=manager, store=store, idp=idp, clock=clock, cookies=cookies, sessions=sessions, oidc=oidc)
 
 
 async def read_back(h: Harness, outcome: SessionOutcome) -> Session | None:
@@ -483,6 +488,47 @@ async def test_refresh(harness: Harness) -> None:
     again = await harness.manager.resolve(cookie_header(outcome.set_cookies))
     assert again == SessionOutcome(session=refreshed)
     assert harness.idp.calls == 1
+
+
+class FixedSources(ClaimSources):
+    """Claim sources answering fixed groups, one answer per call, recording what they were asked with."""
+
+    def __init__(self, *answers: tuple[str, ...]) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[str, object]] = []
+        self.note_counts = Counter({"userinfo_unavailable": 1})
+
+    async def groups(self, *, tokens: TokenSet, id_claims: Mapping[str, Any]) -> SessionGroups:
+        self.asked.append((tokens.access_token, id_claims.get("sub")))
+        return SessionGroups(groups=self.answers.pop(0))
+
+
+@pytest.mark.anyio
+async def test_claim_sources_give_the_groups_at_login_and_at_refresh(harness: Harness) -> None:
+    assert harness.sessions is not None and harness.oidc is not None
+    sources = FixedSources(("from-access-token",), ("after-refresh",))
+    manager = SessionManager(
+        config=harness.sessions,
+        cookies=harness.cookies,
+        oidc=harness.oidc,
+        store=harness.store,
+        claims=ClaimPaths(),
+        clock=harness.clock,
+        sources=sources,
+    )
+    id_token = harness.idp.id_token("at-1")
+    id_claims = jwt.decode(id_token, options={"verify_signature": False})
+    tokens = TokenSet(access_token="at-1", id_token=id_token, refresh_token=FIRST_REFRESH_TOKEN, expires_in=3600)
+    groups = await manager.session_groups(tokens=tokens, id_claims=id_claims)
+    session = manager.new_session(tokens=tokens, id_claims=id_claims, groups=groups)
+    assert session.groups == ("from-access-token",)  # not the ID token's "viewers"
+    advance_into_refresh_window(harness, session)
+    outcome = await manager.resolve(cookie_header(manager.issue(session)))
+    assert outcome.refreshed and outcome.session is not None
+    assert outcome.session.groups == ("after-refresh",)
+    assert sources.asked == [("at-1", "user-1"), ("at-2", "user-1")]
+    assert manager.group_notes == {"userinfo_unavailable": 1}
+    assert harness.manager.group_notes == {}  # without sources: nothing to count
 
 
 @pytest.mark.anyio
