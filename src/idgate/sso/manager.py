@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -90,7 +90,12 @@ class SessionManager:
         clock: Callable[[], float] = time.time,
         ring: KeyRing | None = None,
         refresh_wait_seconds: float = 1.0,
+        idps: Mapping[str, tuple[OidcClient, ClaimPaths]] | None = None,
     ) -> None:
+        """``idps``: issuer URL → (its OIDC client, its claim paths) for every login IdP (``login.issuers``); None:
+        ``oidc`` and ``claims`` alone. A session is refreshed at its own issuer's IdP and read with its paths; a
+        session whose issuer is not among them is no session (``unknown_issuer``)."""
+        self._idps = dict(idps) if idps is not None else None
         self._config = config
         self._ring = ring  # seals refreshed sessions shared through the store; None: shared within this process only
         self._refresh_wait = refresh_wait_seconds
@@ -146,7 +151,7 @@ class SessionManager:
             CredentialError: ``invalid_claims`` when the ID token lacks a usable subject.
         """
         now = self._clock()
-        principal = principal_from_claims(id_claims, paths=self._claims)
+        principal = principal_from_claims(id_claims, paths=self._claims_for(id_claims.get("iss")))
         expires_at = now + self._config.absolute_timeout_seconds
         return Session(
             sid=secrets.token_urlsafe(24),
@@ -165,6 +170,16 @@ class SessionManager:
             id_token=tokens.id_token or "",
             idp_sid=id_claims.get("sid") if isinstance(id_claims.get("sid"), str) else None,
         )
+
+    def _claims_for(self, issuer: object) -> ClaimPaths:
+        """The claim paths of ``issuer``'s login IdP (the single IdP's when there is one)."""
+        idp = self._idps.get(issuer) if self._idps is not None and isinstance(issuer, str) else None
+        return idp[1] if idp is not None else self._claims
+
+    def _oidc_for(self, session: Session) -> OidcClient:
+        """The OIDC client of the session's own issuer (refresh goes there)."""
+        idp = self._idps.get(session.issuer) if self._idps is not None else None
+        return idp[0] if idp is not None else self._oidc
 
     @staticmethod
     def _token_expiry(tokens: TokenSet, id_claims: dict[str, Any], now: float) -> float:
@@ -208,6 +223,8 @@ class SessionManager:
             reason = "session_expired"
         elif now - session.last_seen > self._config.idle_timeout_seconds:
             reason = "idle_timeout"
+        elif self._idps is not None and session.issuer not in self._idps:
+            reason = "unknown_issuer"  # its IdP was removed from login.issuers: it cannot be refreshed or trusted
         elif await is_revoked(self._store, session):
             reason = "session_revoked"
         if reason is not None:
@@ -315,7 +332,8 @@ class SessionManager:
 
     async def _do_refresh(self, session: Session) -> Session:
         assert session.refresh_token is not None
-        tokens = await self._oidc.refresh(session.refresh_token)
+        oidc = self._oidc_for(session)
+        tokens = await oidc.refresh(session.refresh_token)
         now = self._clock()
         changes: dict[str, Any] = {
             "last_seen": now,
@@ -323,8 +341,8 @@ class SessionManager:
             "token_expires_at": min(now + (tokens.expires_in or 0), session.expires_at),
         }
         if tokens.id_token:
-            claims = await self._oidc.verify_id_token(tokens.id_token, nonce=None, access_token=tokens.access_token)
-            principal = principal_from_claims(claims, paths=self._claims)
+            claims = await oidc.verify_id_token(tokens.id_token, nonce=None, access_token=tokens.access_token)
+            principal = principal_from_claims(claims, paths=self._claims_for(session.issuer))
             if (principal.issuer, principal.subject) != (session.issuer, session.subject):
                 raise CredentialError("subject_changed", "refreshed ID token names another principal")
             changes |= {
