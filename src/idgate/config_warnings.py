@@ -8,7 +8,9 @@
 - an upstream with ``profile: looker``, the deprecated name of ``gate`` (docs/looker.md);
 - group names that differ only by case or surrounding spaces (``Admins``, ``admins ``), anywhere in
   ``role_sets.*.from_groups`` and ``routes[].allow.groups``: IdP groups are compared exactly, so all but the
-  IdP's own spelling are dead.
+  IdP's own spelling are dead;
+- several login IdPs (``login.issuers``) sharing ``/.idgate/callback`` (no ``.../callback/<name>`` of their own):
+  among them the mix-up defence rests on RFC 9207 ``iss`` alone.
 """
 
 from __future__ import annotations
@@ -29,7 +31,27 @@ class _Scope:
 
 def config_warnings(config: Config) -> tuple[str, ...]:
     """Every warning about ``config``, one line each, in file order."""
-    return (*_public_route_warnings(config.routes), *_group_warnings(config), *_profile_warnings(config))
+    return (
+        *_public_route_warnings(config.routes),
+        *_group_warnings(config),
+        *_profile_warnings(config),
+        *_login_warnings(config),
+    )
+
+
+def _login_warnings(config: Config) -> list[str]:
+    login = config.login
+    if login is None or len(login.issuer_names) < 2:
+        return []
+    own = {uri.rsplit("/", 1)[1] for uri in login.redirect_uris if not uri.endswith("/.idgate/callback")}
+    sharing = [name for name in login.issuer_names if name not in own]
+    if len(sharing) < 2:
+        return []
+    return [
+        f"login.issuers: {', '.join(sharing)} share /.idgate/callback: which IdP answered is then told by RFC 9207 "
+        "iss alone; give each its own redirect URI https://<host>/.idgate/callback/<name> unless every one of them "
+        "advertises authorization_response_iss_parameter_supported"
+    ]
 
 
 def _profile_warnings(config: Config) -> list[str]:

@@ -10,6 +10,7 @@ import pytest
 from test_config_load import demo_config
 
 from idgate.config_load import parse_config
+from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
 
 SITE = "https://127.0.0.1:8443"
@@ -95,3 +96,11 @@ def test_a_per_idp_redirect_uri_is_exact(tmp_path: Path, uri: str) -> None:
     doc = two_idps(tmp_path)
     doc["login"]["redirect_uris"] = [uri]
     assert "must be https://<host[:port]>/.idgate/callback" in problems(doc, tmp_path)
+
+
+def test_idps_sharing_the_callback_are_warned_about(tmp_path: Path) -> None:
+    doc = two_idps(tmp_path)
+    assert not config_warnings(parse_config(doc, environ={}, base_dir=tmp_path))  # partner has its own URI
+    doc["login"]["redirect_uris"] = [f"{SITE}/.idgate/callback"]
+    warnings = config_warnings(parse_config(doc, environ={}, base_dir=tmp_path))
+    assert len(warnings) == 1 and "testidp, partner share /.idgate/callback" in warnings[0]
