@@ -266,3 +266,14 @@ def test_bearer_tokens_of_both_idps_are_two_principals(multi: Stack) -> None:
             headers = dict((n.lower(), v) for n, v in multi.upstreams["app"].requests()[-1]["headers"])
             issuers.append(headers["x-auth-issuer"])
     assert issuers == [multi.idp.issuer, second.issuer]
+
+
+@pytest.mark.parametrize("rd", ["https://evil.example/", "//evil.example", "/\\evil.example", "javascript:alert(1)"])
+def test_the_chooser_carries_only_a_validated_return_url(multi: Stack, rd: str) -> None:
+    with multi.client() as client:
+        chooser = client.get(multi.url + "/.idgate/start", params={"rd": rd}, headers=HTML)
+    assert chooser.status_code == 200
+    hrefs = re.findall(r"href='([^']+)'", chooser.text)
+    assert len(hrefs) == 2
+    for href in hrefs:
+        assert urllib.parse.parse_qs(urllib.parse.urlsplit(href.replace("&amp;", "&")).query)["rd"] == ["/"]
