@@ -317,6 +317,9 @@ def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[
                 problems.append(f"{where}: no issuer named {value!r}")
             elif not issuer.get("client_id") or "client_secret" not in issuer:
                 problems.append(f"{where}: issuer {value!r} needs client_id and a client secret")
+        urls = [str(issuers[n].get("issuer")) for _, n in named if _name(n) in issuers]
+        for url in sorted({u for u in urls if urls.count(u) > 1}):  # sessions are keyed by (iss, sub)
+            problems.append(f"login.issuers: two login IdPs have the issuer URL {url!r}")
     if not isinstance(data.get("assertion"), dict):
         for name, upstream in upstreams.items():
             if isinstance(upstream, dict) and upstream.get("assertion_audience"):

@@ -104,3 +104,9 @@ def test_idps_sharing_the_callback_are_warned_about(tmp_path: Path) -> None:
     doc["login"]["redirect_uris"] = [f"{SITE}/.idgate/callback"]
     warnings = config_warnings(parse_config(doc, environ={}, base_dir=tmp_path))
     assert len(warnings) == 1 and "testidp, partner share /.idgate/callback" in warnings[0]
+
+
+def test_two_login_idps_with_one_issuer_url_are_refused(tmp_path: Path) -> None:
+    doc = two_idps(tmp_path)
+    doc["issuers"][1]["issuer"] = doc["issuers"][0]["issuer"]
+    assert "two login IdPs have the issuer URL" in problems(doc, tmp_path)
