@@ -45,6 +45,13 @@ def fresh(stack: Stack) -> Stack:
 
 
 @pytest.fixture(scope="session", params=MODES)
+def multi_idp_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack with a second login IdP (``stack.second_idp``, issuers[] name ``second``), once per mode."""
+    with run_stack(tmp_path_factory.mktemp(f"multi-idp-{request.param}"), mode=request.param, second_idp=True) as s:
+        yield s
+
+
+@pytest.fixture(scope="session", params=MODES)
 def tls_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The stack with TLS between HAProxy and idgate (SPOP and HTTP; mutual where HAProxy can present a client
     certificate) and idgate's /metrics on a bind of its own, once per mode."""

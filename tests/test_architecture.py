@@ -71,7 +71,17 @@ LAYERS: dict[str, int] = {
     ),
     # 2 adapters: wire formats in and out (SPOP, HTTP)
     **dict.fromkeys(
-        ["spoe.spop", "spoe.listener", "spoe.agent", "spoe.adapter", "sso.routes", "looker.routes", "app"], 2
+        [
+            "spoe.spop",
+            "spoe.listener",
+            "spoe.agent",
+            "spoe.adapter",
+            "sso.chooser",
+            "sso.routes",
+            "looker.routes",
+            "app",
+        ],
+        2,
     ),
     # 3 the composition root, 4 operator tools (explain, status, the Runtime API client), 5 the command line
     "runtime": 3,

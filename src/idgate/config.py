@@ -426,8 +426,16 @@ class SessionConfig(_Model):
 class LoginConfig(_Model):
     """Browser login (OIDC authorization code + PKCE S256) on the reserved prefix ``/.idgate/``."""
 
-    issuer: str  # name of an issuers[] entry that has client_id and a client secret
-    redirect_uris: tuple[str, ...]  # exact, one per site: https://<host>/.idgate/callback
+    # Exactly one of: ``issuer`` (one IdP) or ``issuers`` (several, with a chooser page): names of issuers[]
+    # entries that have client_id and a client secret.
+    issuer: str | None = None
+    issuers: tuple[str, ...] = ()
+    # Several IdPs: the one /.idgate/start uses without ?idp= on the host (Host header, "host" or "host:port")
+    # named here, else default_issuer, else the chooser page.
+    default_issuer_by_host: dict[str, str] = {}
+    default_issuer: str | None = None
+    # exact, one per site: https://<host>/.idgate/callback, or per IdP https://<host>/.idgate/callback/<name>
+    redirect_uris: tuple[str, ...]
     post_logout_redirect_uri: str | None = None
     allowed_return_origins: tuple[str, ...] = ()  # besides the site being logged into
     scopes: tuple[str, ...] = ("openid", "profile", "email", "groups", "offline_access")
@@ -444,11 +452,43 @@ class LoginConfig(_Model):
             raise ValueError("at least one redirect URI is required")
         dev_mode = bool((info.context or {}).get("dev_mode"))
         for uri in value:
-            if not re.match(r"^https://[^/?#\s@]+/\.idgate/callback$", uri) and not (
-                dev_mode and re.match(r"^http://[^/?#\s@]+/\.idgate/callback$", uri)
+            if not re.match(r"^https://[^/?#\s@]+/\.idgate/callback(/[a-z][a-z0-9_]*)?$", uri) and not (
+                dev_mode and re.match(r"^http://[^/?#\s@]+/\.idgate/callback(/[a-z][a-z0-9_]*)?$", uri)
             ):
-                raise ValueError(f"{uri!r} must be https://<host[:port]>/.idgate/callback exactly")
+                raise ValueError(
+                    f"{uri!r} must be https://<host[:port]>/.idgate/callback or .../.idgate/callback/<issuer name> "
+                    "exactly"
+                )
         return value
+
+    @model_validator(mode="after")
+    def _idp_names(self) -> LoginConfig:
+        """Every problem of the IdP selection at once (names are checked against issuers[] by the loader)."""
+        problems = []
+        if (self.issuer is None) == (not self.issuers):
+            problems.append("set exactly one of issuer (one IdP) or issuers (several IdPs)")
+        if len(set(self.issuers)) != len(self.issuers):
+            problems.append("issuers lists a name twice")
+        names = set(self.issuer_names)
+        if self.default_issuer is not None and self.default_issuer not in names:
+            problems.append(f"default_issuer {self.default_issuer!r} is not in login.issuers")
+        for host, name in self.default_issuer_by_host.items():
+            if name not in names:
+                problems.append(f"default_issuer_by_host[{host!r}]: {name!r} is not in login.issuers")
+            if host != host.strip().lower() or not host or "/" in host:
+                problems.append(f"default_issuer_by_host: {host!r} must be a lowercase host or host:port")
+        for uri in self.redirect_uris:
+            tail = uri.rsplit("/.idgate/callback", 1)[-1]
+            if tail and tail[1:] not in names:
+                problems.append(f"redirect_uris: {uri!r} names no login issuer")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def issuer_names(self) -> tuple[str, ...]:
+        """The login IdPs' issuers[] names, in config order (the chooser's order); the first is the fallback."""
+        return (self.issuer,) if self.issuer is not None else self.issuers
 
     @field_validator("scopes")
     @classmethod

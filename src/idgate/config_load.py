@@ -309,11 +309,18 @@ def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[
         if not isinstance(data.get("sessions"), dict):
             problems.append("login: browser login needs a sessions section (cookie keys)")
         issuers = {i.get("name"): i for i in _dicts(data.get("issuers")) if _name(i.get("name"))}
-        issuer = issuers.get(_name(login.get("issuer")))
-        if issuer is None:
-            problems.append(f"login.issuer: no issuer named {login.get('issuer')!r}")
-        elif not issuer.get("client_id") or "client_secret" not in issuer:
-            problems.append(f"login.issuer: issuer {login.get('issuer')!r} needs client_id and a client secret")
+        named = [("login.issuer", login.get("issuer"))] if login.get("issuer") is not None else []
+        if isinstance(login.get("issuers"), list):
+            named += [(f"login.issuers[{n}]", value) for n, value in enumerate(login["issuers"])]
+        for where, value in named:
+            issuer = issuers.get(_name(value))
+            if issuer is None:
+                problems.append(f"{where}: no issuer named {value!r}")
+            elif not issuer.get("client_id") or "client_secret" not in issuer:
+                problems.append(f"{where}: issuer {value!r} needs client_id and a client secret")
+        urls = [str(issuers[n].get("issuer")) for _, n in named if _name(n) in issuers]
+        for url in sorted({u for u in urls if urls.count(u) > 1}):  # sessions are keyed by (iss, sub)
+            problems.append(f"login.issuers: two login IdPs have the issuer URL {url!r}")
     if not isinstance(data.get("assertion"), dict):
         for name, upstream in upstreams.items():
             if isinstance(upstream, dict) and upstream.get("assertion_audience"):
@@ -362,7 +369,10 @@ def summarize(config: Config) -> str:
         lines.append(f"  {name}: profile={up.profile} role_set={up.role_set} user_from={up.user_from}")
         lines += [f"    {line}" for line in _role_lines(config, up.role_set)]
     if config.login:
-        lines.append(f"login: via issuer {config.login.issuer}, redirect URIs {list(config.login.redirect_uris)}")
+        lines.append(
+            f"login: via issuer(s) {', '.join(config.login.issuer_names)}, "
+            f"redirect URIs {list(config.login.redirect_uris)}"
+        )
         lines.append(f"  scopes={list(config.login.scopes)}")
     if config.sessions:
         s = config.sessions

@@ -12,6 +12,8 @@
 - provider presets (:mod:`idgate.presets`) met with settings that defeat them: ``trust_unverified_email: true`` on
   an Entra ID issuer (its ``email`` is user-editable: "nOAuth"); a Google issuer, which sends no groups, while
   ``from_groups`` or ``allow.groups`` are the only ways to a role or a route (no ``role_sets.*.default``).
+- several login IdPs (``login.issuers``) sharing ``/.idgate/callback`` (no ``.../callback/<name>`` of their own):
+  among them the mix-up defence rests on RFC 9207 ``iss`` alone.
 """
 
 from __future__ import annotations
@@ -37,7 +39,23 @@ def config_warnings(config: Config) -> tuple[str, ...]:
         *_group_warnings(config),
         *_provider_warnings(config),
         *_profile_warnings(config),
+        *_login_warnings(config),
     )
+
+
+def _login_warnings(config: Config) -> list[str]:
+    login = config.login
+    if login is None or len(login.issuer_names) < 2:
+        return []
+    own = {uri.rsplit("/", 1)[1] for uri in login.redirect_uris if not uri.endswith("/.idgate/callback")}
+    sharing = [name for name in login.issuer_names if name not in own]
+    if len(sharing) < 2:
+        return []
+    return [
+        f"login.issuers: {', '.join(sharing)} share /.idgate/callback: which IdP answered is then told by RFC 9207 "
+        "iss alone; give each its own redirect URI https://<host>/.idgate/callback/<name> unless every one of them "
+        "advertises authorization_response_iss_parameter_supported"
+    ]
 
 
 def _profile_warnings(config: Config) -> list[str]:

@@ -98,6 +98,8 @@ REASON_CODES = frozenset(
         "invalid_client", "invalid_request", "subject_changed",
         "issuer_mismatch", "invalid_nonce", "invalid_at_hash", "session_too_large", "cross_site", "csrf",
         "invalid_logout_token", "logout_token_too_old", "jti_replayed", "duplicate_parameter",
+        # several login IdPs (login.issuers)
+        "unknown_idp", "unknown_issuer",
     }
 )  # fmt: skip
 """The reason codes a ``reason`` label may carry; any other value is counted as ``other`` (bounded labels)."""

@@ -80,14 +80,32 @@ def _store(config: Config) -> RevocationStore:
     return MemoryRevocationStore()
 
 
-def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClient, metrics: Metrics) -> Sso | None:
-    """The browser-login components, when ``login`` and ``sessions`` are configured."""
+def _sso(
+    config: Config, caches: tuple[JwksCache, ...], clients: dict[str | None, httpx.AsyncClient], metrics: Metrics
+) -> Sso | None:
+    """The browser-login components, when ``login`` and ``sessions`` are configured: one OIDC client per login IdP
+    (``login.issuer`` or ``login.issuers``), each with its issuer's HTTP client (CA) and keys."""
     if config.login is None or config.sessions is None or config.sessions.keys is None:
         return None
-    cache = next(c for c in caches if c.config.name == config.login.issuer)
+    login = config.login
+    by_name = {c.config.name: c for c in caches}
+    trusted = {n: TrustedIssuer(config=by_name[n].config, keys=by_name[n]) for n in login.issuer_names}
+    idps = tuple(
+        OidcClient(
+            trusted=trusted[n],
+            login=login,
+            http=clients[by_name[n].config.ca_file],
+            dev_mode=config.dev_mode,
+        )
+        for n in login.issuer_names
+    )
+    named = policy_groups(config)
+    sources = {
+        c.issuer: claim_sources(trusted[c.name], c, clients[by_name[c.name].config.ca_file], policy_groups=named)
+        for c in idps
+    }
+    oidc, cache = idps[0], by_name[login.issuer_names[0]]
     ring = KeyRing.from_text(config.sessions.keys.get_secret_value())
-    trusted = TrustedIssuer(config=cache.config, keys=cache)
-    oidc = OidcClient(trusted=trusted, login=config.login, http=client, dev_mode=config.dev_mode)
     name = config.sessions.cookie_name
     store = _store(config)
     cookies = SessionCookies(
@@ -97,13 +115,15 @@ def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClien
         ring=ring, settings=CookieJarSettings(name=f"{name}-login", max_chunks=1), purpose=b"login-state"
     )
     manager = SessionManager(
-        sources=claim_sources(trusted, oidc, client, policy_groups=policy_groups(config)),
+        sources=sources[oidc.issuer],
+        sources_by_issuer=sources if len(idps) > 1 else None,
         config=config.sessions,
         cookies=cookies,
         oidc=oidc,
         store=store,
         claims=cache.config.claims,
         ring=ring,
+        idps={c.issuer: (c, by_name[c.name].config.claims) for c in idps},
         # a replica waiting for another's refresh gives up well inside the decision budget (keeps the session)
         refresh_wait_seconds=config.server.decision_timeout_seconds / 2,
     )
@@ -116,6 +136,7 @@ def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClien
         store=store,
         absolute_timeout_seconds=config.sessions.absolute_timeout_seconds,
         metrics=metrics,
+        clients=idps,
     )
 
 
@@ -195,8 +216,7 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         policy=policy,
         version=_installed_version(),
     )
-    login_issuer = next((i for i in config.issuers if config.login and i.name == config.login.issuer), None)
-    sso = _sso(config, caches, clients[login_issuer.ca_file], metrics) if login_issuer else None
+    sso = _sso(config, caches, clients, metrics)
     sessions = sso.sessions if sso else None
     assertions = _assertion_signer(config)
     metrics.watch(tokens=token_cache, caches=caches, assertions=lambda: assertions, sessions=sessions)

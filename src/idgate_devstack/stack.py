@@ -41,8 +41,10 @@ from idgate_devstack.service import IdgateService
 from idgate_devstack.stack_config import (
     AUDIENCE,
     merged,
+    second_idp_redirect_uris,
     stack_config,
     tls_config,
+    with_second_idp,
     write_secrets,
 )
 
@@ -109,6 +111,11 @@ class StackPlan:
     graph_users: Mapping[str, list[str]] | None = None
     """Start the Microsoft Graph contract stub (HTTPS, dev CA) with these users (oid → group ids) and point the
     generated config's ``entra.graph_url`` at it (``Stack.graph``)."""
+    second_idp: bool = False
+    """A second test IdP (``Stack.second_idp``, the same built-in users, hence the same ``sub`` values) for browser
+    login next to the first (generated config only): ``login.issuers: [testidp, second]``, the second with its
+    own redirect URI ``{site}/.idgate/callback/second``, and ``localhost`` defaulting to it
+    (``login.default_issuer_by_host``); its redirect URIs include ``https://localhost:<https port>/...``."""
 
     def port(self, name: str) -> int:
         """The port for listener ``name`` (a :data:`FIXED_PORTS` key); ``"free"``: one free a moment ago, 0 (the
@@ -138,6 +145,8 @@ class Stack:
     redis: RedisServer | None = None
     graph: GraphStub | None = None
     """The Microsoft Graph contract stub (``StackPlan.graph_users``)."""
+    second_idp: TestIdp | None = None
+    """The second login IdP (``StackPlan.second_idp``), issuers[] name ``second``."""
 
     @property
     def mode(self) -> Mode:
@@ -191,24 +200,27 @@ def start_idp(
     test_endpoints: bool,
     logout: bool = False,
     profile: str = "generic",
+    name: str = "idp",
+    redirect_uris: tuple[str, ...] | None = None,
 ) -> TestIdp:
     """The test IdP on HTTPS ``port`` (entered into ``stack``), log ``run_dir/idp.log``. Its one client (``idgate``)
     redirects to ``{site}/.idgate/callback``; ``logout``: also ``{site}/`` after logout and back-channel logout to
     ``{site}/.idgate/backchannel-logout``. Access tokens for :data:`AUDIENCE`, valid ``token_ttl`` s; ID tokens
-    ``id_token_ttl`` s (None: ``token_ttl``)."""
+    ``id_token_ttl`` s (None: ``token_ttl``). ``name``: the log's name (``run_dir/{name}.log``); ``redirect_uris``:
+    the client's redirect URIs instead of ``{site}/.idgate/callback``."""
     config = IdpConfig(
         port=port,
         tls_cert=certs.cert,
         tls_key=certs.key,
         ca_file=certs.ca,
-        redirect_uris=(f"{site}/.idgate/callback",),
+        redirect_uris=redirect_uris or (f"{site}/.idgate/callback",),
         post_logout_redirect_uris=(f"{site}/",) if logout else (),
         backchannel_logout_uri=f"{site}/.idgate/backchannel-logout" if logout else None,
         resources=(AUDIENCE,),
         access_token_ttl=token_ttl,
         id_token_ttl=token_ttl if id_token_ttl is None else id_token_ttl,
         test_endpoints=test_endpoints,
-        log_file=run_dir / "idp.log",
+        log_file=run_dir / f"{name}.log",
         profile=profile,
     )
     return stack.enter_context(TestIdp(config))
@@ -306,7 +318,24 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             config["issuers"][0] |= dict(plan.issuer_extra or {})
             if graph is not None:
                 config["issuers"][0]["entra"] = {"graph_url": graph.graph_url, "timeout_seconds": 2}
+            if plan.second_idp:
+                second = start_idp(
+                    stack,
+                    certs,
+                    run_dir,
+                    port=free_tcp_port(),
+                    site=site,
+                    token_ttl=plan.token_ttl,
+                    id_token_ttl=plan.id_token_ttl,
+                    test_endpoints=plan.idp_test_endpoints,
+                    logout=plan.idp_logout,
+                    name="idp2",
+                    redirect_uris=second_idp_redirect_uris(site, https_port),
+                )
+                config = with_second_idp(config, second.issuer, site=site, https_port=https_port)
         else:
+            if plan.second_idp:
+                raise ValueError("second_idp needs the generated config")
             write_secrets(secrets_dir)
             config = yaml.safe_load(plan.config.read_text(encoding="utf-8"))
         upstreams: dict[str, Upstream] = {name: _upstream(name, plan, certs, site, config) for name in plan.upstreams}
@@ -385,6 +414,7 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             replicas=tuple(replicas),
             redis=redis,
             graph=graph,
+            second_idp=second if plan.second_idp else None,
         )
 
 

@@ -124,6 +124,29 @@ def stack_config(
     return config
 
 
+def second_idp_redirect_uris(site: str, https_port: int) -> tuple[str, str]:
+    """The second login IdP's redirect URIs: its own callback on ``site`` and on ``https://localhost:<port>``."""
+    return (f"{site}/.idgate/callback/second", f"https://localhost:{https_port}/.idgate/callback/second")
+
+
+def with_second_idp(config: Mapping[str, Any], issuer: str, *, site: str, https_port: int) -> dict[str, Any]:
+    """``config`` (:func:`stack_config`) with a second login IdP ``second`` at ``issuer`` (a copy of the first
+    issuer's settings): ``login.issuers: [testidp, second]``, its per-IdP redirect URIs
+    (:func:`second_idp_redirect_uris`) and ``default_issuer_by_host: {localhost: second}``."""
+    first = config["issuers"][0]
+    login = {k: v for k, v in config["login"].items() if k != "issuer"}
+    login |= {
+        "issuers": [first["name"], "second"],
+        "redirect_uris": [*login["redirect_uris"], *second_idp_redirect_uris(site, https_port)],
+        "default_issuer_by_host": {"localhost": "second"},
+    }
+    second = {k: v for k, v in first.items() if k not in ("jwks_uri", "jwks_uri_host_mismatch_ok")}
+    return dict(config) | {
+        "issuers": [*config["issuers"], second | {"name": "second", "issuer": issuer}],
+        "login": login,
+    }
+
+
 def tls_config(certs: DevCerts, *, mode: str, metrics_port: int) -> dict[str, Any]:
     """The idgate config sections of the TLS variant: HTTPS (mutual in SPOE mode: HAProxy's Lua httpclient, the
     auth_request mode's caller, cannot present a client certificate in 2.8), SPOP over mutual TLS, /metrics on its

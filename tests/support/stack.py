@@ -55,6 +55,7 @@ def run_stack(
     idp_profile: str = "generic",
     graph_users: dict[str, list[str]] | None = None,
     issuer_extra: dict[str, Any] | None = None,
+    second_idp: bool = False,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
@@ -64,7 +65,8 @@ def run_stack(
     merged into idgate's config sections; ``replicas`` the number of idgate processes (more than one share a real
     Redis); ``idp_profile`` the test IdP's provider profile (and the issuer's ``provider``); ``graph_users`` starts
     the Microsoft Graph contract stub with those users (oid → groups) for Entra ID overage; ``issuer_extra`` keys
-    merged into the issuer's entry. Free ports, the IdP's
+    merged into the issuer's entry; ``second_idp``: a second login IdP (``Stack.second_idp``,
+    ``StackPlan.second_idp``). Free ports, the IdP's
     ``/test/*`` and logout URIs on, TLS to the gRPC upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and
     short inactivity timeouts."""
     plan = StackPlan(
@@ -87,6 +89,7 @@ def run_stack(
         idp_profile=idp_profile,
         graph_users=graph_users,
         issuer_extra=issuer_extra,
+        second_idp=second_idp,
     )
     return start_stack(plan)
 

@@ -23,8 +23,8 @@ import json
 import logging
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -92,10 +92,18 @@ class SessionManager:
         ring: KeyRing | None = None,
         refresh_wait_seconds: float = 1.0,
         sources: ClaimSources | None = None,
+        idps: Mapping[str, tuple[OidcClient, ClaimPaths]] | None = None,
+        sources_by_issuer: Mapping[str, ClaimSources | None] | None = None,
     ) -> None:
         """``sources``: read the session's groups from the issuer's ``claims.sources`` at login and at refreshes
-        that bring a new ID token (:mod:`idgate.sso.claim_sources`); None: from the ID token alone."""
+        that bring a new ID token (:mod:`idgate.sso.claim_sources`); None: from the ID token alone.
+        ``idps``: issuer URL → (its OIDC client, its claim paths) for every login IdP (``login.issuers``); None:
+        ``oidc`` and ``claims`` alone. A session is refreshed at its own issuer's IdP and read with its paths; a
+        session whose issuer is not among them is no session (``unknown_issuer``). ``sources_by_issuer``: with
+        several login IdPs, each issuer's own claim sources (``sources`` is then unused)."""
         self._sources = sources
+        self._sources_by_issuer = dict(sources_by_issuer) if sources_by_issuer is not None else None
+        self._idps = dict(idps) if idps is not None else None
         self._config = config
         self._ring = ring  # seals refreshed sessions shared through the store; None: shared within this process only
         self._refresh_wait = refresh_wait_seconds
@@ -148,13 +156,27 @@ class SessionManager:
     def group_notes(self) -> dict[str, int]:
         """Reason code → how many logins and refreshes met it while reading groups (``access_token_unverified``,
         ``userinfo_unavailable``, ``groups_overage_unresolved`` …; :mod:`idgate.sso.claim_sources`)."""
-        return dict(self._sources.note_counts) if self._sources is not None else {}
+        counts: Counter[str] = Counter()
+        for source in self._all_sources():
+            counts.update(source.note_counts)
+        return dict(counts)
+
+    def _all_sources(self) -> list[ClaimSources]:
+        if self._sources_by_issuer is not None:
+            return [s for s in self._sources_by_issuer.values() if s is not None]
+        return [self._sources] if self._sources is not None else []
+
+    def _sources_for(self, issuer: object) -> ClaimSources | None:
+        if self._sources_by_issuer is not None:
+            return self._sources_by_issuer.get(str(issuer))
+        return self._sources
 
     async def session_groups(self, *, tokens: TokenSet, id_claims: dict[str, Any]) -> tuple[str, ...] | None:
         """The groups of every configured claim source, or None when only the ID token is read (no sources)."""
-        if self._sources is None:
+        sources = self._sources_for(id_claims.get("iss"))
+        if sources is None:
             return None
-        return (await self._sources.groups(tokens=tokens, id_claims=id_claims)).groups
+        return (await sources.groups(tokens=tokens, id_claims=id_claims)).groups
 
     def new_session(
         self, *, tokens: TokenSet, id_claims: dict[str, Any], groups: tuple[str, ...] | None = None
@@ -166,7 +188,7 @@ class SessionManager:
             CredentialError: ``invalid_claims`` when the ID token lacks a usable subject.
         """
         now = self._clock()
-        principal = principal_from_claims(id_claims, paths=self._claims)
+        principal = principal_from_claims(id_claims, paths=self._claims_for(id_claims.get("iss")))
         if groups is not None:
             principal = replace(principal, groups=groups)
         expires_at = now + self._config.absolute_timeout_seconds
@@ -187,6 +209,16 @@ class SessionManager:
             id_token=tokens.id_token or "",
             idp_sid=id_claims.get("sid") if isinstance(id_claims.get("sid"), str) else None,
         )
+
+    def _claims_for(self, issuer: object) -> ClaimPaths:
+        """The claim paths of ``issuer``'s login IdP (the single IdP's when there is one)."""
+        idp = self._idps.get(issuer) if self._idps is not None and isinstance(issuer, str) else None
+        return idp[1] if idp is not None else self._claims
+
+    def _oidc_for(self, session: Session) -> OidcClient:
+        """The OIDC client of the session's own issuer (refresh goes there)."""
+        idp = self._idps.get(session.issuer) if self._idps is not None else None
+        return idp[0] if idp is not None else self._oidc
 
     @staticmethod
     def _token_expiry(tokens: TokenSet, id_claims: dict[str, Any], now: float) -> float:
@@ -230,6 +262,8 @@ class SessionManager:
             reason = "session_expired"
         elif now - session.last_seen > self._config.idle_timeout_seconds:
             reason = "idle_timeout"
+        elif self._idps is not None and session.issuer not in self._idps:
+            reason = "unknown_issuer"  # its IdP was removed from login.issuers: it cannot be refreshed or trusted
         elif await is_revoked(self._store, session):
             reason = "session_revoked"
         if reason is not None:
@@ -337,7 +371,8 @@ class SessionManager:
 
     async def _do_refresh(self, session: Session) -> Session:
         assert session.refresh_token is not None
-        tokens = await self._oidc.refresh(session.refresh_token)
+        oidc = self._oidc_for(session)
+        tokens = await oidc.refresh(session.refresh_token)
         now = self._clock()
         changes: dict[str, Any] = {
             "last_seen": now,
@@ -345,8 +380,8 @@ class SessionManager:
             "token_expires_at": min(now + (tokens.expires_in or 0), session.expires_at),
         }
         if tokens.id_token:
-            claims = await self._oidc.verify_id_token(tokens.id_token, nonce=None, access_token=tokens.access_token)
-            principal = principal_from_claims(claims, paths=self._claims)
+            claims = await oidc.verify_id_token(tokens.id_token, nonce=None, access_token=tokens.access_token)
+            principal = principal_from_claims(claims, paths=self._claims_for(session.issuer))
             if (principal.issuer, principal.subject) != (session.issuer, session.subject):
                 raise CredentialError("subject_changed", "refreshed ID token names another principal")
             groups = await self.session_groups(tokens=tokens, id_claims=claims)

@@ -50,21 +50,25 @@ class LoginState:
     return_to: str
     redirect_uri: str
     created_at: float
+    idp: str = ""  # the issuers[] name the login was started at (mix-up defence); "" in a pre-multi-IdP cookie
 
     def to_bytes(self) -> bytes:
         return json.dumps(
-            [self.state, self.nonce, self.code_verifier, self.return_to, self.redirect_uri, self.created_at]
+            [self.state, self.nonce, self.code_verifier, self.return_to, self.redirect_uri, self.created_at, self.idp]
         ).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LoginState | None:
         try:
-            s, n, v, r, u, t = json.loads(raw)
+            fields = json.loads(raw)
+            s, n, v, r, u, t, *rest = fields
         except (ValueError, TypeError, RecursionError):
             return None
-        if not all(isinstance(x, str) for x in (s, n, v, r, u)) or not isinstance(t, int | float):
+        idp = rest[0] if len(rest) == 1 else None if rest else ""
+        if not all(isinstance(x, str) for x in (s, n, v, r, u, idp)) or not isinstance(t, int | float):
             return None
-        return cls(state=s, nonce=n, code_verifier=v, return_to=r, redirect_uri=u, created_at=float(t))
+        assert isinstance(idp, str)
+        return cls(state=s, nonce=n, code_verifier=v, return_to=r, redirect_uri=u, created_at=float(t), idp=idp)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,6 +79,20 @@ class TokenSet:
     id_token: str | None
     refresh_token: str | None
     expires_in: float | None
+
+
+def unverified_issuer(token: str) -> str | None:
+    """The ``iss`` of a compact JWS's payload, read WITHOUT verification (only to pick which issuer's keys must
+    verify it); None for anything that is not such a token (never raises)."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 65536:
+        return None
+    try:
+        payload: Any = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, RecursionError):
+        return None
+    iss = payload.get("iss") if isinstance(payload, dict) else None
+    return iss if isinstance(iss, str) else None
 
 
 def at_hash_matches(alg: str, access_token: str, at_hash: str) -> bool:
@@ -121,6 +139,16 @@ class OidcClient:
     def client_id(self) -> str:
         return self._client_id
 
+    @property
+    def name(self) -> str:
+        """The issuers[] name of this IdP (what ``?idp=`` and ``/.idgate/callback/<name>`` carry)."""
+        return self._trusted.config.name
+
+    @property
+    def issuer(self) -> str:
+        """The issuer URL (exact ``iss`` of its tokens)."""
+        return self._trusted.config.issuer
+
     async def metadata(self) -> Mapping[str, Any]:
         """The issuer's discovery document (fetched once; ``issuer`` must match exactly, endpoints https).
 
@@ -147,8 +175,10 @@ class OidcClient:
         return isinstance(url, str) and (url.startswith("https://") or (self._dev_mode and url.startswith("http://")))
 
     def new_login(self, *, return_to: str, redirect_uri: str, now: float) -> LoginState:
-        """Fresh one-time ``state``, ``nonce`` and PKCE ``code_verifier`` (authlib's CSPRNG tokens)."""
+        """Fresh one-time ``state``, ``nonce`` and PKCE ``code_verifier`` (authlib's CSPRNG tokens), recording this
+        IdP's name."""
         return LoginState(
+            idp=self.name,
             state=generate_token(32),
             nonce=generate_token(32),
             code_verifier=generate_token(64),

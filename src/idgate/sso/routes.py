@@ -1,9 +1,14 @@
 """The reserved ``/.idgate/`` endpoints HAProxy routes to idgate without auth.
 
-    GET  /.idgate/start?rd=URL        begin a login: one-time state, nonce and PKCE verifier in a short-lived
-                                      ``__Host-`` login-state cookie, then 302 to the IdP
-    GET  /.idgate/callback            finish it: IdP error → escaped error page; state (constant-time), RFC 9207
-                                      ``iss``, code exchange, ID token checks; a NEW session id; 302 to the return URL
+    GET  /.idgate/start?rd=URL        begin a login: one-time state, nonce and PKCE verifier (and the IdP's name)
+                                      in a short-lived ``__Host-`` login-state cookie, then 302 to the IdP. With
+         [&idp=NAME]                  several IdPs (``login.issuers``): ``idp`` picks one (unknown: 400
+                                      ``unknown_idp``); without it the host's default, ``login.default_issuer``,
+                                      or the chooser page (:mod:`idgate.sso.chooser`)
+    GET  /.idgate/callback[/NAME]     finish it: IdP error → escaped error page; state (constant-time); the
+                                      callback URL must be the login's redirect URI and RFC 9207 ``iss`` the
+                                      login's IdP (else ``issuer_mismatch``: the mix-up defence); code exchange
+                                      and ID token checks at THAT IdP; a NEW session id; 302 to the return URL
     GET  /.idgate/sign_out            a confirmation page whose form POSTs a CSRF token bound to the session
     POST /.idgate/sign_out            same-origin only (``Origin`` must be this site) and the CSRF token must open to
                                       the session id: revoke, clear cookies, 302 to the IdP's end_session_endpoint
@@ -36,9 +41,10 @@ from starlette.routing import Route
 from idgate.config import LoginConfig
 from idgate.errors import CredentialError, ProviderError, RequestError
 from idgate.metrics import Metrics
+from idgate.sso.chooser import chooser_page
 from idgate.sso.cookies import KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
-from idgate.sso.oidc import LoginState, OidcClient, same_text
+from idgate.sso.oidc import LoginState, OidcClient, same_text, unverified_issuer
 from idgate.sso.params import MAX_FORM_BYTES, form_params, unique_params
 from idgate.sso.redirects import safe_return_to
 from idgate.sso.session import RevocationStore
@@ -61,6 +67,33 @@ class Sso:
     absolute_timeout_seconds: float
     clock: Callable[[], float] = time.time
     metrics: Metrics | None = None
+    clients: tuple[OidcClient, ...] = ()  # every login IdP (``login.issuers``); empty: ``oidc`` alone
+
+    @property
+    def idps(self) -> tuple[OidcClient, ...]:
+        """The login IdPs in config order."""
+        return self.clients or (self.oidc,)
+
+    def client(self, name: str) -> OidcClient | None:
+        """The login IdP with issuers[] name ``name``."""
+        return next((c for c in self.idps if c.name == name), None)
+
+    def client_for_issuer(self, issuer: str) -> OidcClient | None:
+        """The login IdP whose issuer URL is exactly ``issuer``."""
+        return next((c for c in self.idps if c.issuer == issuer), None)
+
+    def default_idp(self, host: str) -> str | None:
+        """The IdP ``/.idgate/start`` uses without ``?idp=`` on ``host`` (Host header, lowercase; matched as
+        ``host:port`` then ``host``), else ``login.default_issuer``, else the only one; None: the chooser."""
+        by_host = self.login.default_issuer_by_host
+        hostname = host if host.endswith("]") else host.rsplit(":", 1)[0]  # never raises on a hostile Host
+        names = [c.name for c in self.idps]
+        return (
+            by_host.get(host)
+            or by_host.get(hostname)
+            or self.login.default_issuer
+            or (names[0] if len(names) == 1 else None)
+        )
 
 
 def _page(status: int, title: str, body: str, *, cookies: tuple[str, ...] = ()) -> HTMLResponse:
@@ -124,23 +157,44 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             _event(sso, "login_refused", reason=exc.reason, parameter=exc.detail)
             return _page(400, "Malformed sign-in link", "<p><a href='/.idgate/start?rd=/'>Sign in</a></p>")
         origin = site_origin(request)
-        redirect_uri = next((u for u in sso.login.redirect_uris if u.startswith(origin + "/")), None)
-        if redirect_uri is None:
+        if not any(u.startswith(origin + "/") for u in sso.login.redirect_uris):
             _event(sso, "login_refused", reason="site_not_configured", origin=origin[:200])
             return _page(400, "This site is not configured for login", "<p>No redirect URI matches this host.</p>")
         return_to = safe_return_to(
             params.get("rd"), allowed_origins=frozenset({origin, *sso.login.allowed_return_origins})
         )
+        name = params.get("idp")
+        if name is None:
+            name = sso.default_idp(request.headers.get("host", "").strip().lower())
+            if name is None:
+                _event(sso, "login_chooser")
+                return chooser_page(prefix=PREFIX, names=[c.name for c in sso.idps], return_to=return_to)
+        client = sso.client(name)
+        if client is None:
+            _event(sso, "login_refused", reason="unknown_idp", idp=name[:64])
+            return _page(400, "Unknown identity provider", f"<p><a href='{PREFIX}/start?rd=/'>Sign in</a></p>")
+        # per-IdP redirect URI first (the callback then also tells which IdP answered), else the site's shared one
+        redirect_uri = next(
+            (
+                u
+                for u in (f"{origin}{PREFIX}/callback/{name}", f"{origin}{PREFIX}/callback")
+                if u in sso.login.redirect_uris
+            ),
+            None,
+        )
+        if redirect_uri is None:
+            _event(sso, "login_refused", reason="site_not_configured", origin=origin[:200], idp=name)
+            return _page(400, "This site is not configured for login", "<p>No redirect URI matches this host.</p>")
         started = time.perf_counter()
-        login = sso.oidc.new_login(return_to=return_to, redirect_uri=redirect_uri, now=sso.clock())
+        login = client.new_login(return_to=return_to, redirect_uri=redirect_uri, now=sso.clock())
         try:
-            url = await sso.oidc.authorization_url(login)
+            url = await client.authorization_url(login)
         except ProviderError as exc:
             _event(sso, "login_failed", reason=exc.reason)
             return _page(503, "The identity provider is unavailable", "<p>Please try again shortly.</p>")
         cookie = sso.login_cookies.encode(login.to_bytes(), max_age=int(sso.login.login_timeout_seconds))
         response = _redirect(url, cookies=tuple(cookie))
-        _event(sso, "login_start", start_ms=round((time.perf_counter() - started) * 1000, 3))
+        _event(sso, "login_start", idp=name, start_ms=round((time.perf_counter() - started) * 1000, 3))
         return response
 
     async def callback(request: Request) -> Response:
@@ -177,17 +231,23 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             return fail(400, "Sign-in state mismatch", "state_mismatch")
         if not login.redirect_uri.startswith(site_origin(request) + "/") or "code" not in params:
             return fail(400, "Malformed sign-in response", "bad_callback")
+        client = sso.client(login.idp)
+        if client is None:  # a login begun at an IdP no longer configured (or before the IdP was recorded)
+            return fail(400, "Your sign-in attempt expired or began in another browser", "login_state_missing")
+        # Mix-up defence (RFC 9700 §4.4): the answer must come back on the login's own redirect URI (per-IdP
+        # /.idgate/callback/<name> when configured) and, when the IdP sends or advertises it, with the login's
+        # IdP as RFC 9207 iss; the code is then redeemed at that IdP only.
+        if login.redirect_uri != site_origin(request) + request.url.path:
+            return fail(400, "Sign-in answer from another identity provider", "issuer_mismatch", via="redirect_uri")
         started = time.perf_counter()
         try:
-            await sso.oidc.check_response_issuer(params.get("iss"))
+            await client.check_response_issuer(params.get("iss"))
             exchange_started = time.perf_counter()
-            tokens = await sso.oidc.exchange_code(code=params["code"], login=login)
+            tokens = await client.exchange_code(code=params["code"], login=login)
             idp_seconds = time.perf_counter() - exchange_started
             if tokens.id_token is None:
                 return fail(400, "The identity provider sent no ID token", "no_id_token")
-            claims = await sso.oidc.verify_id_token(
-                tokens.id_token, nonce=login.nonce, access_token=tokens.access_token
-            )
+            claims = await client.verify_id_token(tokens.id_token, nonce=login.nonce, access_token=tokens.access_token)
             groups = await sso.sessions.session_groups(tokens=tokens, id_claims=claims)
             session = sso.sessions.new_session(tokens=tokens, id_claims=claims, groups=groups)
             session_cookies = sso.sessions.issue(session)
@@ -204,6 +264,7 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         _event(
             sso,
             "login",
+            idp=client.name,
             iss=session.issuer,
             sub=session.subject,
             sid=session.sid[:8],
@@ -248,8 +309,9 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             return _page(403, "Sign-out refused", "<p>The form expired. <a href='/.idgate/sign_out'>Retry</a></p>")
         await sso.sessions.sign_out(session)
         _event(sso, "sign_out", iss=session.issuer, sub=session.subject, sid=session.sid[:8])
+        client = sso.client_for_issuer(session.issuer)  # RP-initiated logout at the session's own IdP
         try:
-            target = await sso.oidc.end_session_url(id_token_hint=session.id_token or None)
+            target = await client.end_session_url(id_token_hint=session.id_token or None) if client else None
         except ProviderError:
             target = None
         return _redirect(target or sso.login.post_logout_redirect_uri or "/", cookies=clear)
@@ -261,7 +323,11 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
         try:
             token = (await _form(request)).get("logout_token", "")
-            claims = await sso.oidc.verify_logout_token(token)
+            # the issuer named in the token picks the keys that must verify it; an unknown one is refused
+            client = sso.client_for_issuer(unverified_issuer(token) or "")
+            if client is None:
+                raise CredentialError("unknown_issuer", "the logout token names no login issuer")
+            claims = await client.verify_logout_token(token)
         except (RequestError, CredentialError) as exc:
             _event(sso, "backchannel_logout_refused", reason=exc.reason)
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
@@ -271,7 +337,7 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
         now = sso.clock()
         until = now + sso.absolute_timeout_seconds  # sessions created before now stay revoked for their lifetime
         # the jti only for the token's acceptance window: after it, the token is refused by its iat
-        replay_until = sso.oidc.logout_replay_until(claims)
+        replay_until = client.logout_replay_until(claims)
         if not await sso.store.remember_once(f"jti:{claims['iss']}|{claims['jti']}", until=replay_until):
             _event(sso, "backchannel_logout_refused", reason="jti_replayed")
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
@@ -285,6 +351,7 @@ def sso_routes(get: Callable[[Request], Sso | None]) -> list[Route]:
     return [
         Route(f"{PREFIX}/start", start, methods=["GET"]),
         Route(f"{PREFIX}/callback", callback, methods=["GET"]),
+        Route(f"{PREFIX}/callback/{{idp}}", callback, methods=["GET"]),
         Route(f"{PREFIX}/sign_out", sign_out_page, methods=["GET"]),
         Route(f"{PREFIX}/sign_out", sign_out, methods=["POST"]),
         Route(f"{PREFIX}/backchannel-logout", backchannel_logout, methods=["POST"]),
