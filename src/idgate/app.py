@@ -45,6 +45,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from idgate.assertion import AssertionSigner
+from idgate.cache_purge import CachePurger
 from idgate.decision import DecisionEngine
 from idgate.facts import ANSWER_HEADERS, Decision, RequestFacts, clean_request_id
 from idgate.jwks import FetchOutcome, JwksCache
@@ -74,6 +75,7 @@ class Services:
     assertions: AssertionSigner | None = None
     metrics: Metrics | None = None
     metrics_here: bool = True  # False: /metrics lives on server.metrics_bind, this listener answers 404
+    cache: CachePurger | None = None  # the decision cache in HAProxy: purges and sweeps (idgate.cache_purge)
 
 
 def facts_from_request(request: Request) -> RequestFacts | None:
@@ -115,6 +117,9 @@ def decision_response(decision: Decision) -> Response:
         headers[ANSWER_HEADERS["location"]] = decision.location
     if decision.retry_after is not None:
         headers[ANSWER_HEADERS["retry_after"]] = str(decision.retry_after)
+    if decision.allow and decision.cache_ttl > 0:  # HAProxy may keep this allow (idgate.cache_entry)
+        headers[ANSWER_HEADERS["cache_ttl"]] = str(decision.cache_ttl)
+        headers[ANSWER_HEADERS["cache_entry"]] = decision.cache_entry
     response = PlainTextResponse(f"{decision.status} {','.join(decision.reasons)}\n", decision.status, headers)
     for value in decision.set_cookies:
         response.headers.append("set-cookie", value)

@@ -38,6 +38,7 @@ from idgate.config import Config
 from idgate.config_load import load_config, summarize
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+from idgate.ops import cache_commands
 from idgate.ops import commands as ops_commands
 
 log = logging.getLogger("idgate.config")
@@ -257,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run=lambda a: _jwks_refresh(url=a.url, config_path=a.config, issuer=a.issuer, timeout=a.timeout, raw=a.json)
     )
     ops_commands.register(sub)
+    cache_commands.register(sub)
     _plugin_commands(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -7,7 +7,9 @@
   never reached; after it, every path under the prefix that the protected route does not match is public;
 - group names that differ only by case or surrounding spaces (``Admins``, ``admins ``), anywhere in
   ``role_sets.*.from_groups`` and ``routes[].allow.groups``: IdP groups are compared exactly, so all but the
-  IdP's own spelling are dead.
+  IdP's own spelling are dead;
+- a ``cache`` section with ``enabled: true`` (the default) but no ``haproxy.runtime_api``: idgate could not purge
+  HAProxy's entries (a sign-out would not reach them), so it marks nothing cacheable and the cache stays empty.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ class _Scope:
 
 def config_warnings(config: Config) -> tuple[str, ...]:
     """Every warning about ``config``, one line each, in file order."""
-    return (*_public_route_warnings(config.routes), *_group_warnings(config))
+    return (*_public_route_warnings(config.routes), *_group_warnings(config), *_cache_warnings(config))
+
+
+def _cache_warnings(config: Config) -> tuple[str, ...]:
+    if "cache" in config.model_fields_set and config.cache.enabled and not config.haproxy.runtime_api:
+        return (
+            "cache.enabled but no haproxy.runtime_api: idgate cannot purge HAProxy's decision cache, so it marks no "
+            "answer cacheable (list HAProxy's stats sockets, or set cache.enabled: false)",
+        )
+    return ()
 
 
 def _scope(route: RouteConfig) -> _Scope:

@@ -52,6 +52,7 @@ def run_stack(
     tls: bool = False,
     idgate_extra: dict[str, Any] | None = None,
     replicas: int = 1,
+    cache: bool = True,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
@@ -59,7 +60,7 @@ def run_stack(
     ``fault_proxy``: idgate fetches the IdP's keys through a FaultProxy (``Stack.faults``); ``tls``: HAProxy speaks
     TLS to idgate's HTTP server and SPOA agent (``IDGATE_SPOA_TLS`` / ``IDGATE_SERVICE_TLS``); ``idgate_extra`` is
     merged into idgate's config sections; ``replicas`` the number of idgate processes (more than one share a real
-    Redis). Free ports, the IdP's
+    Redis); ``cache``: the decision cache in HAProxy (on in the shipped config). Free ports, the IdP's
     ``/test/*`` and logout URIs on, TLS to the gRPC upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and
     short inactivity timeouts."""
     plan = StackPlan(
@@ -78,6 +79,7 @@ def run_stack(
         fault_proxy=fault_proxy,
         tls=tls,
         idgate_extra=idgate_extra,
+        cache=cache,
         replicas=replicas,
     )
     return start_stack(plan)
