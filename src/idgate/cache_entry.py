@@ -30,6 +30,7 @@ import binascii
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,11 @@ TAG_KINDS = ("sub", "sid", "idp_sid")
 HEAD_FIELDS = 1 + len(TAG_KINDS)
 """Fields before the first variable: the expiry and the tags. HAProxy's ``field()`` counts from 1, so variable
 ``CACHED_VARIABLES[i]`` is field ``HEAD_FIELDS + 1 + i``."""
+
+
+_ENTRY = re.compile(
+    r"[0-9]{1,12}" + r"\|(?:[0-9a-f]{16})?" * len(TAG_KINDS) + r"\|[A-Za-z0-9_-]*" * len(CACHED_VARIABLES)
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -93,9 +99,9 @@ def encode_entry(*, expires_at: int, revocation_keys: tuple[str, ...], variables
 
 def decode_entry(value: str) -> CacheEntry | None:
     """Parse :func:`encode_entry` output; None for anything else (never raises)."""
-    fields = value.split("|")
-    if len(fields) != HEAD_FIELDS + len(CACHED_VARIABLES) or not fields[0].isascii() or not fields[0].isdigit():
+    if not _ENTRY.fullmatch(value):
         return None
+    fields = value.split("|")
     try:
         values = [_unb64(f) for f in fields[HEAD_FIELDS:]]
     except (binascii.Error, UnicodeDecodeError, ValueError):
