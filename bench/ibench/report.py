@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ibench.load import RunResult, ms_or_none
 
@@ -54,6 +55,8 @@ class Outcome:
     failure: str = ""
     runs: list[RunResult] = field(default_factory=list)
     probes: dict[str, int] = field(default_factory=dict)
+    wrk_script: Path | None = None
+    """wrk's request script when it is not the one-token count.lua (the decision cache's mix, ibench/mix.lua)."""
 
     @property
     def failure_reason(self) -> str:
