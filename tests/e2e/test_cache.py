@@ -229,3 +229,18 @@ def test_without_the_cache_every_request_asks_idgate(tmp_path: Path) -> None:
         assert audit_lines(s, "/app/off") == 2
         config = yaml.safe_load(Path(s.idgate.config).read_text())
         assert config["cache"]["enabled"] is False
+
+
+def test_a_repeat_grpc_call_is_answered_from_the_cache_with_the_same_metadata(fresh: Stack) -> None:
+    from idgate_devstack.grpc_client import echo_stub, open_channel
+
+    wait_until_cache_ready(fresh)
+    token = fresh.login("alice").access_token
+    with open_channel(fresh.url.removeprefix("https://"), ca_file=fresh.certs.ca) as channel:
+        echo = echo_stub(channel)
+        for _ in range(3):
+            echo.whoami({"hello": 1}, metadata=(("authorization", f"Bearer {token}"),), timeout=10.0)
+    assert cache_outcomes(fresh, "/demo.Echo/Whoami")[-3:] == ["miss", "hit", "hit"]
+    records = fresh.grpc.requests()[-3:]
+    seen = [sorted((k, v) for k, v in r["metadata"] if k.startswith(("x-auth-", "x-jwt"))) for r in records]
+    assert seen[0] and seen[0] == seen[1] == seen[2]
