@@ -209,6 +209,8 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         if not caches:
             return JSONResponse({"error": "unknown_issuer", "issuer": (name or "")[:64]}, 404, headers=NO_STORE)
         outcomes = await asyncio.gather(*(cache.refresh_now() for cache in caches))
+        if services.cache is not None:  # a withdrawn key's entries are gone from HAProxy before this answers
+            await services.cache.settle()
         reports = [refresh_report(c.config.name, o) for c, o in zip(caches, outcomes, strict=True)]
         log.warning(json.dumps({"event": "admin_jwks_refresh", "peer": peer[:64], "issuers": reports}))
         status = 200 if all(o.ok for o in outcomes) else 502

@@ -131,6 +131,7 @@ class CachePurger:
         self._repurge_after = repurge_after_seconds
         self.stats = PurgeStats(sockets={api.address: SocketState() for api in self._apis})
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._urgent: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -183,19 +184,34 @@ class CachePurger:
             return 0
         return len(keys)
 
-    async def purge_all(self, *, cause: str) -> int:
-        """``clear map`` on every socket; returns how many sockets were cleared."""
+    async def purge_all(self, *, cause: str, again: bool = False) -> int:
+        """``clear map`` on every socket; returns how many sockets were cleared. With ``again``, a second pass
+        :data:`REPURGE_AFTER_SECONDS` later (in the background) clears an allow that was in flight."""
         self.stats.purges[cause] = self.stats.purges.get(cause, 0) + 1
         done = await asyncio.gather(*(self._clear(api, cause) for api in self._apis))
+        if again and self._repurge_after > 0:
+            self._keep(asyncio.get_running_loop().create_task(self._reclear(cause)))
         return sum(done)
 
+    async def _reclear(self, cause: str) -> None:
+        await asyncio.sleep(self._repurge_after)
+        await asyncio.gather(*(self._clear(api, cause) for api in self._apis))
+
     def purge_all_soon(self, *, cause: str) -> None:
-        """:meth:`purge_all` in the background (a synchronous hook: a JWKS key withdrawn)."""
+        """:meth:`purge_all` in the background (a synchronous hook: a JWKS key withdrawn); :meth:`settle` waits for
+        it."""
         try:
-            task = asyncio.get_running_loop().create_task(self.purge_all(cause=cause))
+            task = asyncio.get_running_loop().create_task(self.purge_all(cause=cause, again=True))
         except RuntimeError:
             return
         self._keep(task)
+        self._urgent.add(task)
+        task.add_done_callback(self._urgent.discard)
+
+    async def settle(self) -> None:
+        """Wait (at most :data:`COMMAND_TIMEOUT_SECONDS`) for the purges :meth:`purge_all_soon` started."""
+        if self._urgent:
+            await asyncio.wait(set(self._urgent), timeout=COMMAND_TIMEOUT_SECONDS)
 
     async def _clear(self, api: RuntimeApi, cause: str) -> bool:
         try:

@@ -198,3 +198,16 @@ async def test_start_sweeps_in_the_background_and_close_stops(haproxy: FakeHapro
     await asyncio.sleep(0.2)
     await p.close()
     assert haproxy.map == {} and haproxy.commands.count(f"clear map {MAP}") == 1
+
+
+@pytest.mark.anyio
+async def test_a_withdrawn_key_clears_the_map_twice_and_settle_waits_for_the_first(haproxy: FakeHaproxy) -> None:
+    haproxy.map = {"K1": entry(NOW + 30), "K2": entry(NOW + 30)}
+    p = purger(haproxy.address, repurge=0.05)
+    p.purge_all_soon(cause="key_removed")  # the JWKS cache's synchronous hook
+    await p.settle()
+    assert haproxy.map == {}
+    haproxy.map["LATE"] = entry(NOW + 30)  # allowed with the old key just before, stored after the clear
+    await asyncio.sleep(0.2)
+    assert haproxy.map == {} and p.stats.purges == {"key_removed": 1}
+    await p.close()
