@@ -246,3 +246,24 @@ def test_a_repeat_grpc_call_is_answered_from_the_cache_with_the_same_metadata(fr
     records = fresh.grpc.requests()[-3:]
     seen = [sorted((k, v) for k, v in r["metadata"] if k.startswith(("x-auth-", "x-jwt"))) for r in records]
     assert seen[0] and seen[0] == seen[1] == seen[2]
+
+
+@pytest.mark.parametrize("mode", ["spoe", "auth_request"])
+def test_a_key_withdrawn_from_the_jwks_empties_the_cache_before_the_refresh_answers(tmp_path: Path, mode: str) -> None:
+    from stack import run_stack
+
+    with run_stack(tmp_path, mode=mode) as s:
+        wait_until_cache_ready(s)
+        old = s.idp.sign({"typ": "at+jwt"}, access_claims(s))
+        auth = {"authorization": f"Bearer {old}"}
+        with s.client() as c:
+            assert c.get(f"{s.url}/app/k?n=0", headers=auth).status_code == 200
+            assert c.get(f"{s.url}/app/k?n=1", headers=auth).status_code == 200  # a hit
+            s.idp.rotate_keys(drop_old=True)
+            assert c.get(f"{s.url}/app/k?n=2", headers=auth).status_code == 200  # idgate cannot know yet
+            command = [sys.executable, "-m", "idgate.cli", "jwks", "refresh", "--url", s.idgate.url]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+            assert done.returncode == 0 and "withdrawn" in done.stdout, done.stdout + done.stderr
+            assert c.get(f"{s.url}/app/k?n=3", headers=auth).status_code == 401
+        assert cache_outcomes(s, "/app/k?n=", 4) == ["miss", "hit", "hit", "miss"]
+        assert re.search(r'^idgate_cache_purges_total\{cause="key_removed"\} [1-9]', s.idgate_metrics(), re.M)
