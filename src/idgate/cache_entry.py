@@ -16,11 +16,12 @@ smaller). The tags (:func:`tag`, 16 hex digits, empty when the answer has none) 
 with, so a purge can find an entry without reading a credential. Then one field per :data:`CACHED_VARIABLES`, each
 value base64url without padding (RFC 4648 §5; HAProxy: ``field(N,|),ub64dec``), empty for "not set".
 
-Cacheable (:func:`cache_ttl`): an explicit allow only, never an answer with ``Set-Cookie`` (a refreshed, touched or
-re-issued session), a redirect, a challenge or a ``Retry-After``; the time to live is the smallest of
-``cache.max_ttl_seconds``, the credential's own bound (token ``exp``; the session's refresh point, idle and absolute
-timeouts and next touch: :class:`~idgate.authn.Authenticated` ``reusable_until``) and the signed assertion's
-``exp``, all minus now; below one second it is not cacheable.
+Cacheable (:func:`cache_ttl`): an explicit allow of an authenticated caller only (a public route's allow is never
+marked: its key would hold any credential a caller makes up, one entry per request), never an answer with
+``Set-Cookie`` (a refreshed, touched or re-issued session), a redirect, a challenge or a ``Retry-After``; the time to
+live is the smallest of ``cache.max_ttl_seconds``, the credential's own bound (token ``exp``; the session's refresh
+point, idle and absolute timeouts and next touch: :class:`~idgate.authn.Authenticated` ``reusable_until``) and the
+signed assertion's ``exp``, all minus now; below one second it is not cacheable.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -120,8 +119,9 @@ class DecisionEngine:
         if route is None:
             return Decision(status=403, reasons=("no_route",))
         if route.public:
-            public = Decision(status=200, reasons=("public_route",), route=route.name, upstream=route.upstream)
-            return self._sealed(public, reusable_until=math.inf, revocation_keys=())
+            # never marked cacheable: its key would hold whatever credential the caller made up, so anyone could fill
+            # HAProxy's cache with one entry per request (and a public answer costs idgate no verification anyway)
+            return Decision(status=200, reasons=("public_route",), route=route.name, upstream=route.upstream)
         authn = await self._authn.authenticate(facts)
 
         def answer(status: int, *reasons: str, **extra: Any) -> Decision:
