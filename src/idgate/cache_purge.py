@@ -12,7 +12,9 @@ talks to each ``haproxy.runtime_api`` socket (HAProxy's doc/management.txt §9.3
   counted (``idgate_cache_purge_failures_total``) and logged, and never delays a decision.
 - **Sweeps.** Every ``cache.sweep_interval_seconds`` each map is read, expired entries deleted and, above
   ``cache.max_entries``, the soonest-expiring ones: HAProxy holds at most ``max_entries`` + (fills per second *
-  interval) entries. The sweep also reads the hit and miss counters (``show table st_idgate_cache``).
+  interval) entries, where the interval stretches to twice the last sweep's duration when that is longer
+  (:func:`sweep_pause`: ``show map`` of 100,000 entries is ~30 MB of text). The sweep also reads the hit and miss
+  counters (``show table st_idgate_cache``).
 - **Start.** The first time a socket answers, its map is cleared: entries written under an earlier configuration or
   policy (before this process started) must not outlive it.
 """
@@ -45,6 +47,12 @@ MAX_BATCH_CHARS = 8000
 buffer, 16 KiB by default)."""
 COUNTER_TABLE = "st_idgate_cache"
 """haproxy.cfg's stick table counting hits (gpc0) and misses (gpc1) under key 1."""
+
+
+def sweep_pause(interval: float, last_sweep: float) -> float:
+    """Seconds to wait before the next sweep: ``interval``, or twice the last sweep's duration when that is longer (a
+    large map's ``show map`` takes seconds; the sweeper then takes at most a third of its time)."""
+    return max(interval, 2 * last_sweep)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -280,8 +288,9 @@ class CachePurger:
 
     async def _sweep_forever(self) -> None:
         while True:
+            started = time.monotonic()
             await self.sweep()
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(sweep_pause(self._interval, time.monotonic() - started))
 
     async def start(self) -> None:
         """Start sweeping (the first sweep clears each map)."""

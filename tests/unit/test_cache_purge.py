@@ -211,3 +211,10 @@ async def test_a_withdrawn_key_clears_the_map_twice_and_settle_waits_for_the_fir
     await asyncio.sleep(0.2)
     assert haproxy.map == {} and p.stats.purges == {"key_removed": 1}
     await p.close()
+
+
+def test_a_slow_sweep_stretches_the_interval_so_the_sweeper_takes_at_most_a_third() -> None:
+    from idgate.cache_purge import sweep_pause
+
+    assert sweep_pause(1.0, 0.01) == 1.0
+    assert sweep_pause(1.0, 7.5) == 15.0
