@@ -24,7 +24,7 @@ from ibench.load import Load, RunResult, per_client_rate, run_fixed_rate, run_wr
 from ibench.procs import CpuMeter, haproxy_frontend_requests, rss_kib
 from ibench.report import FixedRate, IdgateStats, Outcome, grpc_overhead, refusal_lines, render, targets
 from ibench.stack import BENCH_DIR, GRPC_UPSTREAM_FRONTEND, UPSTREAM_FRONTEND, Env, Services, start_env
-from ibench.variants import VARIANTS, Variant
+from ibench.variants import CACHE_VARIANTS, VARIANTS, Variant, read_cache
 
 RESULTS = BENCH_DIR / "results"
 
@@ -72,7 +72,9 @@ def launch_all(stack: ExitStack, env: Env, services: Services, only: list[str]) 
     hostile = checks.hostile_tokens(env) if any(v.auth for v in selected) else {}
     outcomes: dict[str, Outcome] = {}
     for variant in selected:
-        outcome = Outcome(key=variant.key, label=variant.label, auth=variant.auth, grpc=variant.grpc)
+        outcome = Outcome(
+            key=variant.key, label=variant.label, auth=variant.auth, grpc=variant.grpc, wrk_script=variant.wrk_script
+        )
         outcomes[variant.key] = outcome
         try:
             outcome.url = variant.launch(stack, env, services)
@@ -103,10 +105,10 @@ def grpc_upstream_count(env: Env) -> int:
 def measure_once(env: Env, outcome: Outcome, load: Load, warmup: int) -> RunResult:
     """Warm up, then one measured wrk run; the upstream must have seen at least every 200 wrk counted."""
     if warmup:
-        run_wrk(outcome.url, env.token, load, duration=warmup)
+        run_wrk(outcome.url, env.token, load, duration=warmup, script=outcome.wrk_script)
     before = upstream_count(env)
     with CpuMeter() as meter:
-        result = run_wrk(outcome.url, env.token, load)
+        result = run_wrk(outcome.url, env.token, load, script=outcome.wrk_script)
     reached = upstream_count(env) - before
     result = replace(result, others_pct=meter.share.others_pct, steal_pct=meter.share.steal_pct, upstream_hits=reached)
     if not result.failure and reached < result.ok:
@@ -182,6 +184,27 @@ def idgate_stats(services: Services) -> list[IdgateStats]:
 # -- report --------------------------------------------------------------------------------------------------------
 
 
+def cache_stats(env: Env, outcomes: dict[str, Outcome]) -> dict[str, dict[str, float]]:
+    """Each cache variant's HAProxy counters (hits, misses, hit ratio) and live entries (its Runtime API)."""
+    found: dict[str, dict[str, float]] = {}
+    for key in CACHE_VARIANTS:
+        if key not in outcomes or outcomes[key].failure:
+            continue
+        try:
+            found[key] = read_cache(env, key)
+        except OSError as exc:
+            say(f"{key}: could not read the cache counters: {exc}")
+    return found
+
+
+def cache_lines(cache: dict[str, dict[str, float]]) -> list[str]:
+    return [
+        f"{key}: hit ratio {c['hit_ratio']:.1%} ({c['hits']:,.0f} hits, {c['misses']:,.0f} misses), "
+        f"{c['entries']:,.0f} entries, HAProxy RSS {c['haproxy_rss_kib'] / 1024:,.1f} MiB"
+        for key, c in cache.items()
+    ]
+
+
 def grpc_title(args: argparse.Namespace) -> str:
     return (
         f"gRPC unary calls: h2load -t1 -c{args.connections} -m{args.streams} -n <{args.duration} s at the warm-up's "
@@ -220,6 +243,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
         measure(env, outcomes, load, args)
         fixed = fixed_rate(env, outcomes, load, args)
         stats = idgate_stats(services)
+        cache = cache_stats(env, outcomes)
     checked = targets(outcomes, fixed)
     text = render(outcomes, fixed, stats, checked, header(args, info), grpc_title(args))
     text += (
@@ -227,6 +251,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
         "(gRPC variants: grpc-status of a grpcio call, 0 OK, 16 UNAUTHENTICATED, 7 PERMISSION_DENIED):\n"
     )
     text += "\n".join(refusal_lines(outcomes))
+    text += "\n\ndecision cache in HAProxy (counters over the whole run, warm-ups included):\n"
+    text += "\n".join(f"  {line}" for line in cache_lines(cache)) if cache else "  (no cache variant ran)"
     print(text, flush=True)
     payload = {
         "variants": {k: o.to_json() for k, o in outcomes.items()},
@@ -237,6 +263,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
             "p99_ms": {k: (s.p99_ms if (s := fixed.summary(k)) else None) for k in fixed.runs},
         },
         "idgate": [s.__dict__ for s in stats],
+        "decision_cache": cache,
         "targets": [t.__dict__ for t in checked],
         "median_ratio_to_a": _ratios(outcomes, "a", grpc=False),
         "median_ratio_to_g": _ratios(outcomes, "g", grpc=True),

@@ -66,6 +66,9 @@ local ANSWER_VARS = {
     { "x-idgate-cookie-rewrite", "txn.idgate.cookie_rewrite" },
     { "x-idgate-cookie", "txn.idgate.cookie" },
     { "x-idgate-strip-authorization", "txn.idgate.strip_authorization" },
+    -- a cacheable allow: haproxy.cfg keeps the entry in the decision cache (README "The decision cache in HAProxy")
+    { "x-idgate-cache-ttl", "txn.idgate.cache_ttl" },
+    { "x-idgate-cache-entry", "txn.idgate.cache_entry" },
 }
 
 -- Set-Cookie values idgate may answer (a refreshed, re-issued or cleared session: one per cookie chunk); each

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,8 @@ MODES = ("spoe", "auth_request")
 @pytest.fixture(scope="session", params=MODES)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The stack with 300 s tokens, once per mode: every test using it runs in SPOE and in auth_request mode."""
-    with run_stack(tmp_path_factory.mktemp(f"stack-{request.param}"), mode=request.param) as running:
+    cache = os.environ.get("IDGATE_TEST_CACHE", "on") != "off"  # off: the whole suite without the decision cache
+    with run_stack(tmp_path_factory.mktemp(f"stack-{request.param}"), mode=request.param, cache=cache) as running:
         yield running
 
 

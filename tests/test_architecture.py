@@ -66,6 +66,7 @@ LAYERS: dict[str, int] = {
             "looker.mapping",
             "looker.cookieless",
             "looker.references",
+            "cache_entry",
         ],
         1,
     ),
@@ -83,10 +84,13 @@ LAYERS: dict[str, int] = {
         ],
         2,
     ),
-    # 3 the composition root, 4 operator tools (explain, status, the Runtime API client), 5 the command line
+    # the Runtime API client is a wire adapter too (HAProxy's stats socket): the decision cache's purger uses it
+    **dict.fromkeys(["ops.runtime_api", "cache_purge"], 2),
+    # 3 the composition root, 4 operator tools (explain, status), 5 the command line
     "runtime": 3,
     **dict.fromkeys(
-        ["ops", "ops.upstream_headers", "ops.explain", "ops.runtime_api", "ops.status", "ops.commands", "ops.init"], 4
+        ["ops", "ops.upstream_headers", "ops.explain", "ops.status", "ops.commands", "ops.cache_commands", "ops.init"],
+        4,
     ),
     "cli": 5,
 }
@@ -171,7 +175,8 @@ def test_the_checks_see_a_planted_violation() -> None:
     graph = _graph()
     assert "audit" in graph["decision"] and "runtime" in graph["cli"]  # the graph sees real imports
     planted = graph | {"audit": graph["audit"] | {"decision"}, "facts": graph["facts"] | {"runtime"}}
-    assert ["decision", "audit", "decision"] in _circles(planted)
+    # the circle is reported from wherever the walk entered it
+    assert ["decision", "audit", "decision"] in _circles(planted) or ["audit", "decision", "audit"] in _circles(planted)
     assert "facts (layer 0) imports runtime (layer 3)" in _upward(planted, LAYERS)
 
 

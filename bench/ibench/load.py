@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def failed(reason: str) -> RunResult:
     return RunResult(rps=0.0, requests=0, ok=0, p50_ms=0.0, p99_ms=0.0, failure=reason)
 
 
-def wrk_argv(url: str, token: str, load: Load, duration: int) -> list[str]:
+def wrk_argv(url: str, token: str, load: Load, duration: int, script: Path = WRK_SCRIPT) -> list[str]:
     return [
         "wrk",
         f"-t{load.threads}",
@@ -79,18 +80,21 @@ def wrk_argv(url: str, token: str, load: Load, duration: int) -> list[str]:
         f"-d{duration}s",
         "--latency",
         "-s",
-        str(WRK_SCRIPT),
+        str(script),
         "-H",
         f"Authorization: Bearer {token}",
         url,
     ]
 
 
-def run_wrk(url: str, token: str, load: Load, *, duration: int | None = None) -> RunResult:
-    """Run wrk against ``url`` with the bearer ``token``; check every response was a 200."""
+def run_wrk(url: str, token: str, load: Load, *, duration: int | None = None, script: Path | None = None) -> RunResult:
+    """Run wrk against ``url`` with the bearer ``token`` (or the requests ``script`` makes: ibench/mix.lua);
+    check every response was a 200."""
     seconds = duration if duration is not None else load.duration
+    argv = wrk_argv(url, token, load, seconds, script or WRK_SCRIPT)
+    env = {**os.environ, "BENCH_COUNT_LUA": str(WRK_SCRIPT)}
     proc = subprocess.run(  # noqa: S603 - fixed argv
-        wrk_argv(url, token, load, seconds), capture_output=True, text=True, timeout=seconds + 60, check=False
+        argv, capture_output=True, text=True, timeout=seconds + 60, check=False, env=env
     )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(WRK_MARK)), None)
     if proc.returncode != 0 or line is None:

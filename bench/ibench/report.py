@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ibench.load import RunResult, ms_or_none
 
@@ -54,6 +55,8 @@ class Outcome:
     failure: str = ""
     runs: list[RunResult] = field(default_factory=list)
     probes: dict[str, int] = field(default_factory=dict)
+    wrk_script: Path | None = None
+    """wrk's request script when it is not the one-token count.lua (the decision cache's mix, ibench/mix.lua)."""
 
     @property
     def failure_reason(self) -> str:
@@ -164,6 +167,10 @@ def targets(outcomes: dict[str, Outcome], fixed: FixedRate) -> list[Target]:
         ratio_target(outcomes, "(b) warm >= 0.9 x (f)", "b_warm", "f", 0.9),
         ratio_target(outcomes, "(b) warm >= (e)", "b_warm", "e", 1.0),
         ratio_target(outcomes, "(b) cold >= 0.12 x (a)", "b_cold", "a", 0.12),
+        ratio_target(outcomes, "(j) cache >= 0.80 x (a)", "j", "a", 0.80),
+        ratio_target(outcomes, "(j) cache >= 1.5 x (d)", "j", "d", 1.5),
+        ratio_target(outcomes, "(j-mix) >= 0.60 x (a)", "j_mix", "a", 0.60),
+        ratio_target(outcomes, "(k) gRPC cache >= 0.60 x (g)", "k", "g", 0.60),
         latency_target(fixed),
     ]
 

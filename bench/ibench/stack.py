@@ -110,9 +110,20 @@ GRPC_ROUTES = ("/bench.Echo/*", "/demo.Echo/Whoami")
 """gRPC methods routed to upstream ``grpc``: the load's service, and the echo method of the sanity calls."""
 
 
-def idgate_config(env: Env, *, spoa_port: int, cache_entries: int) -> dict[str, object]:
+CACHE_HAPROXIES = ("j-cache", "jmix-cache", "k-cache")
+"""The shipped HAProxy instances that run with the decision cache on (their Runtime API sockets are idgate's
+``haproxy.runtime_api``, so it marks allows cacheable and sweeps them)."""
+
+
+def cache_socket(env: Env, name: str) -> Path:
+    """The Runtime API socket of the shipped HAProxy ``name`` (as :func:`shipped_haproxy` names it)."""
+    return env.root / f"haproxy-{name}.sock"
+
+
+def idgate_config(env: Env, *, spoa_port: int, cache_entries: int, decision_cache: bool = False) -> dict[str, object]:
     """The bench's idgate config: one issuer; upstreams ``app`` and ``grpc``; gRPC routes for the bench's methods, then
-    route ``/``, each for any authenticated caller."""
+    route ``/``, each for any authenticated caller. ``decision_cache``: the decision cache in HAProxy on, purged and
+    swept through the sockets of :data:`CACHE_HAPROXIES` (off: no ``haproxy.runtime_api``, nothing is marked)."""
     grpc_routes = [
         {"name": f"rpc-{n}", "grpc": method, "upstream": "grpc", "allow": {"authenticated": True}}
         for n, method in enumerate(GRPC_ROUTES, 1)
@@ -131,6 +142,11 @@ def idgate_config(env: Env, *, spoa_port: int, cache_entries: int) -> dict[str, 
         ],
         "upstreams": {"app": {"profile": "generic"}, "grpc": {"profile": "generic"}},
         "routes": [*grpc_routes, {"name": "all", "path": "/", "upstream": "app", "allow": {"authenticated": True}}],
+        **(
+            {"haproxy": {"runtime_api": [f"unix:{cache_socket(env, n)}" for n in CACHE_HAPROXIES]}}
+            if decision_cache
+            else {}
+        ),
     }
 
 
@@ -170,7 +186,8 @@ class IdgateHandle:
 
 
 class Services:
-    """idgate (token cache on = warm, off = cold) and the null SPOA agent, each started on first use."""
+    """idgate (token cache on = warm, off = cold; ``cached``: warm with the decision cache in HAProxy) and the null
+    SPOA agent, each started on first use."""
 
     def __init__(self, stack: ExitStack, env: Env) -> None:
         self.stack = stack
@@ -178,14 +195,19 @@ class Services:
         self.idgates: dict[str, IdgateHandle] = {}
         self._null_agent: str | None = None
 
-    def idgate(self, name: Literal["warm", "cold"]) -> IdgateHandle:
+    def idgate(self, name: Literal["warm", "cold", "cached"]) -> IdgateHandle:
         if name not in self.idgates:
             self.idgates[name] = self._start_idgate(name)
         return self.idgates[name]
 
     def _start_idgate(self, name: str) -> IdgateHandle:
         spoa_port = free_tcp_port()
-        config = idgate_config(self.env, spoa_port=spoa_port, cache_entries=10_000 if name == "warm" else 0)
+        config = idgate_config(
+            self.env,
+            spoa_port=spoa_port,
+            cache_entries=0 if name == "cold" else 10_000,
+            decision_cache=name == "cached",
+        )
         service = start_idgate(self.stack, self.env.root, config, port=free_tcp_port(), name=f"idgate-{name}")
         return IdgateHandle(
             name=name,
@@ -208,10 +230,17 @@ class Services:
 
 
 def shipped_haproxy(
-    stack: ExitStack, env: Env, name: str, *, mode: Mode, spoa_addr: str = "127.0.0.1:1", auth_url: str = ""
+    stack: ExitStack,
+    env: Env,
+    name: str,
+    *,
+    mode: Mode,
+    spoa_addr: str = "127.0.0.1:1",
+    auth_url: str = "",
+    cache: bool = False,
 ) -> str:
-    """The SHIPPED haproxy/haproxy.cfg in ``mode``, upstreams app and grpc = the bench upstream; returns its https
-    URL."""
+    """The SHIPPED haproxy/haproxy.cfg in ``mode``, upstreams app and grpc = the bench upstream, the decision cache
+    on only with ``cache`` (``IDGATE_CACHE``); returns its https URL."""
     https = loopback()
     settings = HaproxySettings(
         tls_pem=env.certs.pem,
@@ -223,7 +252,8 @@ def shipped_haproxy(
         auth_url=auth_url or "http://127.0.0.1:1/auth",
         upstream_app=env.upstream_addr,
         upstream_grpc=env.grpc_upstream_addr,
-        stats_socket=env.root / f"haproxy-{name}.sock",
+        stats_socket=cache_socket(env, name),
+        cache=cache,
     )
     stack.enter_context(Haproxy(settings, log_path=env.root / f"haproxy-{name}.log"))
     return f"https://{https}/"

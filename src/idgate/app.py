@@ -45,6 +45,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from idgate.assertion import AssertionSigner
+from idgate.cache_purge import CachePurger
 from idgate.decision import DecisionEngine
 from idgate.facts import ANSWER_HEADERS, Decision, RequestFacts, clean_request_id
 from idgate.jwks import FetchOutcome, JwksCache
@@ -76,6 +77,7 @@ class Services:
     metrics: Metrics | None = None
     metrics_here: bool = True  # False: /metrics lives on server.metrics_bind, this listener answers 404
     looker: Looker | None = None  # the looker_embed upstreams (/.idgate/looker/*, idgate.looker.routes)
+    cache: CachePurger | None = None  # the decision cache in HAProxy: purges and sweeps (idgate.cache_purge)
 
 
 def facts_from_request(request: Request) -> RequestFacts | None:
@@ -117,6 +119,9 @@ def decision_response(decision: Decision) -> Response:
         headers[ANSWER_HEADERS["location"]] = decision.location
     if decision.retry_after is not None:
         headers[ANSWER_HEADERS["retry_after"]] = str(decision.retry_after)
+    if decision.allow and decision.cache_ttl > 0:  # HAProxy may keep this allow (idgate.cache_entry)
+        headers[ANSWER_HEADERS["cache_ttl"]] = str(decision.cache_ttl)
+        headers[ANSWER_HEADERS["cache_entry"]] = decision.cache_entry
     response = PlainTextResponse(f"{decision.status} {','.join(decision.reasons)}\n", decision.status, headers)
     for value in decision.set_cookies:
         response.headers.append("set-cookie", value)
@@ -206,6 +211,8 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         if not caches:
             return JSONResponse({"error": "unknown_issuer", "issuer": (name or "")[:64]}, 404, headers=NO_STORE)
         outcomes = await asyncio.gather(*(cache.refresh_now() for cache in caches))
+        if services.cache is not None:  # a withdrawn key's entries are gone from HAProxy before this answers
+            await services.cache.settle()
         reports = [refresh_report(c.config.name, o) for c, o in zip(caches, outcomes, strict=True)]
         log.warning(json.dumps({"event": "admin_jwks_refresh", "peer": peer[:64], "issuers": reports}))
         status = 200 if all(o.ok for o in outcomes) else 502

@@ -27,6 +27,7 @@ from idgate.facts import RequestFacts
 from idgate.principal import Principal
 from idgate.sso.cookies import without_cookies
 from idgate.sso.manager import SessionManager
+from idgate.sso.session import session_keys
 from idgate.verifier import Verifier
 
 LOGIN_START = "/.idgate/start"
@@ -36,12 +37,19 @@ _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")  
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Authenticated:
     """The caller, the key its assertions are cached under, the Set-Cookie values of a touched session, and the
-    ``Cookie`` header the upstream may see (idgate's own cookies removed; None when nothing is to be removed)."""
+    ``Cookie`` header the upstream may see (idgate's own cookies removed; None when nothing is to be removed).
+
+    For the decision cache in HAProxy (:mod:`idgate.cache_entry`): ``reusable_until``, epoch seconds until which the
+    same credential yields the same principal without idgate (token ``exp``; a session's next refresh, touch, idle or
+    absolute deadline; 0: never), and ``revocation_keys``, the keys whose revocation ends it
+    (:func:`idgate.sso.session.session_keys`; a bearer token: its ``sub:<iss>|<sub>``)."""
 
     principal: Principal
     cache_key: str
     set_cookies: tuple[str, ...] = ()
     upstream_cookie: str | None = None
+    reusable_until: float = 0.0
+    revocation_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,7 +104,13 @@ class Authenticator:
             except KeysUnavailable as exc:
                 return Refused(status=503, reasons=(exc.reason,), retry_after=exc.retry_after)
             key = f"bearer:{principal.issuer}|{principal.subject}"
-            return Authenticated(principal=principal, cache_key=key, upstream_cookie=rest)
+            return Authenticated(
+                principal=principal,
+                cache_key=key,
+                upstream_cookie=rest,
+                reusable_until=principal.expires_at,
+                revocation_keys=(f"sub:{principal.issuer}|{principal.subject}",),
+            )
         outcome = await self._sessions.resolve(facts.cookie) if self._sessions else None
         if outcome is not None and outcome.session is not None:
             return Authenticated(
@@ -104,6 +118,8 @@ class Authenticator:
                 cache_key=f"session:{outcome.session.sid}",
                 set_cookies=outcome.set_cookies,
                 upstream_cookie=rest,
+                reusable_until=self._sessions.reusable_until(outcome) if self._sessions else 0.0,
+                revocation_keys=session_keys(outcome.session),
             )
         cookies = outcome.set_cookies if outcome else ()
         why = (outcome.reason,) if outcome and outcome.reason not in (None, "no_cookie") else ()

@@ -40,6 +40,7 @@ from idgate.config import Config
 from idgate.config_load import load_config, summarize
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+from idgate.ops import cache_commands
 from idgate.ops import commands as ops_commands
 from idgate.ops import init as init_command
 
@@ -261,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ops_commands.register(sub)
     init_command.register(sub)
+    cache_commands.register(sub)
     _plugin_commands(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -644,6 +644,51 @@ class AuditConfig(_Model):
     log_allows: bool = True
 
 
+class CacheConfig(_Model):
+    """The decision cache inside HAProxy (:mod:`idgate.cache_entry`; README "The decision cache in HAProxy").
+
+    ``enabled``: idgate marks cacheable allows (``cache_ttl`` / ``cache_entry`` answer variables); false: it never
+    does, so HAProxy never stores. ``max_ttl_seconds`` bounds every entry (how long a group change at the IdP takes
+    to bite). The sweeper (:mod:`idgate.cache_purge`) evicts expired entries every ``sweep_interval_seconds`` and,
+    above ``max_entries`` per HAProxy, the soonest-expiring ones first.
+    """
+
+    enabled: bool = True
+    max_ttl_seconds: int = Field(default=30, ge=1, le=3600)
+    max_entries: int = Field(default=100_000, ge=1, le=10_000_000)
+    sweep_interval_seconds: float = Field(default=1.0, ge=0.1, le=300)
+
+
+_RUNTIME_API_RE = re.compile(r"^(unix:/[^\s;#]+|/[^\s;#]+|tcp:([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})$")
+
+
+class HaproxyConfig(_Model):
+    """HAProxy as idgate reaches it: the Runtime API sockets (``stats socket … level admin``) of every HAProxy
+    in front, as ``unix:/path`` or ``tcp:host:port``; the decision cache's purges and sweeps go to each. ``cache_map``
+    is the name of the map the cache's entries live in exactly as haproxy.cfg spells it (``IDGATE_CACHE_MAP``; the
+    Runtime API knows a map by that string, relative or not; default: the empty file shipped next to haproxy.cfg)."""
+
+    runtime_api: tuple[str, ...] = ()
+    cache_map: str = "idgate-cache.map"
+
+    @field_validator("runtime_api")
+    @classmethod
+    def _sockets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [v for v in value if not _RUNTIME_API_RE.fullmatch(v)]
+        if bad:
+            raise ValueError(f"not unix:/path or tcp:host:port (no spaces, ';' or '#'): {', '.join(map(repr, bad))}")
+        if len(set(value)) != len(value):
+            raise ValueError("a Runtime API address is listed twice")
+        return value
+
+    @field_validator("cache_map")
+    @classmethod
+    def _map(cls, value: str) -> str:
+        if not value or value.startswith("#") or any(c.isspace() or c in ";" or ord(c) < 32 for c in value):
+            raise ValueError("cache_map must be a file name without spaces or ';', not starting with '#'")
+        return value
+
+
 class Config(_Model):
     """The whole idgate configuration."""
 
@@ -659,3 +704,5 @@ class Config(_Model):
     login: LoginConfig | None = None
     assertion: AssertionConfig | None = None
     store: StoreConfig = StoreConfig()
+    cache: CacheConfig = CacheConfig()
+    haproxy: HaproxyConfig = HaproxyConfig()

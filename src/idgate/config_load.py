@@ -120,6 +120,17 @@ def _resolve_secrets(
         if text is not None:
             found = assertion_key_problems(text, assertion.get("algorithm", "ES256"))
             problems += [f"assertion.keys_file: {assertion['keys_file']}: {p}" for p in found]
+    haproxy = data.get("haproxy")
+    if isinstance(haproxy, dict) and isinstance(haproxy.get("runtime_api"), list):
+        # a relative unix socket path is relative to this file, like every other path in it
+        data["haproxy"] = haproxy | {
+            "runtime_api": [
+                f"unix:{base_dir / a.removeprefix('unix:')}"
+                if isinstance(a, str) and a.startswith("unix:") and not a.startswith("unix:/") and a != "unix:"
+                else a
+                for a in haproxy["runtime_api"]
+            ]
+        }
     for name in ("server", "spoa"):  # the listeners' TLS files (idgate.tls)
         if isinstance(data.get(name), dict) and isinstance(data[name].get("tls"), dict):
             data[name] = dict(data[name]) | {

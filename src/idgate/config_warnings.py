@@ -14,6 +14,8 @@
   ``from_groups`` or ``allow.groups`` are the only ways to a role or a route (no ``role_sets.*.default``).
 - several login IdPs (``login.issuers``) sharing ``/.idgate/callback`` (no ``.../callback/<name>`` of their own):
   among them the mix-up defence rests on RFC 9207 ``iss`` alone.
+- a ``cache`` section with ``enabled: true`` (the default) but no ``haproxy.runtime_api``: idgate could not purge
+  HAProxy's entries (a sign-out would not reach them), so it marks nothing cacheable and the cache stays empty.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def config_warnings(config: Config) -> tuple[str, ...]:
         *_provider_warnings(config),
         *_profile_warnings(config),
         *_login_warnings(config),
+        *_cache_warnings(config),
     )
 
 
@@ -65,6 +68,15 @@ def _profile_warnings(config: Config) -> list[str]:
         for name, upstream in config.upstreams.items()
         if upstream.profile == "looker"
     ]
+
+
+def _cache_warnings(config: Config) -> tuple[str, ...]:
+    if "cache" in config.model_fields_set and config.cache.enabled and not config.haproxy.runtime_api:
+        return (
+            "cache.enabled but no haproxy.runtime_api: idgate cannot purge HAProxy's decision cache, so it marks no "
+            "answer cacheable (list HAProxy's stats sockets, or set cache.enabled: false)",
+        )
+    return ()
 
 
 def _scope(route: RouteConfig) -> _Scope:

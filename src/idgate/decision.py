@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+from idgate import cache_entry
 from idgate.assertion import AssertionSigner
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator, Refused
@@ -45,8 +47,12 @@ class DecisionEngine:
         audit: AuditLog,
         assertions: AssertionSigner | None = None,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = Policy(config=config)
+        self._clock = clock
+        # the decision cache in HAProxy (idgate.cache_entry): only where idgate can purge it (a Runtime API listed)
+        self._cache_ttl = config.cache.max_ttl_seconds if cache_active(config) else 0
         self._authn = authenticator
         self._audit = audit
         self._assertions = assertions
@@ -113,6 +119,8 @@ class DecisionEngine:
         if route is None:
             return Decision(status=403, reasons=("no_route",))
         if route.public:
+            # never marked cacheable: its key would hold whatever credential the caller made up, so anyone could fill
+            # HAProxy's cache with one entry per request (and a public answer costs idgate no verification anyway)
             return Decision(status=200, reasons=("public_route",), route=route.name, upstream=route.upstream)
         authn = await self._authn.authenticate(facts)
 
@@ -165,4 +173,23 @@ class DecisionEngine:
             if authn.upstream_cookie:
                 slots["cookie"] = authn.upstream_cookie
         reasons = grant.reasons + principal.notes + identity.notes
-        return answer(200, *reasons, principal=principal, identity=slots)
+        allow = answer(200, *reasons, principal=principal, identity=slots)
+        return self._sealed(allow, reusable_until=authn.reusable_until, revocation_keys=authn.revocation_keys)
+
+    def _sealed(self, decision: Decision, *, reusable_until: float, revocation_keys: tuple[str, ...]) -> Decision:
+        """``decision``, marked for the decision cache in HAProxy when it is cacheable (:func:`cache_entry.seal`)."""
+        if self._cache_ttl <= 0:
+            return decision
+        return cache_entry.seal(
+            decision,
+            reusable_until=reusable_until,
+            revocation_keys=revocation_keys,
+            now=self._clock(),
+            max_ttl_seconds=self._cache_ttl,
+        )
+
+
+def cache_active(config: Config) -> bool:
+    """Whether idgate marks allows cacheable: ``cache.enabled`` and at least one HAProxy Runtime API to purge
+    entries through (``haproxy.runtime_api``); without one a sign-out could not reach HAProxy's entries."""
+    return config.cache.enabled and bool(config.haproxy.runtime_api)

@@ -13,14 +13,15 @@ Canonical facts (what routes are matched on):
 The answer's variables (one table for every wire): HAProxy keeps idgate's answer in ``txn.idgate.<name>`` for each
 name in :data:`ANSWER_VARIABLES`. The SPOE agent sets them directly (``haproxy/spoe-idgate.conf`` registers exactly
 these names); the ``/auth`` endpoint sends them as the headers of :data:`ANSWER_HEADERS` (plus the HTTP status and
-``Set-Cookie`` lines), which ``haproxy/idgate-auth.lua`` copies into the same variables.
+``Set-Cookie`` lines), which ``haproxy/idgate-auth.lua`` copies into the same variables. ``cache_ttl`` and
+``cache_entry`` (a cacheable allow only: :mod:`idgate.cache_entry`) tell HAProxy to keep the answer.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from idgate.errors import RequestError
 from idgate.principal import Principal
@@ -46,6 +47,8 @@ ANSWER_HEADERS: Mapping[str, str] = {
     "www_authenticate": "www-authenticate",
     "location": "location",
     "retry_after": "retry-after",
+    "cache_ttl": "x-idgate-cache-ttl",
+    "cache_entry": "x-idgate-cache-entry",
 }
 """HAProxy variable name (``txn.idgate.<name>``) → the ``/auth`` response header that carries it."""
 ANSWER_VARIABLES = ("status", *ANSWER_HEADERS, *(f"set_cookie_{i}" for i in range(MAX_SET_COOKIES)))
@@ -136,7 +139,8 @@ class RequestFacts:
 class Decision:
     """The answer. ``reasons`` are reason codes; ``identity`` maps slots of :data:`ALLOW_SLOTS` to their values
     (an allow only; each adapter puts them on its own wire). ``retry_after``: on a 503 for a server-side outage,
-    whole seconds after which the client may retry (``Retry-After``, RFC 9110 §10.2.3)."""
+    whole seconds after which the client may retry (``Retry-After``, RFC 9110 §10.2.3). ``cache_ttl`` (seconds,
+    > 0 when HAProxy may reuse this allow) and ``cache_entry`` (the map value): :mod:`idgate.cache_entry`."""
 
     status: int
     reasons: tuple[str, ...]
@@ -148,6 +152,12 @@ class Decision:
     location: str | None = None
     set_cookies: tuple[str, ...] = ()
     retry_after: int | None = None
+    cache_ttl: int = 0
+    cache_entry: str = ""
+
+    def with_cache(self, *, ttl: int, entry: str) -> Decision:
+        """This allow, marked reusable by HAProxy for ``ttl`` seconds as ``entry`` (:mod:`idgate.cache_entry`)."""
+        return replace(self, cache_ttl=ttl, cache_entry=entry)
 
     @property
     def allow(self) -> bool:

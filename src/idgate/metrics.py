@@ -31,6 +31,11 @@ Read at scrape time from the components' own counters (no work per request):
     calls), idgate_store_pending_revocations (queued while Redis is down), idgate_store_dropped_revocations_total
     idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, notifies, denies,
     handler_errors, handler_timeouts, protocol_errors, untrusted_callers, tls_errors)
+Decision cache in HAProxy (:mod:`idgate.cache_entry`, :mod:`idgate.cache_purge`):
+    idgate_cache_fills_total                  allows sent with cache_ttl / cache_entry (counted on the hot path)
+    idgate_cache_purges_total{cause}, idgate_cache_purge_failures_total, idgate_cache_sweep_failures_total,
+    idgate_cache_evictions_total{reason}, and per Runtime API socket at the last sweep: idgate_cache_entries,
+    idgate_cache_hits_total, idgate_cache_misses_total (HAProxy's counters), idgate_cache_socket_up
 Denies decided by the adapters (``untrusted_caller`` at /auth and at the SPOA port, ``invalid_encoding``, the
 agent's ``handler_timeout`` …) are in ``idgate_decisions_total`` too (:meth:`idgate.decision.DecisionEngine.refused`).
 Every label has a bounded set of values (Prometheus "Instrumentation" guide: no unbounded cardinality): reason
@@ -261,6 +266,9 @@ class Metrics:
         )
         self._recent = RecentDenials()
         self.registry.register(_RecentCollector(self._recent))
+        self._fills = Counter(
+            "idgate_cache_fills", "Allows marked cacheable for the decision cache in HAProxy", registry=self.registry
+        )
         info = GaugeMetricFamily(
             "idgate_config_info", "The loaded configuration: policy hash, idgate version", labels=["policy", "version"]
         )
@@ -297,6 +305,8 @@ class Metrics:
         if decision.status != 200:
             self._recent.note(reason_label(key[1]) if key[1] else f"status_{decision.status}")
         self._latency.observe(seconds)
+        if decision.cache_ttl > 0:
+            self._fills.inc()
 
     @staticmethod
     def _name(name: str | None, known: frozenset[str]) -> str:

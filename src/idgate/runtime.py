@@ -22,6 +22,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client import start_http_server
@@ -32,13 +33,15 @@ from idgate.app import Services, http_routes
 from idgate.assertion import AssertionSigner, split_pem
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
+from idgate.cache_purge import COMMAND_TIMEOUT_SECONDS, CachePurger
 from idgate.config import Config
-from idgate.decision import DecisionEngine
+from idgate.decision import DecisionEngine, cache_active
 from idgate.fingerprint import policy_hash
-from idgate.jwks import JwksCache
+from idgate.jwks import JwksCache, Kid
 from idgate.looker.cookieless import LookerApi
 from idgate.looker.routes import Looker, LookerUpstream
 from idgate.metrics import Metrics
+from idgate.ops.runtime_api import RuntimeApi
 from idgate.peers import parse_networks
 from idgate.policy import Policy
 from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler, spoe_untrusted_caller
@@ -81,10 +84,16 @@ def _store(config: Config) -> RevocationStore:
 
 
 def _sso(
-    config: Config, caches: tuple[JwksCache, ...], clients: dict[str | None, httpx.AsyncClient], metrics: Metrics
+    config: Config,
+    caches: tuple[JwksCache, ...],
+    clients: dict[str | None, httpx.AsyncClient],
+    metrics: Metrics,
+    purger: CachePurger | None = None,
 ) -> Sso | None:
     """The browser-login components, when ``login`` and ``sessions`` are configured: one OIDC client per login IdP
-    (``login.issuer`` or ``login.issuers``), each with its issuer's HTTP client (CA) and keys."""
+    (``login.issuer`` or ``login.issuers``), each with its issuer's HTTP client (CA) and keys; with the decision
+    cache's ``purger``, every revocation also purges HAProxy's cache (written here, or read from the shared store's
+    log)."""
     if config.login is None or config.sessions is None or config.sessions.keys is None:
         return None
     login = config.login
@@ -108,6 +117,10 @@ def _sso(
     ring = KeyRing.from_text(config.sessions.keys.get_secret_value())
     name = config.sessions.cookie_name
     store = _store(config)
+    if purger is not None:
+        if isinstance(store, RedisRevocationStore):
+            store.on_remote_revoke = purger.revoked
+        store = purger.watching(store)
     cookies = SessionCookies(
         ring=ring, settings=CookieJarSettings(name=name, max_chunks=config.sessions.max_chunks), purpose=b"session"
     )
@@ -216,7 +229,18 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         policy=policy,
         version=_installed_version(),
     )
-    sso = _sso(config, caches, clients, metrics)
+    purger = _cache_purger(config)
+    if purger is not None:
+        metrics.registry.register(purger.collector())
+        for cache in caches:  # a withdrawn signing key: its tokens' entries go (all of them: entries carry no kid)
+            previous = cache.on_keys_withdrawn
+
+            def withdrawn(issuer: str, kids: frozenset[Kid], previous: Any = previous) -> int:
+                purger.purge_all_soon(cause="key_removed")
+                return int(previous(issuer, kids)) if previous is not None else 0
+
+            cache.on_keys_withdrawn = withdrawn
+    sso = _sso(config, caches, clients, metrics, purger)
     sessions = sso.sessions if sso else None
     assertions = _assertion_signer(config)
     metrics.watch(tokens=token_cache, caches=caches, assertions=lambda: assertions, sessions=sessions)
@@ -238,6 +262,20 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         assertions=assertions,
         metrics=metrics,
         metrics_here=config.server.metrics_bind is None,
+        cache=purger,
+    )
+
+
+def _cache_purger(config: Config) -> CachePurger | None:
+    """The decision cache's purger and sweeper (None when idgate marks nothing cacheable)."""
+    if not cache_active(config):
+        return None
+    return CachePurger(
+        apis=[RuntimeApi(address=a, timeout=COMMAND_TIMEOUT_SECONDS) for a in config.haproxy.runtime_api],
+        map_name=config.haproxy.cache_map,
+        max_entries=config.cache.max_entries,
+        sweep_interval_seconds=config.cache.sweep_interval_seconds,
+        issuers=[i.issuer for i in config.issuers],
     )
 
 
@@ -316,6 +354,8 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         store = services.sso.store if services.sso is not None else None
         if store is not None:
             await store.start()
+        if services.cache is not None:
+            await services.cache.start()
         agent = _agent(config, services)
         if agent is not None:
             assert config.spoa is not None
@@ -326,6 +366,8 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         finally:
             if agent is not None:
                 await agent.close()
+            if services.cache is not None:
+                await services.cache.close()
             for task in warmers:
                 task.cancel()
             await asyncio.gather(*warmers, return_exceptions=True)

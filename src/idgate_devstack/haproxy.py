@@ -146,6 +146,7 @@ class HaproxySettings:
     more_service_addrs: tuple[str, ...] = ()  # more idgate replicas' HTTP host:port (IDGATE_SERVICE_ADDR_2..4)
     more_spoa_addrs: tuple[str, ...] = ()  # more replicas' SPOA agents (IDGATE_SPOA_ADDR_2..4)
     auth_lb_bind: str | None = None  # auth_request mode: the local /auth listener balancing the replicas
+    cache: bool = True  # the decision cache in HAProxy (IDGATE_CACHE on/off; IDGATE_CACHE_MAP: the shipped file)
 
     def __post_init__(self) -> None:
         if len(self.more_service_addrs) > 3 or len(self.more_spoa_addrs) > 3:
@@ -233,6 +234,7 @@ class HaproxySettings:
                 "IDGATE_STATS_SOCKET": str(self.stats_socket),
                 "IDGATE_LUA_DIR": str(Path(lua_dir).resolve()),
                 "IDGATE_LOG_FORMAT": self.log_format,
+                "IDGATE_CACHE": "on" if self.cache else "off",
             }
         )
 

@@ -40,6 +40,7 @@ from idgate_devstack.redis_server import RedisServer
 from idgate_devstack.service import IdgateService
 from idgate_devstack.stack_config import (
     AUDIENCE,
+    cache_config,
     merged,
     second_idp_redirect_uris,
     stack_config,
@@ -77,6 +78,8 @@ class StackPlan:
     ``tls``: HAProxy speaks TLS to idgate's HTTP server and SPOA agent
     (:func:`~idgate_devstack.stack_config.tls_config`; free ports only); ``idgate_extra``: sections merged into the
     generated config.
+    ``cache``: the decision cache in HAProxy (``IDGATE_CACHE`` and, generated config only, idgate's ``cache.enabled``
+    with ``haproxy.runtime_api`` pointing at this HAProxy's stats socket).
     ``replicas``: how many ``idgate serve`` processes (1-4) behind HAProxy; more than one also starts a
     ``redis-server`` on a free port and gives every replica ``store: {kind: redis}`` (generated config only), and in
     auth_request mode HAProxy's local /auth listener (``IDGATE_AUTH_LB_BIND``).
@@ -116,6 +119,7 @@ class StackPlan:
     login next to the first (generated config only): ``login.issuers: [testidp, second]``, the second with its
     own redirect URI ``{site}/.idgate/callback/second``, and ``localhost`` defaulting to it
     (``login.default_issuer_by_host``); its redirect URIs include ``https://localhost:<https port>/...``."""
+    cache: bool = True
 
     def port(self, name: str) -> int:
         """The port for listener ``name`` (a :data:`FIXED_PORTS` key); ``"free"``: one free a moment ago, 0 (the
@@ -312,6 +316,7 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             )
             if plan.tls:
                 config = merged(config, tls_config(certs, mode=plan.mode, metrics_port=metrics_port))
+            config = merged(config, cache_config(enabled=plan.cache, runtime_api=run_dir / "haproxy.sock"))
             config = merged(config, plan.idgate_extra or {})
             if plan.idp_profile != "generic":
                 config["issuers"][0]["provider"] = plan.idp_profile
@@ -392,6 +397,7 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             timeout=plan.http_timeout,
             stream_timeout=plan.stream_timeout,
             stats_socket=run_dir / "haproxy.sock",
+            cache=plan.cache,
             # HAProxy presents the dev certificate where idgate asks for one: SPOA, and HTTP in SPOE mode (in
             # auth_request mode the Lua httpclient, idgate's HTTP caller, cannot present one in 2.8)
             spoa_tls_ca=certs.ca if plan.tls else None,

@@ -147,6 +147,11 @@ def with_second_idp(config: Mapping[str, Any], issuer: str, *, site: str, https_
     }
 
 
+def cache_config(*, enabled: bool, runtime_api: Path) -> dict[str, Any]:
+    """The decision cache's sections: ``cache.enabled`` and HAProxy's Runtime API socket (purges and sweeps)."""
+    return {"cache": {"enabled": enabled}, "haproxy": {"runtime_api": [f"unix:{runtime_api}"]}}
+
+
 def tls_config(certs: DevCerts, *, mode: str, metrics_port: int) -> dict[str, Any]:
     """The idgate config sections of the TLS variant: HTTPS (mutual in SPOE mode: HAProxy's Lua httpclient, the
     auth_request mode's caller, cannot present a client certificate in 2.8), SPOP over mutual TLS, /metrics on its

@@ -878,6 +878,7 @@ def test_json_log_format_with_more_redacted_parameters(
         "user": "alice",
         "upstream": "app",
         "spoe_err": "-",
+        "cache": "miss",  # the fake idgate never marks an answer cacheable
         "request_id": allowed["request_id"],
     }
     assert all(re.fullmatch(REQUEST_ID, r["request_id"]) for r in records)

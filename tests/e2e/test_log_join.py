@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 API = {"accept": "application/json"}
 HAPROXY_LINE = re.compile(
     r"^\S+ \[[^\]]+\] fe_https\S* \S+ \S+ (?P<status>\d+) .* idgate=(?P<idgate>\S+) decision=(?P<decision>\S+) "
-    r"reason=\S* user=\S* upstream=\S* spoe_err=\S* rid=(?P<rid>\S+)$"
+    r"reason=\S* user=\S* upstream=\S* spoe_err=\S* cache=\S* rid=(?P<rid>\S+)$"
 )
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 

@@ -56,6 +56,7 @@ def run_stack(
     graph_users: dict[str, list[str]] | None = None,
     issuer_extra: dict[str, Any] | None = None,
     second_idp: bool = False,
+    cache: bool = True,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
@@ -66,7 +67,8 @@ def run_stack(
     Redis); ``idp_profile`` the test IdP's provider profile (and the issuer's ``provider``); ``graph_users`` starts
     the Microsoft Graph contract stub with those users (oid → groups) for Entra ID overage; ``issuer_extra`` keys
     merged into the issuer's entry; ``second_idp``: a second login IdP (``Stack.second_idp``,
-    ``StackPlan.second_idp``). Free ports, the IdP's
+    ``StackPlan.second_idp``); ``cache``: the decision cache in HAProxy (on in the shipped config). Free ports,
+    the IdP's
     ``/test/*`` and logout URIs on, TLS to the gRPC upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and
     short inactivity timeouts."""
     plan = StackPlan(
@@ -85,6 +87,7 @@ def run_stack(
         fault_proxy=fault_proxy,
         tls=tls,
         idgate_extra=idgate_extra,
+        cache=cache,
         replicas=replicas,
         idp_profile=idp_profile,
         graph_users=graph_users,

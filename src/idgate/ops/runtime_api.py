@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from idgate.errors import IdgateError
@@ -45,6 +46,9 @@ class RuntimeApi:
         """
         if "\n" in line or ";" in line:
             raise RuntimeApiError("error", self.address, "one command per call, without ';' or a newline")
+        return await self._send(line)
+
+    async def _send(self, line: str) -> str:
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await self._open()
@@ -70,6 +74,17 @@ class RuntimeApi:
         if text.strip() == _PERMISSION:
             raise RuntimeApiError("permission", self.address, f"'{line}' needs a socket at level admin") from None
         return text
+
+    async def commands(self, lines: Sequence[str]) -> str:
+        """Several commands in one connection (joined by ``;``, which HAProxy runs in order); HAProxy's answers,
+        concatenated. The joined line must fit HAProxy's buffer (``tune.bufsize``, 16 KiB by default).
+
+        Raises:
+            RuntimeApiError: as :meth:`command`; ``error`` when a line holds ``;`` or a newline itself.
+        """
+        if any("\n" in line or ";" in line for line in lines):
+            raise RuntimeApiError("error", self.address, "a command may not hold ';' or a newline")
+        return await self._send("; ".join(lines))
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.address.startswith("tcp:"):

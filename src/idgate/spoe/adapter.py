@@ -8,7 +8,8 @@ logged: :func:`idgate.facts.clean_request_id`); absent headers arrive as NULL.
 The answer sets, in scope ``txn`` with prefix ``idgate`` (HAProxy: ``txn.idgate.<name>``): ``status``,
 ``decision`` (``allow``/``deny``), ``reason``, ``upstream``, the identity slots (``user`` … ``issuer``,
 ``assertion``), ``www_authenticate``, ``location``, ``retry_after`` (a 503's seconds), ``cookie_rewrite`` /
-``cookie``, ``strip_authorization`` and ``set_cookie_0..7`` — the variables the auth_request mode's Lua action sets
+``cookie``, ``strip_authorization``, ``cache_ttl`` / ``cache_entry`` (a cacheable allow: :mod:`idgate.cache_entry`)
+and ``set_cookie_0..7`` — the variables the auth_request mode's Lua action sets
 from the ``/auth`` answer.
 The variable names are :data:`idgate.facts.ANSWER_VARIABLES`. A value that is not valid UTF-8 is answered 400
 ``invalid_encoding``; every other failure path (unknown message, missing or duplicated argument, handler error or
@@ -67,6 +68,9 @@ def decision_actions(decision: Decision) -> list[Action]:
         actions.append(_var("location", decision.location))
     if decision.retry_after is not None:
         actions.append(_var("retry_after", str(decision.retry_after)))
+    if decision.allow and decision.cache_ttl > 0:  # HAProxy may keep this allow (idgate.cache_entry)
+        actions.append(_var("cache_ttl", str(decision.cache_ttl)))
+        actions.append(_var("cache_entry", decision.cache_entry))
     for index, cookie in enumerate(decision.set_cookies[:MAX_SET_COOKIES]):
         actions.append(_var(f"set_cookie_{index}", cookie))
     return actions

@@ -279,6 +279,20 @@ class SessionManager:
             return SessionOutcome(session=None, reason=exc.reason, set_cookies=self.clear())
         return SessionOutcome(session=session)
 
+    def reusable_until(self, outcome: SessionOutcome) -> float:
+        """Epoch seconds until which an answer for ``outcome``'s session may be reused without asking idgate (the
+        decision cache in HAProxy): its next refresh point, touch, idle timeout or absolute expiry, whichever comes
+        first; 0 for no session or one that was just refreshed, touched or kept past a failed refresh."""
+        session = outcome.session
+        if session is None or outcome.set_cookies or outcome.refreshed or outcome.reason is not None:
+            return 0.0
+        return min(
+            session.expires_at,
+            session.token_expires_at - self._config.refresh_before_seconds,
+            session.last_seen + self._config.idle_timeout_seconds,
+            session.last_seen + self._touch_interval,
+        )
+
     async def _refresh(self, session: Session, now: float) -> SessionOutcome:
         if session.refresh_token is None:
             if now < session.token_expires_at:

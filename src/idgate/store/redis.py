@@ -110,6 +110,9 @@ class RedisRevocationStore:
         self._dropped = 0
         self._detail = ""
         self._task: asyncio.Task[None] | None = None
+        # called with each revocation key read from ``revlog`` after the first sync (another replica's sign-out or
+        # back-channel logout): the decision cache in HAProxy purges it (idgate.cache_purge)
+        self.on_remote_revoke: Callable[[str], object] | None = None
 
     @classmethod
     def from_config(cls, config: StoreConfig) -> RedisRevocationStore:
@@ -287,6 +290,7 @@ class RedisRevocationStore:
 
     async def _sync(self) -> None:
         """Read new ``revlog`` entries into the mirror (all of them, in pages, from the start on the first call)."""
+        hook = self.on_remote_revoke if self._synced else None  # the first read is history, not news
         while True:
             ok, found = await self._call(self._read_log)
             if not ok:
@@ -300,6 +304,8 @@ class RedisRevocationStore:
                 except (KeyError, ValueError, TypeError):
                     continue
                 await self._mirror.revoke(key, at=at, until=until)
+                if hook is not None:
+                    hook(key)
             if len(entries) < 1000:
                 return
 

@@ -182,7 +182,7 @@ def test_every_variable_the_agent_or_the_lua_action_sets_is_in_the_one_table_and
             set_cookies=tuple(f"c{i}=v" for i in range(MAX_SET_COOKIES + 2)),
             retry_after=5,
         ),
-        Decision(status=200, reasons=("r",), identity=every_slot),
+        Decision(status=200, reasons=("r",), identity=every_slot, cache_ttl=5, cache_entry="1|||"),
     ]
     sent = {name for d in decisions for name in as_vars(decision_actions(d))}
     assert sent == set(ANSWER_VARIABLES)
