@@ -17,7 +17,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 HAPROXY_DIR = REPO / "haproxy"
-FILES = ("haproxy.cfg", "spoe-idgate.conf", "idgate-auth.lua")
+FILES = ("haproxy.cfg", "spoe-idgate.conf", "idgate-auth.lua", "idgate-cache.map")
 OUTPUT = REPO / "deploy" / "kubernetes" / "base" / "haproxy-config.yaml"
 
 HEADER = """\
