@@ -25,8 +25,8 @@ Read at scrape time from the components' own counters (no work per request):
     idgate_session_refreshes_total{result}    ``ok``, ``transient_failure``, ``invalid_grant``, ``rejected``
     idgate_store_up (1: the shared store answers; memory: always), idgate_store_errors_total (failed or late store
     calls), idgate_store_pending_revocations (queued while Redis is down), idgate_store_dropped_revocations_total
-    idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, notifies, denies,
-    handler_errors, handler_timeouts, protocol_errors, untrusted_callers, tls_errors)
+    idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, healthchecks_not_ready,
+    notifies, denies, handler_errors, handler_timeouts, protocol_errors, untrusted_callers, tls_errors)
 Denies decided by the adapters (``untrusted_caller`` at /auth and at the SPOA port, ``invalid_encoding``, the
 agent's ``handler_timeout`` …) are in ``idgate_decisions_total`` too (:meth:`idgate.decision.DecisionEngine.refused`).
 Every label has a bounded set of values (Prometheus "Instrumentation" guide: no unbounded cardinality): reason
