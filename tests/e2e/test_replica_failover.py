@@ -10,9 +10,11 @@ session and an expired token (must be 401). Measured figures are printed (run wi
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import signal
+import ssl
 import time
 from collections.abc import Iterator
 
@@ -20,8 +22,9 @@ import httpx
 import pytest
 from replica_load import Load
 from replica_routing import HTML, haproxy_command, only_replica, served_by, server_names, walk_login
-from stack import Stack, run_stack
+from stack import Stack, access_claims, run_stack
 
+from idgate_devstack.haproxy import split_bind
 from idgate_devstack.service import IdgateService
 
 pytestmark = pytest.mark.e2e
@@ -222,3 +225,35 @@ def test_haproxy_reloaded_every_4s_under_load_fails_no_valid_request(replicas: S
     assert load.valid() > 2000
     assert not load.wrong_answers()
     assert failed == []
+
+
+def test_a_reload_answers_the_next_request_on_an_idle_keep_alive_connection(replicas: Stack) -> None:
+    """The cause of the failed requests above, deterministically: the old worker must not close an idle keep-alive
+    connection at a reload (a client may be sending on it that very moment), but answer its next request, with
+    ``Connection: close`` (``option idle-close-on-response``)."""
+    stack = replicas
+    token = stack.idp.sign({"typ": "at+jwt"}, access_claims(stack))
+    host, port = split_bind(stack.settings.https_bind)
+    context = ssl.create_default_context(cafile=str(stack.certs.ca))
+    conn = http.client.HTTPSConnection(host, port, context=context, timeout=5)
+    headers = {"authorization": f"Bearer {token}", **API}
+    try:
+        conn.request("GET", "/app/", headers=headers)
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200 and first.getheader("connection", "").lower() != "close"
+        loaded = stack.haproxy.log_text().count("Loading success.")
+        assert stack.haproxy.pid is not None
+        os.kill(stack.haproxy.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while stack.haproxy.log_text().count("Loading success.") == loaded:
+            assert time.monotonic() < deadline, "HAProxy did not reload"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the old worker is soft-stopping; the connection sat idle through it
+        conn.request("GET", "/app/", headers=headers)  # the same connection (http.client never reconnects here)
+        second = conn.getresponse()
+        second.read()
+    finally:
+        conn.close()
+    assert second.status == 200
+    assert second.getheader("connection", "").lower() == "close"  # the old worker answered, then closes
