@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import re
-import signal
 import ssl
 import time
 from collections.abc import Iterator
@@ -203,14 +201,16 @@ def test_a_restarted_replica_takes_traffic_once_ready_and_no_valid_user_is_denie
 def test_haproxy_reloaded_every_4s_under_load_fails_no_valid_request(replicas: Stack) -> None:
     stack = replicas
     live, out = signed_in_and_out(stack)
-    master = stack.haproxy.pid
-    assert master is not None
     log_before = len(stack.haproxy.log_text())
-    with Load(stack, session=live, revoked=out, threads=16, pause=0.05) as load:
+    # ~300 req/s over 64 keep-alive connections (16 clients x 4 kinds) that sit idle between requests; more load on
+    # this 2-core machine, plus the CPU a reload takes (the master re-reads the config, a new worker starts), can
+    # push an auth answer past the 500 ms auth timeout: a 503 from latency, not from the reload itself
+    with Load(stack, session=live, revoked=out, threads=16, pause=0.1) as load:
         time.sleep(1.0)
         for _ in range(RELOADS):
-            os.kill(master, signal.SIGUSR2)  # master-worker reload: a new worker, the old one soft-stops
-            time.sleep(RELOAD_EVERY_SECONDS)
+            began = time.monotonic()
+            stack.haproxy.reload(wait=False)  # SIGUSR2 to the master: a new worker, the old one soft-stops
+            time.sleep(RELOAD_EVERY_SECONDS - (time.monotonic() - began))
     log = stack.haproxy.log_text()[log_before:]
     failed = load.failed_valid()
     print(
@@ -242,13 +242,7 @@ def test_a_reload_answers_the_next_request_on_an_idle_keep_alive_connection(repl
         first = conn.getresponse()
         first.read()
         assert first.status == 200 and first.getheader("connection", "").lower() != "close"
-        loaded = stack.haproxy.log_text().count("Loading success.")
-        assert stack.haproxy.pid is not None
-        os.kill(stack.haproxy.pid, signal.SIGUSR2)
-        deadline = time.monotonic() + 10
-        while stack.haproxy.log_text().count("Loading success.") == loaded:
-            assert time.monotonic() < deadline, "HAProxy did not reload"
-            time.sleep(0.05)
+        stack.haproxy.reload()  # SIGUSR2 to the master; returns once the new worker is loaded
         time.sleep(0.5)  # the old worker is soft-stopping; the connection sat idle through it
         conn.request("GET", "/app/", headers=headers)  # the same connection (http.client never reconnects here)
         second = conn.getresponse()
