@@ -1,8 +1,9 @@
 """One ``idgate serve`` behind HAProxy, restarted: how long after its ``/readyz`` turns 200 HAProxy uses it again.
 
 With one replica there is nowhere else to send a decision, so every request between the stop and that moment is a
-503 (fail closed). Before the agent's health checks followed readiness and down agents were checked every 250 ms
-(``downinter``), SPOE mode kept answering 503 for up to ~1 s after ``/readyz`` was 200 (measured here: 24-785 ms).
+503 (fail closed). Before down agents were checked every 250 ms (``downinter``), SPOE mode kept answering 503 for up
+to ~1 s after ``/readyz`` was 200 (measured here: 24-785 ms). One process (memory store) answers health checks
+before it is ready: its own 503 (``keys_unavailable``) is more useful than HAProxy's, and there is no other replica.
 Figures are printed (run with ``-s``).
 """
 

@@ -11,9 +11,10 @@ Behaviour (HAProxy ``doc/SPOE.txt`` §3; the codec is ``idgate.spoe.spop``):
 - HELLO: SPOP "2.0" if HAProxy offers any 2.x (else status 8); max-frame-size = min(HAProxy's, ours), refused
   below 256 (status 9); we announce only ``pipelining`` (ACKs in any order on the same connection), never ``async``
   or ``fragmentation`` (HAProxy 3.1 removed both). A health-check HELLO gets AGENT-HELLO, then the socket closes;
-  while ``ready()`` is False (idgate: the same condition as ``/readyz``, keys and shared store) it gets
-  AGENT-DISCONNECT status 13 ``not ready`` instead, so ``option spop-check`` keeps the agent DOWN (counted in
-  ``stats.healthchecks_not_ready``) and HAProxy sends a restarted replica no request it cannot decide yet.
+  while ``ready()`` is False (idgate with a shared store, i.e. replicas: the same condition as ``/readyz``, keys
+  and store) it gets AGENT-DISCONNECT status 13 ``not ready`` instead, so ``option spop-check`` keeps the agent
+  DOWN (counted in ``stats.healthchecks_not_ready``) and HAProxy sends a restarted replica no request it cannot
+  decide yet.
 - Before HELLO only HAPROXY-HELLO is valid (anything else: status 4). After it: NOTIFY → one ACK echoing its
   stream-id and frame-id; HAPROXY-DISCONNECT → AGENT-DISCONNECT (status 0) and close; a fragment (type 0 or no
   FIN) → status 10; a second HELLO or an agent-side type → status 4; any other type is skipped (§3.2.2 "Unknown
