@@ -52,6 +52,7 @@ def run_stack(
     tls: bool = False,
     idgate_extra: dict[str, Any] | None = None,
     replicas: int = 1,
+    auth_timeout_ms: int | None = None,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
@@ -59,7 +60,7 @@ def run_stack(
     ``fault_proxy``: idgate fetches the IdP's keys through a FaultProxy (``Stack.faults``); ``tls``: HAProxy speaks
     TLS to idgate's HTTP server and SPOA agent (``IDGATE_SPOA_TLS`` / ``IDGATE_SERVICE_TLS``); ``idgate_extra`` is
     merged into idgate's config sections; ``replicas`` the number of idgate processes (more than one share a real
-    Redis). Free ports, the IdP's
+    Redis); ``auth_timeout_ms`` HAProxy's auth budget (None: :data:`AUTH_TIMEOUT_MS`). Free ports, the IdP's
     ``/test/*`` and logout URIs on, TLS to the gRPC upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and
     short inactivity timeouts."""
     plan = StackPlan(
@@ -71,7 +72,7 @@ def run_stack(
         idp_test_endpoints=True,
         idp_logout=True,
         grpc_tls=True,
-        auth_timeout_ms=AUTH_TIMEOUT_MS,
+        auth_timeout_ms=AUTH_TIMEOUT_MS if auth_timeout_ms is None else auth_timeout_ms,
         http_timeout=f"{HTTP_TIMEOUT_SECONDS}s",
         stream_timeout=f"{STREAM_TIMEOUT_SECONDS}s",
         jwks=jwks,
