@@ -144,6 +144,19 @@ def refresh_report(name: str, outcome: FetchOutcome) -> dict[str, object]:
     }
 
 
+def not_ready(services: Services) -> str | None:
+    """Why ``/readyz`` is 503 (``waiting for keys: NAME, …`` or ``waiting for the redis store: …``), or None when
+    the service can decide. The SPOA agent's health checks answer by the same rule (``SpoaAgent(ready=…)``)."""
+    waiting = [h.name for h in (cache.health() for cache in services.caches) if not h.ready]
+    if waiting:
+        return f"waiting for keys: {', '.join(waiting)}"
+    if services.sso is not None:
+        store = services.sso.store.health()
+        if not store.synced:
+            return f"waiting for the {store.kind} store: {store.detail}"
+    return None
+
+
 def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
     """Every HTTP route; ``get`` finds the :class:`Services` of the app serving a request."""
 
@@ -178,15 +191,13 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
 
     async def readyz(request: Request) -> Response:
         services = get(request)
+        waiting = not_ready(services)
+        if waiting is not None:
+            return PlainTextResponse(f"{waiting}\n", 503)
         health = [cache.health() for cache in services.caches]
-        waiting = [h.name for h in health if not h.ready]
-        if waiting:
-            return PlainTextResponse(f"waiting for keys: {', '.join(waiting)}\n", 503)
         first = "ready"
         if services.sso is not None:
             store = services.sso.store.health()
-            if not store.synced:
-                return PlainTextResponse(f"waiting for the {store.kind} store: {store.detail}\n", 503)
             if not store.up:
                 first = (
                     f"ready (degraded: {store.kind} store down: {store.detail}, {store.pending} revocation(s) pending)"

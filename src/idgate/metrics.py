@@ -29,8 +29,8 @@ Read at scrape time from the components' own counters (no work per request):
                                               ``userinfo_unavailable``, ``access_token_unverified`` … (fixed set)
     idgate_store_up (1: the shared store answers; memory: always), idgate_store_errors_total (failed or late store
     calls), idgate_store_pending_revocations (queued while Redis is down), idgate_store_dropped_revocations_total
-    idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, notifies, denies,
-    handler_errors, handler_timeouts, protocol_errors, untrusted_callers, tls_errors)
+    idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, healthchecks_not_ready,
+    notifies, denies, handler_errors, handler_timeouts, protocol_errors, untrusted_callers, tls_errors)
 Decision cache in HAProxy (:mod:`idgate.cache_entry`, :mod:`idgate.cache_purge`):
     idgate_cache_fills_total                  allows sent with cache_ttl / cache_entry (counted on the hot path)
     idgate_cache_purges_total{cause}, idgate_cache_purge_failures_total, idgate_cache_sweep_failures_total,

@@ -29,7 +29,7 @@ from prometheus_client import start_http_server
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from idgate.app import Services, http_routes
+from idgate.app import Services, http_routes, not_ready
 from idgate.assertion import AssertionSigner, split_pem
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
@@ -312,6 +312,10 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
         trusted_callers=parse_networks(config.spoa.trusted_callers),
         on_untrusted=spoe_untrusted_caller(services.engine),
         ssl_context=server_context(config.spoa.tls) if config.spoa.tls is not None else None,
+        # replicas (a shared store): spop-check sees the agent up only once /readyz would be 200 (keys fetched, store
+        # read), so HAProxy sends a restarting replica nothing while another can decide. One process (memory store):
+        # there is nowhere else to go, and its own answer (503 keys_unavailable + Retry-After) beats HAProxy's 503
+        ready=(lambda: not_ready(services) is None) if config.store.kind == "redis" else (lambda: True),
     )
     if services.metrics is not None:
         services.metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))

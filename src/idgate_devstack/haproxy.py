@@ -350,6 +350,25 @@ class Haproxy(StartStop):
                 )
             time.sleep(0.02)
 
+    def reload(self, *, wait: bool = True, timeout: float = 10.0) -> None:
+        """Reload like an operator: ``SIGUSR2`` to the master (master-worker mode), which starts a new worker that
+        takes over the listening sockets (HAProxy adds ``-x sockpair@N`` itself) while the old one soft-stops.
+        ``wait``: return once the log says ``Loading success.`` once more; ``RuntimeError`` with the log's tail on
+        ``Loading failure`` or after ``timeout`` seconds."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("haproxy is not running")
+        loaded = self.log_text().count("Loading success.")
+        failed = self.log_text().count("Loading failure")
+        self._proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while wait:
+            log = self.log_text()
+            if log.count("Loading success.") > loaded:
+                return
+            if log.count("Loading failure") > failed or time.monotonic() > deadline:
+                raise RuntimeError(f"haproxy did not reload; log tail:\n{log[-3000:]}")
+            time.sleep(0.02)
+
     def stop(self) -> None:
         """Stop HAProxy (SIGUSR1, SIGTERM, SIGKILL); idempotent."""
         proc, self._proc = self._proc, None

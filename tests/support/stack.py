@@ -57,6 +57,7 @@ def run_stack(
     issuer_extra: dict[str, Any] | None = None,
     second_idp: bool = False,
     cache: bool = True,
+    auth_timeout_ms: int | None = None,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
@@ -67,8 +68,8 @@ def run_stack(
     Redis); ``idp_profile`` the test IdP's provider profile (and the issuer's ``provider``); ``graph_users`` starts
     the Microsoft Graph contract stub with those users (oid → groups) for Entra ID overage; ``issuer_extra`` keys
     merged into the issuer's entry; ``second_idp``: a second login IdP (``Stack.second_idp``,
-    ``StackPlan.second_idp``); ``cache``: the decision cache in HAProxy (on in the shipped config). Free ports,
-    the IdP's
+    ``StackPlan.second_idp``); ``cache``: the decision cache in HAProxy (on in the shipped config); ``auth_timeout_ms``
+    HAProxy's auth budget (None: :data:`AUTH_TIMEOUT_MS`). Free ports, the IdP's
     ``/test/*`` and logout URIs on, TLS to the gRPC upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and
     short inactivity timeouts."""
     plan = StackPlan(
@@ -80,7 +81,7 @@ def run_stack(
         idp_test_endpoints=True,
         idp_logout=True,
         grpc_tls=True,
-        auth_timeout_ms=AUTH_TIMEOUT_MS,
+        auth_timeout_ms=AUTH_TIMEOUT_MS if auth_timeout_ms is None else auth_timeout_ms,
         http_timeout=f"{HTTP_TIMEOUT_SECONDS}s",
         stream_timeout=f"{STREAM_TIMEOUT_SECONDS}s",
         jwks=jwks,

@@ -22,6 +22,7 @@ from idgate.runtime import create_app
 from idgate_devstack.process import free_tcp_port
 
 HELLO = (Path(__file__).resolve().parents[1] / "data/spop/haproxy-2.8-hello.bin").read_bytes()
+HEALTHCHECK = (Path(__file__).resolve().parents[1] / "data/spop/haproxy-2.8-healthcheck-hello.bin").read_bytes()
 
 
 @contextlib.asynccontextmanager
@@ -150,3 +151,32 @@ def test_metrics_bind_is_validated() -> None:
         assert any(p.startswith("server") and message in p for p in info.value.problems), (bad, info.value.problems)
     ok = parse_config(raw | {"server": {"metrics_bind": "[::1]:9190"}}, environ={})
     assert ok.server.metrics_address == ("::1", 9190)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("store", "gated"), [({"kind": "memory"}, False), ({"kind": "redis"}, True)])
+async def test_spoa_checks_wait_for_readiness_only_with_a_shared_store(store: dict[str, Any], gated: bool) -> None:
+    """Replicas (a shared store): HAProxy's spop-check must not see a replica up before its /readyz would be 200.
+    One process (memory store): its checks pass at once, so its own 503 ``keys_unavailable`` reaches the client."""
+    from idgate.spoe import spop
+
+    port, redis_port = free_tcp_port(), free_tcp_port()  # nothing listens on redis_port
+    if store["kind"] == "redis":
+        store = store | {"url": f"redis://127.0.0.1:{redis_port}/0", "timeout_seconds": 0.1}
+    raw = config().model_dump(mode="json", exclude_none=True) | {
+        "spoa": {"host": "127.0.0.1", "port": port},
+        "store": store,
+    }
+    app = create_app(parse_config(raw, environ={}), transport=idp(delay=30))  # the issuer's keys never come
+    async with app.router.lifespan_context(app):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(HEALTHCHECK)
+            async with asyncio.timeout(3):
+                answer = await reader.read(4096)
+        finally:
+            writer.close()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://idgate.test") as c:
+            assert (await c.get("/readyz")).status_code == 503
+    frame = spop.decode_frame(answer[4:])
+    assert isinstance(frame, spop.AgentDisconnect if gated else spop.AgentHello), frame

@@ -10,7 +10,11 @@ Behaviour (HAProxy ``doc/SPOE.txt`` §3; the codec is ``idgate.spoe.spop``):
   ``idgate.spoe.listener``.
 - HELLO: SPOP "2.0" if HAProxy offers any 2.x (else status 8); max-frame-size = min(HAProxy's, ours), refused
   below 256 (status 9); we announce only ``pipelining`` (ACKs in any order on the same connection), never ``async``
-  or ``fragmentation`` (HAProxy 3.1 removed both). A health-check HELLO gets AGENT-HELLO, then the socket closes.
+  or ``fragmentation`` (HAProxy 3.1 removed both). A health-check HELLO gets AGENT-HELLO, then the socket closes;
+  while ``ready()`` is False (idgate with a shared store, i.e. replicas: the same condition as ``/readyz``, keys
+  and store) it gets AGENT-DISCONNECT status 13 ``not ready`` instead, so ``option spop-check`` keeps the agent
+  DOWN (counted in ``stats.healthchecks_not_ready``) and HAProxy sends a restarted replica no request it cannot
+  decide yet.
 - Before HELLO only HAPROXY-HELLO is valid (anything else: status 4). After it: NOTIFY → one ACK echoing its
   stream-id and frame-id; HAPROXY-DISCONNECT → AGENT-DISCONNECT (status 0) and close; a fragment (type 0 or no
   FIN) → status 10; a second HELLO or an agent-side type → status 4; any other type is skipped (§3.2.2 "Unknown
@@ -74,6 +78,7 @@ Handler = Callable[[str, Mapping[str, Value]], Awaitable[Sequence[Action]]]
 DenyActions = Callable[[str], Sequence[Action]]
 UntrustedHook = Callable[[str], object]
 CAPABILITIES = "pipelining"
+NOT_READY = "not ready"  # the AGENT-DISCONNECT message a health check gets while ready() is False
 _KNOWN_TYPES = frozenset(int(kind) for kind in FrameType)
 _HIGH_WATER = 64 * 1024
 
@@ -110,6 +115,7 @@ class SpoaStats:
 
     connections: int = 0
     healthchecks: int = 0
+    healthchecks_not_ready: int = 0
     notifies: int = 0
     denies: int = 0
     handler_errors: int = 0
@@ -243,6 +249,10 @@ class _Connection:
         hello = decode_payload(header, body, offset)
         assert isinstance(hello, HaproxyHello)
         answer = negotiate(hello, max_frame_size=agent.max_frame_size, capabilities=CAPABILITIES)
+        if hello.healthcheck and not agent.ready():
+            agent.stats.healthchecks_not_ready += 1
+            await self.send(encode_frame(AgentDisconnect(status_code=Status.RESOURCE, message=NOT_READY)))
+            return False
         await self.send(encode_frame(answer))
         if hello.healthcheck:
             agent.stats.healthchecks += 1
@@ -335,7 +345,8 @@ class SpoaAgent:
     ``messages`` (optional, recommended) maps each message name the agent answers to the argument names it must
     carry; an unknown message or a missing argument is then denied without calling the handler. A duplicated
     argument name is always denied. Argument values are ``idgate.spoe.spop.Value``: a STRING that is not UTF-8
-    arrives as ``spop.InvalidString`` and the handler should deny it.
+    arrives as ``spop.InvalidString`` and the handler should deny it. ``ready()`` (called once per health-check
+    HELLO, must not block) says whether HAProxy's ``spop-check`` may see the agent as up.
     """
 
     def __init__(
@@ -352,6 +363,7 @@ class SpoaAgent:
         trusted_callers: Sequence[Network] = LOOPBACK,
         on_untrusted: UntrustedHook | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         if not MIN_FRAME_SIZE <= max_frame_size <= MAX_FRAME_SIZE:
             raise ValueError(f"max_frame_size must be in [{MIN_FRAME_SIZE}, {MAX_FRAME_SIZE}]")
@@ -370,6 +382,7 @@ class SpoaAgent:
         self.trusted_callers = tuple(trusted_callers)
         self.on_untrusted = on_untrusted
         self.ssl_context = ssl_context
+        self.ready = ready
         self.stats = SpoaStats()
         self._listener: GuardedListener | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
