@@ -52,6 +52,7 @@ def run_stack(
     tls: bool = False,
     idgate_extra: dict[str, Any] | None = None,
     replicas: int = 1,
+    workers: int | None = None,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
@@ -59,7 +60,7 @@ def run_stack(
     ``fault_proxy``: idgate fetches the IdP's keys through a FaultProxy (``Stack.faults``); ``tls``: HAProxy speaks
     TLS to idgate's HTTP server and SPOA agent (``IDGATE_SPOA_TLS`` / ``IDGATE_SERVICE_TLS``); ``idgate_extra`` is
     merged into idgate's config sections; ``replicas`` the number of idgate processes (more than one share a real
-    Redis). Free ports, the IdP's
+    Redis), ``workers`` its ``--workers`` (more than one: a real Redis too). Free ports, the IdP's
     ``/test/*`` and logout URIs on, TLS to the gRPC upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and
     short inactivity timeouts."""
     plan = StackPlan(
@@ -79,6 +80,7 @@ def run_stack(
         tls=tls,
         idgate_extra=idgate_extra,
         replicas=replicas,
+        workers=workers,
     )
     return start_stack(plan)
 
