@@ -29,7 +29,7 @@ class Variant:
     grpc: bool = False
 
 
-def _idgate_variant(prefix: str, mode: Mode, cache: Literal["warm", "cold"]) -> Launch:
+def _idgate_variant(prefix: str, mode: Mode, cache: Literal["warm", "cold", "warm2"]) -> Launch:
     def launch(stack: ExitStack, env: Env, services: Services) -> str:
         idgate = services.idgate(cache)
         name = f"{prefix}-{cache}"
@@ -50,6 +50,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(key="a", label="(a) HAProxy, no auth", auth=False, launch=_bench_haproxy("a-noauth", "haproxy-noauth.cfg")),
     Variant(key="b_warm", label="(b) idgate SPOE, warm", auth=True, launch=_idgate_variant("b", "spoe", "warm")),
     Variant(key="b_cold", label="(b) idgate SPOE, cold", auth=True, launch=_idgate_variant("b", "spoe", "cold")),
+    Variant(
+        key="b_warm2",
+        label="(b) idgate SPOE, warm, 2 workers",
+        auth=True,
+        launch=_idgate_variant("b", "spoe", "warm2"),
+    ),
     Variant(
         key="c_warm",
         label="(c) idgate auth_request, warm",
@@ -78,6 +84,13 @@ VARIANTS: tuple[Variant, ...] = (
         auth=True,
         grpc=True,
         launch=_idgate_variant("h", "spoe", "warm"),
+    ),
+    Variant(
+        key="h_warm2",
+        label="(h) idgate SPOE gRPC, warm, 2 workers",
+        auth=True,
+        grpc=True,
+        launch=_idgate_variant("h", "spoe", "warm2"),
     ),
     Variant(
         key="i_warm",

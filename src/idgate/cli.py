@@ -131,6 +131,8 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str, wor
         return 1
     configure_logging(log_level)
     worker = WorkerContext.from_environ()
+    if worker is not None:
+        worker.stop_with_supervisor()
     count = worker_count(config)
     if worker is None:
         for warning in config_warnings(config):

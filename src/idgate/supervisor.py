@@ -29,6 +29,7 @@ Sources: ``socket.create_server``, ``subprocess.Popen(pass_fds=…)``, socket(7)
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -58,6 +59,7 @@ MAX_RESTART_BACKOFF_SECONDS = 10.0
 STABLE_SECONDS = 10.0
 """A worker that lived this long is healthy again: its next restart waits the shortest backoff."""
 _POLL_SECONDS = 0.05
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _BACKLOG = 1024
 
 
@@ -103,6 +105,16 @@ class WorkerContext:
     def orphaned(self) -> bool:
         """True when the supervisor is gone (this process was re-parented)."""
         return os.getppid() != self.supervisor_pid
+
+    def stop_with_supervisor(self) -> None:
+        """Ask the kernel for SIGTERM when the supervisor dies (Linux ``prctl(PR_SET_PDEATHSIG)``, prctl(2)), so
+        that a SIGKILLed supervisor does not leave workers holding its ports; elsewhere the worker's once-a-second
+        :meth:`orphaned` check does it. Raises nothing."""
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if self.orphaned():  # died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def bind(host: str, port: int) -> socket.socket:

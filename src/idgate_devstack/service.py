@@ -73,6 +73,11 @@ class IdgateService(StartStop):
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     @property
+    def returncode(self) -> int | None:
+        """The exit status of the child once it ended (negative: killed by that signal), else None."""
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         """True while the child process is alive."""
         return self._proc is not None and self._proc.poll() is None

@@ -76,7 +76,8 @@ class StackPlan:
     ``replicas``: how many ``idgate serve`` processes (1-4) behind HAProxy; more than one also starts a
     ``redis-server`` on a free port and gives every replica ``store: {kind: redis}`` (generated config only), and in
     auth_request mode HAProxy's local /auth listener (``IDGATE_AUTH_LB_BIND``).
-    ``workers``: ``idgate serve --workers N`` for every replica (None: the config's default); more than one also
+    ``workers``: ``idgate serve --workers N`` for every replica (None: the config's default, the cores with a Redis
+    store); more than one also
     starts the ``redis-server`` and gives idgate ``store: {kind: redis}`` (generated config only).
     """
 
@@ -101,7 +102,7 @@ class StackPlan:
     tls: bool = False
     idgate_extra: Mapping[str, Any] | None = None
     replicas: int = 1
-    workers: int | None = None
+    workers: int | None = 1
 
     def port(self, name: str) -> int:
         """The port for listener ``name`` (a :data:`FIXED_PORTS` key); ``"free"``: one free a moment ago, 0 (the

@@ -52,7 +52,7 @@ def run_stack(
     tls: bool = False,
     idgate_extra: dict[str, Any] | None = None,
     replicas: int = 1,
-    workers: int | None = None,
+    workers: int | None = 1,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
