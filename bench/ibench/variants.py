@@ -99,4 +99,11 @@ VARIANTS: tuple[Variant, ...] = (
         grpc=True,
         launch=_idgate_variant("i", "auth_request", "warm"),
     ),
+    Variant(
+        key="i_warm2",
+        label="(i) idgate auth_request gRPC, warm, 2 workers",
+        auth=True,
+        grpc=True,
+        launch=_idgate_variant("i", "auth_request", "warm2"),
+    ),
 )

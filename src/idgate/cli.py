@@ -28,6 +28,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -133,6 +134,7 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str, wor
     worker = WorkerContext.from_environ()
     if worker is not None:
         worker.stop_with_supervisor()
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the app handles it (a forwarded key refetch)
     count = worker_count(config)
     if worker is None:
         for warning in config_warnings(config):

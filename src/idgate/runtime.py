@@ -30,7 +30,7 @@ from prometheus_client import start_http_server
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from idgate.app import Services, http_routes
+from idgate.app import Services, http_routes, refresh_report
 from idgate.assertion import AssertionSigner, split_pem
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
@@ -237,6 +237,20 @@ def _worker_tasks(
             publish()  # the other workers' /metrics see this worker ready as soon as it says so
         log.info(json.dumps({"event": "worker_ready", "worker": worker.index, "pid": os.getpid()}))
 
+    async def refetch() -> None:  # another worker was asked POST /admin/jwks/refresh (forwarded as SIGUSR1)
+        outcomes = await asyncio.gather(*(cache.refresh_now() for cache in services.caches))
+        reports = [refresh_report(c.config.name, o) for c, o in zip(services.caches, outcomes, strict=True)]
+        log.warning(json.dumps({"event": "worker_jwks_refresh", "worker": worker.index, "issuers": reports}))
+
+    refetches: set[asyncio.Task[None]] = set()
+
+    def on_refresh_signal() -> None:
+        task = asyncio.create_task(refetch(), name="worker:refetch")
+        refetches.add(task)
+        task.add_done_callback(refetches.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, on_refresh_signal)
+
     async def chores() -> None:
         while True:
             if publish is not None:
@@ -307,6 +321,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
         services = app.state.services = _services(config, clients)
+        if worker is not None:
+            services = app.state.services = dataclasses.replace(services, peers_refresh=worker.ask_peers_to_refresh)
         warmers = [asyncio.create_task(_warm(c), name=f"warm:{c.config.name}") for c in services.caches]
         store = services.sso.store if services.sso is not None else None
         if store is not None:

@@ -17,7 +17,9 @@ The supervisor:
 - forwards SIGTERM and SIGINT as SIGTERM to every worker (each stops accepting, finishes its in-flight decisions and
   closes, uvicorn's and the SPOA agent's graceful shutdown), waits up to ``stop_timeout`` seconds, then SIGKILLs
   what is left; exit status 0;
-- forwards SIGHUP to every worker (what a worker does with it is the worker's business);
+- forwards SIGHUP to every worker (what a worker does with it is the worker's business), and SIGUSR1: a worker
+  asked ``POST /admin/jwks/refresh`` sends it so that every worker refetches its issuers' keys and drops withdrawn
+  keys' cached verifications (:meth:`WorkerContext.ask_peers_to_refresh`);
 - gives the workers one ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory, removed at exit) so that
   ``/metrics`` through any worker reports the sum over all of them (:mod:`idgate.metrics_workers`).
 
@@ -106,6 +108,11 @@ class WorkerContext:
         """True when the supervisor is gone (this process was re-parented)."""
         return os.getppid() != self.supervisor_pid
 
+    def ask_peers_to_refresh(self) -> None:
+        """Have every worker refetch its issuers' keys now (SIGUSR1 to the supervisor, which forwards it)."""
+        with contextlib.suppress(OSError):
+            os.kill(self.supervisor_pid, signal.SIGUSR1)
+
     def stop_with_supervisor(self) -> None:
         """Ask the kernel for SIGTERM when the supervisor dies (Linux ``prctl(PR_SET_PDEATHSIG)``, prctl(2)), so
         that a SIGKILLed supervisor does not leave workers holding its ports; elsewhere the worker's once-a-second
@@ -155,7 +162,8 @@ class Supervisor:
     def run(self) -> int:
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="idgate-metrics-"))
         self._slots = [_Slot(index=i) for i in range(self.workers)]
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+        previous = {s: signal.signal(s, self._on_signal) for s in handled}
         self._publish()
         log.info(json.dumps({"event": "supervisor_started", "workers": self.workers, "pid": os.getpid()}))
         try:
@@ -183,8 +191,8 @@ class Supervisor:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 log.info(json.dumps({"event": "supervisor_stopping", "signal": signal.Signals(signum).name}))
                 return True
-            self._send(signal.SIGHUP)
-            log.info(json.dumps({"event": "supervisor_forwarded", "signal": "SIGHUP"}))
+            self._send(signum)  # SIGHUP (reload), SIGUSR1 (refetch the issuers' keys: a worker's admin request)
+            log.info(json.dumps({"event": "supervisor_forwarded", "signal": signal.Signals(signum).name}))
         return False
 
     def _send(self, signum: int) -> None:

@@ -226,7 +226,7 @@ def test_a_killed_worker_is_restarted_and_requests_keep_being_answered_with_no_w
     assert re.search(r"^idgate_worker_restarts_total [1-9]", stack.idgate_metrics(), re.M)
     # the new worker decides too: new connections reach it (HAProxy's SPOE connections opened while it was down
     # stay on the other worker until HAProxy closes them; docs/workers.md)
-    before, answers = decided_by(stack), []
+    before, answers = decided_by(stack), list[int]()
     while len(answers) < 200 and not delta(decided_by(stack), before)[replacement]:
         answers.append(decide(stack, revoked))
     assert set(answers) == {401} and delta(decided_by(stack), before)[replacement]
@@ -259,3 +259,18 @@ def test_sigterm_stops_both_workers_gracefully_failing_closed_meanwhile(workers:
     token = stack.idp.sign({"typ": "at+jwt"}, access_claims(stack))
     time.sleep(1.5)  # HAProxy's checks see idgate again
     assert burst(stack, {"authorization": f"Bearer {token}"}, None, 20, 4) == [200] * 20
+
+
+def test_an_emergency_key_refetch_asked_of_one_worker_reaches_every_worker(workers: Stack) -> None:
+    stack = workers
+    before = len(stack.idgate.log_events("worker_jwks_refresh"))
+    answer = httpx.post(f"{stack.idgate.url}/admin/jwks/refresh", timeout=10)  # what `idgate jwks refresh` sends
+    assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 5
+    events: list[dict[str, object]] = []
+    while time.monotonic() < deadline and len({e["worker"] for e in events}) < 2:
+        events = stack.idgate.log_events("worker_jwks_refresh")[before:]
+        time.sleep(0.05)
+    assert {e["worker"] for e in events} == {0, 1}  # every worker refetched, not only the one asked
+    reports = [report for e in events for report in json.loads(json.dumps(e["issuers"]))]
+    assert reports and all(report["ok"] for report in reports)

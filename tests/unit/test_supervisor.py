@@ -26,8 +26,9 @@ import os, signal, socket, sys
 index, http_fd, spoa_fd, parent = os.environ["IDGATE_WORKER"].split(":")
 listener = socket.socket(fileno=int(http_fd))
 listener.settimeout(0.05)
-state = {"hups": 0, "stop": False}
+state = {"hups": 0, "usr1": 0, "stop": False}
 signal.signal(signal.SIGHUP, lambda *_: state.__setitem__("hups", state["hups"] + 1))
+signal.signal(signal.SIGUSR1, lambda *_: state.__setitem__("usr1", state["usr1"] + 1))
 signal.signal(signal.SIGTERM, lambda *_: state.__setitem__("stop", True))
 print(f"up {index} {os.environ['PROMETHEUS_MULTIPROC_DIR']}", flush=True)
 while not state["stop"]:
@@ -37,7 +38,7 @@ while not state["stop"]:
         continue
     with conn:
         conn.recv(16)
-        conn.sendall(f"{index} {os.getpid()} {state['hups']}\n".encode())
+        conn.sendall(f"{index} {os.getpid()} {state['hups']} {state['usr1']}\n".encode())
 print(f"graceful {index}", flush=True)
 """
 
@@ -64,11 +65,12 @@ class Running:
                 stderr=subprocess.STDOUT,
             )
 
-    def ask(self) -> tuple[int, int, int]:
+    def ask(self, counter: int = 2) -> tuple[int, int, int]:
+        """(worker index, PID, SIGHUPs received) of the worker that accepts; ``counter`` 3: SIGUSR1s instead."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
             conn.sendall(b"?")
-            index, pid, hups = conn.makefile().readline().split()
-        return int(index), int(pid), int(hups)
+            fields = conn.makefile().readline().split()
+        return int(fields[0]), int(fields[1]), int(fields[counter])
 
     def events(self, name: str) -> list[dict[str, object]]:
         lines = self.log.read_text().splitlines()
@@ -138,6 +140,17 @@ def test_sighup_is_forwarded_to_every_worker(supervised: Running) -> None:
         hups[index] = count
     assert hups == {0: 1, 1: 1}
     assert supervised.process.poll() is None  # the supervisor itself keeps running
+
+
+def test_sigusr1_a_workers_key_refetch_request_is_forwarded_to_every_worker(supervised: Running) -> None:
+    supervised.process.send_signal(signal.SIGUSR1)
+    counts: dict[int, int] = {}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and counts != {0: 1, 1: 1}:
+        index, _, count = supervised.ask(counter=3)
+        counts[index] = count
+    assert counts == {0: 1, 1: 1}
+    assert supervised.process.poll() is None
 
 
 def test_sigterm_stops_every_worker_gracefully_and_exits_0(supervised: Running) -> None:
