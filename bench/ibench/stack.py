@@ -229,6 +229,7 @@ def shipped_haproxy(
         http_bind=loopback(),
         stats_bind=loopback(),
         auth_url=auth_url or "http://127.0.0.1:1/auth",
+        auth_lb_bind=loopback() if mode == "auth_request" else None,  # as recommended (haproxy/README.md "Traps")
         upstream_app=env.upstream_addr,
         upstream_grpc=env.grpc_upstream_addr,
         stats_socket=env.root / f"haproxy-{name}.sock",

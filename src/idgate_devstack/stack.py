@@ -334,7 +334,13 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             spoa_addr=spoa_addrs[0],
             more_spoa_addrs=tuple(spoa_addrs[1:]),
             more_service_addrs=tuple(f"127.0.0.1:{r.port}" for r in replicas[1:]),
-            auth_lb_bind=f"127.0.0.1:{free_tcp_port()}" if plan.replicas > 1 else None,
+            # auth_request mode: the Lua calls /auth through HAProxy's local listener (a bounded pool of reused
+            # connections; haproxy/README.md "Traps"), except over TLS, which that listener does not speak
+            auth_lb_bind=(
+                f"127.0.0.1:{free_tcp_port()}"
+                if plan.replicas > 1 or (plan.mode == "auth_request" and not plan.tls)
+                else None
+            ),
             https_bind=f"127.0.0.1:{https_port}",
             http_bind=f"127.0.0.1:{plan.port('http')}",
             stats_bind=f"127.0.0.1:{plan.port('stats')}",
