@@ -240,7 +240,9 @@ def test_sigterm_stops_both_workers_gracefully_failing_closed_meanwhile(workers:
         stopped = time.monotonic()
         stack.idgate.stop()  # SIGTERM to the supervisor
         took = time.monotonic() - stopped
-        time.sleep(0.5)
+        deadline = time.monotonic() + 8  # a few requests while idgate is down (SPOE: each waits the agent timeout)
+        while len(load.valid(stopped + took + 0.1)) < 8 and time.monotonic() < deadline:
+            time.sleep(0.1)
     down = load.valid(stopped + took + 0.1)
     print(
         f"\n[{stack.mode}] SIGTERM under load: stopped in {took:.2f} s; {len(load.results)} requests, wrong allows "
