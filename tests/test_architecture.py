@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
             "assertion",
             "audit",
             "metrics",
+            "metrics_workers",
             "store.base",
             "store.memory",
             "store.redis",
@@ -88,6 +89,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["ops.runtime_api", "cache_purge"], 2),
     # 3 the composition root, 4 operator tools (explain, status), 5 the command line
     "runtime": 3,
+    "supervisor": 3,
     **dict.fromkeys(
         ["ops", "ops.upstream_headers", "ops.explain", "ops.status", "ops.commands", "ops.cache_commands", "ops.init"],
         4,

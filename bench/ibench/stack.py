@@ -25,6 +25,7 @@ from idgate_devstack.certs import DevCerts, generate_dev_certs
 from idgate_devstack.grpc_echo import GrpcUpstream
 from idgate_devstack.haproxy import Haproxy, HaproxySettings, free_tcp_port
 from idgate_devstack.idp import TestIdp
+from idgate_devstack.redis_server import RedisServer
 from idgate_devstack.service import IdgateService
 from idgate_devstack.stack import Mode, login_user, start_idgate, start_idp
 from idgate_devstack.stack_config import AUDIENCE
@@ -195,7 +196,7 @@ class Services:
         self.idgates: dict[str, IdgateHandle] = {}
         self._null_agent: str | None = None
 
-    def idgate(self, name: Literal["warm", "cold", "cached"]) -> IdgateHandle:
+    def idgate(self, name: Literal["warm", "cold", "cached", "warm2"]) -> IdgateHandle:
         if name not in self.idgates:
             self.idgates[name] = self._start_idgate(name)
         return self.idgates[name]
@@ -208,7 +209,14 @@ class Services:
             cache_entries=0 if name == "cold" else 10_000,
             decision_cache=name == "cached",
         )
-        service = start_idgate(self.stack, self.env.root, config, port=free_tcp_port(), name=f"idgate-{name}")
+        workers = None
+        if name == "warm2":  # idgate serve --workers 2, which needs the shared store
+            redis = self.stack.enter_context(RedisServer(port=free_tcp_port(), log_path=self.env.root / "redis.log"))
+            config["store"] = {"kind": "redis", "url": redis.url}
+            workers = 2
+        service = start_idgate(
+            self.stack, self.env.root, config, port=free_tcp_port(), name=f"idgate-{name}", workers=workers
+        )
         return IdgateHandle(
             name=name,
             service=service,
@@ -250,6 +258,7 @@ def shipped_haproxy(
         http_bind=loopback(),
         stats_bind=loopback(),
         auth_url=auth_url or "http://127.0.0.1:1/auth",
+        auth_lb_bind=loopback() if mode == "auth_request" else None,  # as recommended (haproxy/README.md "Traps")
         upstream_app=env.upstream_addr,
         upstream_grpc=env.grpc_upstream_addr,
         stats_socket=cache_socket(env, name),

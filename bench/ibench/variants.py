@@ -39,7 +39,7 @@ class Variant:
     wrk_script: Path | None = None
 
 
-def _idgate_variant(prefix: str, mode: Mode, cache: Literal["warm", "cold"]) -> Launch:
+def _idgate_variant(prefix: str, mode: Mode, cache: Literal["warm", "cold", "warm2"]) -> Launch:
     def launch(stack: ExitStack, env: Env, services: Services) -> str:
         idgate = services.idgate(cache)
         name = f"{prefix}-{cache}"
@@ -141,6 +141,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(key="b_warm", label="(b) idgate SPOE, warm", auth=True, launch=_idgate_variant("b", "spoe", "warm")),
     Variant(key="b_cold", label="(b) idgate SPOE, cold", auth=True, launch=_idgate_variant("b", "spoe", "cold")),
     Variant(
+        key="b_warm2",
+        label="(b) idgate SPOE, warm, 2 workers",
+        auth=True,
+        launch=_idgate_variant("b", "spoe", "warm2"),
+    ),
+    Variant(
         key="c_warm",
         label="(c) idgate auth_request, warm",
         auth=True,
@@ -178,6 +184,13 @@ VARIANTS: tuple[Variant, ...] = (
         launch=_idgate_variant("h", "spoe", "warm"),
     ),
     Variant(
+        key="h_warm2",
+        label="(h) idgate SPOE gRPC, warm, 2 workers",
+        auth=True,
+        grpc=True,
+        launch=_idgate_variant("h", "spoe", "warm2"),
+    ),
+    Variant(
         key="i_warm",
         label="(i) idgate auth_request gRPC, warm",
         auth=True,
@@ -185,4 +198,11 @@ VARIANTS: tuple[Variant, ...] = (
         launch=_idgate_variant("i", "auth_request", "warm"),
     ),
     Variant(key="k", label="(k) idgate SPOE gRPC + cache", auth=True, grpc=True, launch=_cached_variant("k")),
+    Variant(
+        key="i_warm2",
+        label="(i) idgate auth_request gRPC, warm, 2 workers",
+        auth=True,
+        grpc=True,
+        launch=_idgate_variant("i", "auth_request", "warm2"),
+    ),
 )

@@ -78,6 +78,9 @@ class Services:
     metrics_here: bool = True  # False: /metrics lives on server.metrics_bind, this listener answers 404
     looker: Looker | None = None  # the looker_embed upstreams (/.idgate/looker/*, idgate.looker.routes)
     cache: CachePurger | None = None  # the decision cache in HAProxy: purges and sweeps (idgate.cache_purge)
+    # called after POST /admin/jwks/refresh: a worker of `idgate serve --workers N` has every other worker refetch
+    # too (idgate.supervisor), so that a withdrawn key is refused by all of them, not by the one that was asked
+    peers_refresh: Callable[[], None] | None = None
 
 
 def facts_from_request(request: Request) -> RequestFacts | None:
@@ -224,6 +227,8 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         outcomes = await asyncio.gather(*(cache.refresh_now() for cache in caches))
         if services.cache is not None:  # a withdrawn key's entries are gone from HAProxy before this answers
             await services.cache.settle()
+        if services.peers_refresh is not None:
+            services.peers_refresh()
         reports = [refresh_report(c.config.name, o) for c, o in zip(caches, outcomes, strict=True)]
         log.warning(json.dumps({"event": "admin_jwks_refresh", "peer": peer[:64], "issuers": reports}))
         status = 200 if all(o.ok for o in outcomes) else 502

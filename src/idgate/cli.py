@@ -2,6 +2,7 @@
 
     idgate serve --config FILE        run the auth service (uvicorn in-process; uvloop and httptools when installed;
                                       HTTPS with server.tls)
+                 [--workers N]        N worker processes sharing the listeners (idgate.supervisor; server.workers)
     idgate check-config FILE          validate; print every problem (exit 1) or a one-screen summary (exit 0),
                                       and warnings on stderr (exit 0)
     idgate --version                  the installed version (package metadata)
@@ -29,6 +30,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -89,15 +91,16 @@ def _print_problems(heading: str, exc: ConfigError) -> None:
         print(f"  - {problem}", file=sys.stderr)
 
 
-def _load(path: str) -> Config:
-    """The validated config at ``path`` whose components all build (``idgate.runtime.preflight``).
+def _load(path: str, *, workers: int | None = None) -> Config:
+    """The validated config at ``path`` (``workers``: ``--workers``, replacing ``server.workers``) whose components
+    all build (``idgate.runtime.preflight``).
 
     Raises:
         ConfigError: every problem found.
     """
     from idgate.runtime import preflight
 
-    config = load_config(path)
+    config = load_config(path, workers=workers)
     problems = preflight(config)
     if problems:
         raise ConfigError(problems)
@@ -119,22 +122,42 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> int:
+def _serve(path: str, *, host: str | None, port: int | None, log_level: str, workers: int | None = None) -> int:
     import uvicorn
 
     from idgate.runtime import create_app
+    from idgate.supervisor import WorkerContext, run_workers, worker_argv, worker_count
     from idgate.tls import uvicorn_options
 
     try:
-        config = _load(path)
+        config = _load(path, workers=workers)
     except ConfigError as exc:
         _print_problems(f"idgate: refusing to start, {path} has", exc)
         return 1
     configure_logging(log_level)
-    for warning in config_warnings(config):
-        log.warning("config warning: %s", warning)
+    worker = WorkerContext.from_environ()
+    if worker is not None:
+        worker.stop_with_supervisor()
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the app handles it (a forwarded key refetch)
+    count = worker_count(config)
+    if worker is None:
+        for warning in config_warnings(config):
+            log.warning("config warning: %s", warning)
+    if worker is None and count > 1:
+        argv = worker_argv(path, log_level=log_level)
+        try:
+            return run_workers(
+                config,
+                workers=count,
+                host=host or config.server.host,
+                port=port or config.server.port,
+                worker_argv=argv,
+            )
+        except OSError as exc:
+            print(f"idgate: refusing to start, cannot listen: {exc}", file=sys.stderr)
+            return 1
     uv_config = uvicorn.Config(
-        create_app(config),
+        create_app(config, worker=worker),
         host=host or config.server.host,
         port=port or config.server.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
@@ -146,7 +169,7 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str) -> 
         lifespan="on",
         **uvicorn_options(config.server.tls),  # HTTPS with server.tls (idgate.tls)
     )
-    uvicorn.Server(uv_config).run()
+    uvicorn.Server(uv_config).run(sockets=[worker.http_socket] if worker is not None else None)
     return 0
 
 
@@ -241,7 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.set_defaults(run=lambda a: _serve(a.config, host=a.host, port=a.port, log_level=a.log_level))
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (override server.workers; default: cores with store.kind redis, else 1)",
+    )
+    serve.set_defaults(
+        run=lambda a: _serve(a.config, host=a.host, port=a.port, log_level=a.log_level, workers=a.workers)
+    )
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("config")
     check.set_defaults(run=lambda a: _check_config(a.config))

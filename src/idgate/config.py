@@ -94,6 +94,10 @@ class ServerConfig(_Model):
     metrics_bind: str | None = None
     # HTTPS on this port (/auth, /.idgate/*, /metrics); HAProxy: IDGATE_SERVICE_TLS. metrics_bind stays plain HTTP.
     tls: TlsConfig | None = None
+    # Worker processes of `idgate serve` (each its own event loop, caches and SPOA agent, sharing the HTTP and SPOA
+    # listening sockets; idgate.supervisor). Unset: the number of usable cores with store.kind: redis, else 1. More
+    # than 1 needs store.kind: redis (revocations, logout-token replay, refresh lock). CLI: --workers.
+    workers: int | None = Field(default=None, ge=1, le=64)
 
     _trusted_callers = field_validator("trusted_callers")(_networks)
 

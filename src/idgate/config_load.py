@@ -33,8 +33,11 @@ from idgate.tls import check_tls_files
 UNRESOLVED = "<unresolved>"  # a secret whose source is given but unusable; only ever in a refused config
 
 
-def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
-    """Load and validate the YAML config at ``path``.
+def load_config(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None, workers: int | None = None
+) -> Config:
+    """Load and validate the YAML config at ``path``; ``workers`` (``idgate serve --workers``) replaces
+    ``server.workers`` before validation, so that its problems are listed with the others.
 
     Raises:
         ConfigError: with every problem found (an unreadable, binary or non-UTF-8 file, YAML syntax or a value
@@ -49,6 +52,9 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     except Exception as exc:  # PyYAML's constructors raise what they meet: ValueError (2001-13-01, !!int abc, 5000
         # digits), IndexError (!!int ""), KeyError (!!bool ""), AttributeError (!!timestamp ""), RecursionError ([[[…)
         raise ConfigError([f"{path}: not valid YAML: {type(exc).__name__}: {str(exc)[:120]}"]) from None
+    if workers is not None and isinstance(raw, dict):
+        server = raw.get("server")
+        raw["server"] = {**(server if isinstance(server, dict) else {}), "workers": workers}
     try:
         config = parse_config(raw, environ=os.environ if environ is None else environ, base_dir=Path(path).parent)
     except ConfigError as exc:
@@ -247,6 +253,7 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
         if isinstance(upstream, dict) and upstream.get("profile") == "looker_embed" and not data.get("login"):
             problems.append(f"upstreams.{name}: profile looker_embed needs login (the embed user is the signed-in one)")
     problems += _login_problems(data, upstreams)
+    problems += _workers_problems(data)
     routes = data.get("routes")
     if not isinstance(routes, list) or not routes:
         problems.append("routes: at least one route is required (no match = deny)")
@@ -274,6 +281,20 @@ def _cross_reference_problems(data: Mapping[str, Any]) -> list[str]:
                 if missing:
                     problems.append(f"{where}.allow.roles: not in role set {upstream.get('role_set')!r}: {missing}")
     return problems
+
+
+def _workers_problems(data: Mapping[str, Any]) -> list[str]:
+    """More than one worker process needs the shared store: a memory store lives in one process, so a sign-out,
+    a back-channel logout or a used logout token seen by one worker would stay unknown to the others."""
+    workers = _mapping(data.get("server")).get("workers")
+    kind = _mapping(data.get("store")).get("kind", "memory")
+    if isinstance(workers, int) and not isinstance(workers, bool) and workers > 1 and kind != "redis":
+        return [
+            f"server.workers: {workers} worker processes need store.kind: redis (a memory store cannot share "
+            "revocations, the logout-token replay cache or the refresh lock across processes); use 1 worker "
+            "or a shared store"
+        ]
+    return []
 
 
 def _profile_role_problems(name: object, upstream: object, role_sets: dict[Any, Any]) -> list[str]:

@@ -252,6 +252,9 @@ class Metrics:
         version: str = "",
     ) -> None:
         self.registry = CollectorRegistry()
+        self.exposed: CollectorRegistry = self.registry
+        """What :meth:`exposition` and the ``metrics_bind`` listener serve: this registry, or in a worker of
+        ``idgate serve --workers N`` the sum over all workers (:func:`idgate.metrics_workers.worker_registry`)."""
         self._routes = frozenset(routes)
         self._upstreams = frozenset(upstreams)
         self._decisions = Counter(
@@ -348,7 +351,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""
-        return generate_latest(self.registry)
+        return generate_latest(self.exposed)
 
 
 class _RecentCollector(Collector):

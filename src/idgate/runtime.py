@@ -19,8 +19,10 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import os
+import signal
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from prometheus_client import start_http_server
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from idgate.app import Services, http_routes, not_ready
+from idgate.app import Services, http_routes, not_ready, refresh_report
 from idgate.assertion import AssertionSigner, split_pem
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
@@ -41,6 +43,7 @@ from idgate.jwks import JwksCache, Kid
 from idgate.looker.cookieless import LookerApi
 from idgate.looker.routes import Looker, LookerUpstream
 from idgate.metrics import Metrics
+from idgate.metrics_workers import PUBLISH_INTERVAL_SECONDS, worker_registry
 from idgate.ops.runtime_api import RuntimeApi
 from idgate.peers import parse_networks
 from idgate.policy import Policy
@@ -54,6 +57,7 @@ from idgate.sso.routes import Sso
 from idgate.store.base import RevocationStore
 from idgate.store.memory import MemoryRevocationStore
 from idgate.store.redis import RedisRevocationStore
+from idgate.supervisor import WorkerContext
 from idgate.tls import server_context
 from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier
@@ -280,20 +284,68 @@ def _cache_purger(config: Config) -> CachePurger | None:
 
 
 @contextlib.asynccontextmanager
-async def _metrics_listener(config: Config, metrics: Metrics | None) -> AsyncIterator[None]:
-    """GET /metrics on ``server.metrics_bind`` while the block runs (nothing without it). Raises OSError when
-    the address cannot be bound: idgate then refuses to start."""
-    address = config.server.metrics_address
+async def _metrics_listener(config: Config | None, metrics: Metrics | None) -> AsyncIterator[None]:
+    """GET /metrics on ``server.metrics_bind`` while the block runs (nothing without it, nor with ``config`` None:
+    a worker other than the first). Raises OSError when the address cannot be bound: idgate then refuses to start."""
+    address = config.server.metrics_address if config is not None else None
     if address is None or metrics is None:
         yield
         return
-    httpd, thread = start_http_server(address[1], addr=address[0], registry=metrics.registry)
+    httpd, thread = start_http_server(address[1], addr=address[0], registry=metrics.exposed)
     try:
         yield
     finally:
         await asyncio.to_thread(httpd.shutdown)  # within serve_forever's 0.5 s poll interval, off the loop
         httpd.server_close()
         await asyncio.to_thread(thread.join, 5.0)
+
+
+def _worker_tasks(
+    worker: WorkerContext, services: Services, warmers: list[asyncio.Task[None]]
+) -> list[asyncio.Task[None]]:
+    """A worker's chores: ``/metrics`` reports the sum over all workers (:mod:`idgate.metrics_workers`, this worker's
+    scrape-time values published every second); one ``worker_ready`` log line once this worker is ready (every
+    issuer's keys, and the shared store read once); and a stop (SIGTERM to itself) when the supervisor is gone."""
+    publish: Callable[[], None] | None = None
+    if services.metrics is not None:
+        services.metrics.exposed, publish = worker_registry(services.metrics.registry, worker.metrics_dir)
+    store = services.sso.store if services.sso is not None else None
+
+    async def ready() -> None:
+        await asyncio.gather(*warmers, return_exceptions=True)
+        while store is not None:  # the store has no event to wait on
+            if store.health().synced:
+                break
+            await asyncio.sleep(0.05)
+        if publish is not None:
+            publish()  # the other workers' /metrics see this worker ready as soon as it says so
+        log.info(json.dumps({"event": "worker_ready", "worker": worker.index, "pid": os.getpid()}))
+
+    async def refetch() -> None:  # another worker was asked POST /admin/jwks/refresh (forwarded as SIGUSR1)
+        outcomes = await asyncio.gather(*(cache.refresh_now() for cache in services.caches))
+        reports = [refresh_report(c.config.name, o) for c, o in zip(services.caches, outcomes, strict=True)]
+        log.warning(json.dumps({"event": "worker_jwks_refresh", "worker": worker.index, "issuers": reports}))
+
+    refetches: set[asyncio.Task[None]] = set()
+
+    def on_refresh_signal() -> None:
+        task = asyncio.create_task(refetch(), name="worker:refetch")
+        refetches.add(task)
+        task.add_done_callback(refetches.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, on_refresh_signal)
+
+    async def chores() -> None:
+        while True:
+            if publish is not None:
+                publish()
+            if worker.orphaned():
+                log.error(json.dumps({"event": "worker_orphaned", "worker": worker.index, "pid": os.getpid()}))
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            await asyncio.sleep(PUBLISH_INTERVAL_SECONDS)
+
+    return [asyncio.create_task(ready(), name="worker:ready"), asyncio.create_task(chores(), name="worker:chores")]
 
 
 def _agent(config: Config, services: Services) -> SpoaAgent | None:
@@ -344,16 +396,21 @@ def preflight(config: Config) -> list[str]:
     return []
 
 
-def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+def create_app(
+    config: Config, *, transport: httpx.AsyncBaseTransport | None = None, worker: WorkerContext | None = None
+) -> Starlette:
     """Build the ASGI app for ``config``. Components, key caches and HTTP clients live in the lifespan.
 
     ``transport`` replaces the network for outbound calls to issuers (tests inject ``httpx.MockTransport``).
+    ``worker``: this process is a worker of ``idgate serve --workers N`` (:func:`_worker_tasks`).
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
         services = app.state.services = _services(config, clients)
+        if worker is not None:
+            services = app.state.services = dataclasses.replace(services, peers_refresh=worker.ask_peers_to_refresh)
         warmers = [asyncio.create_task(_warm(c), name=f"warm:{c.config.name}") for c in services.caches]
         store = services.sso.store if services.sso is not None else None
         if store is not None:
@@ -363,11 +420,15 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         agent = _agent(config, services)
         if agent is not None:
             assert config.spoa is not None
-            await agent.start(config.spoa.host, config.spoa.port)
+            await agent.start(config.spoa.host, config.spoa.port, sock=worker.spoa_socket if worker else None)
+        chores = _worker_tasks(worker, services, warmers) if worker is not None else []
         try:
-            async with _metrics_listener(config, services.metrics):
+            async with _metrics_listener(config if worker is None or worker.index == 0 else None, services.metrics):
                 yield
         finally:
+            for chore in chores:
+                chore.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
             if agent is not None:
                 await agent.close()
             if services.cache is not None:

@@ -145,7 +145,7 @@ class HaproxySettings:
     log_redact_params: str | None = None  # more query parameters to redact in it, "a|b" (IDGATE_LOG_REDACT_PARAMS)
     more_service_addrs: tuple[str, ...] = ()  # more idgate replicas' HTTP host:port (IDGATE_SERVICE_ADDR_2..4)
     more_spoa_addrs: tuple[str, ...] = ()  # more replicas' SPOA agents (IDGATE_SPOA_ADDR_2..4)
-    auth_lb_bind: str | None = None  # auth_request mode: the local /auth listener balancing the replicas
+    auth_lb_bind: str | None = None  # auth_request mode: the local /auth listener (pooled connections, replicas)
     cache: bool = True  # the decision cache in HAProxy (IDGATE_CACHE on/off; IDGATE_CACHE_MAP: the shipped file)
 
     def __post_init__(self) -> None:

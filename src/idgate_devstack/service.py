@@ -5,6 +5,8 @@ The process is the real console entry point, so tests exercise exactly what oper
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import ssl
@@ -39,8 +41,10 @@ class IdgateService(StartStop):
         ready_timeout: float = 20.0,
         tls_ca: Path | None = None,
         tls_client: tuple[Path, Path] | None = None,
+        workers: int | None = None,
     ) -> None:
         self.config = config
+        self.workers = workers
         self.port = port
         self.host = host
         self.log_path = log_path
@@ -69,6 +73,11 @@ class IdgateService(StartStop):
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     @property
+    def returncode(self) -> int | None:
+        """The exit status of the child once it ended (negative: killed by that signal), else None."""
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         """True while the child process is alive."""
         return self._proc is not None and self._proc.poll() is None
@@ -93,6 +102,7 @@ class IdgateService(StartStop):
                     self.host,
                     "--port",
                     str(self.port),
+                    *(["--workers", str(self.workers)] if self.workers is not None else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -105,13 +115,31 @@ class IdgateService(StartStop):
                 raise RuntimeError(f"idgate exited with {self._proc.returncode}:\n{self.log_text()[-3000:]}")
             try:
                 with self.client(timeout=1.0) as client:
-                    if client.get(f"{self.url}/{wait_for}").status_code == 200:
+                    if client.get(f"{self.url}/{wait_for}").status_code == 200 and self._workers_ready(wait_for):
                         return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"idgate not ready after {self.ready_timeout}s:\n{self.log_text()[-3000:]}")
+
+    def _workers_ready(self, wait_for: str) -> bool:
+        """With ``workers`` > 1 and ``readyz``: every worker logged ``worker_ready`` (any one answers /readyz)."""
+        workers = self.workers or 1
+        return wait_for != "readyz" or workers < 2 or len(self.log_events("worker_ready")) >= workers
+
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        """The JSON log lines whose ``event`` is ``event``, oldest first."""
+        found = []
+        for line in self.log_text().splitlines():
+            if f'"event": "{event}"' in line:
+                with contextlib.suppress(ValueError):
+                    found.append(json.loads(line))
+        return found
+
+    def worker_pids(self) -> dict[int, int]:
+        """Worker index -> PID of its newest process (from the supervisor's ``worker_started`` lines)."""
+        return {int(e["worker"]): int(e["pid"]) for e in self.log_events("worker_started")}
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (tests of fail-closed behaviour)."""

@@ -83,6 +83,9 @@ class StackPlan:
     ``replicas``: how many ``idgate serve`` processes (1-4) behind HAProxy; more than one also starts a
     ``redis-server`` on a free port and gives every replica ``store: {kind: redis}`` (generated config only), and in
     auth_request mode HAProxy's local /auth listener (``IDGATE_AUTH_LB_BIND``).
+    ``workers``: ``idgate serve --workers N`` for every replica (None: the config's default, the cores with a Redis
+    store); more than one also
+    starts the ``redis-server`` and gives idgate ``store: {kind: redis}`` (generated config only).
     """
 
     run_dir: Path
@@ -120,6 +123,7 @@ class StackPlan:
     own redirect URI ``{site}/.idgate/callback/second``, and ``localhost`` defaulting to it
     (``login.default_issuer_by_host``); its redirect URIs include ``https://localhost:<https port>/...``."""
     cache: bool = True
+    workers: int | None = 1
 
     def port(self, name: str) -> int:
         """The port for listener ``name`` (a :data:`FIXED_PORTS` key); ``"free"``: one free a moment ago, 0 (the
@@ -254,6 +258,7 @@ def start_idgate(
     name: str = "idgate",
     tls_ca: Path | None = None,
     tls_client: tuple[Path, Path] | None = None,
+    workers: int | None = None,
 ) -> IdgateService:
     """``idgate serve`` on ``port`` (entered into ``stack``, ready once it answers ``/readyz``), log
     ``run_dir/{name}.log``; a ``config`` mapping is written to ``run_dir/{name}.yaml`` first. ``tls_ca``: the service
@@ -263,7 +268,12 @@ def start_idgate(
         path.write_text(yaml.safe_dump(dict(config)))
         config = path
     service = IdgateService(
-        config=config, port=port, log_path=run_dir / f"{name}.log", tls_ca=tls_ca, tls_client=tls_client
+        config=config,
+        port=port,
+        log_path=run_dir / f"{name}.log",
+        tls_ca=tls_ca,
+        tls_client=tls_client,
+        workers=workers,
     )
     return stack.enter_context(service)
 
@@ -347,15 +357,21 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
         for upstream in upstreams.values():
             stack.enter_context(upstream)
         redis = None
-        if plan.replicas > 1:
+        if plan.replicas > 1 or (plan.workers or 1) > 1:
             if plan.config is not None:
-                raise ValueError("replicas > 1 needs the generated config (each replica gets its own SPOA port)")
+                raise ValueError("replicas or workers > 1 need the generated config (a shared store)")
             redis = stack.enter_context(RedisServer(port=free_tcp_port(), log_path=run_dir / "redis.log"))
             config["store"] = {"kind": "redis", "url": redis.url, "timeout_seconds": 0.2}
         tls_ca, tls_client = (certs.ca, (certs.cert, certs.key)) if plan.tls else (None, None)
         replicas = [
             start_idgate(
-                stack, run_dir, plan.config or config, port=plan.port("idgate"), tls_ca=tls_ca, tls_client=tls_client
+                stack,
+                run_dir,
+                plan.config or config,
+                port=plan.port("idgate"),
+                tls_ca=tls_ca,
+                tls_client=tls_client,
+                workers=plan.workers,
             )
         ]
         spoa_addrs = [f"127.0.0.1:{spoa_port}"]
@@ -371,6 +387,7 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
                     name=f"idgate{n}",
                     tls_ca=tls_ca,
                     tls_client=tls_client,
+                    workers=plan.workers,
                 )
             )
             spoa_addrs.append(f"127.0.0.1:{port}")
@@ -382,7 +399,13 @@ def start_stack(plan: StackPlan) -> Iterator[Stack]:
             spoa_addr=spoa_addrs[0],
             more_spoa_addrs=tuple(spoa_addrs[1:]),
             more_service_addrs=tuple(f"127.0.0.1:{r.port}" for r in replicas[1:]),
-            auth_lb_bind=f"127.0.0.1:{free_tcp_port()}" if plan.replicas > 1 else None,
+            # auth_request mode: the Lua calls /auth through HAProxy's local listener (a bounded pool of reused
+            # connections; haproxy/README.md "Traps"), except over TLS, which that listener does not speak
+            auth_lb_bind=(
+                f"127.0.0.1:{free_tcp_port()}"
+                if plan.replicas > 1 or (plan.mode == "auth_request" and not plan.tls)
+                else None
+            ),
             https_bind=f"127.0.0.1:{https_port}",
             http_bind=f"127.0.0.1:{plan.port('http')}",
             stats_bind=f"127.0.0.1:{plan.port('stats')}",

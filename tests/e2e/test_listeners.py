@@ -142,7 +142,11 @@ def test_an_haproxy_outside_the_trusted_callers_gets_no_allow(stack: Stack, tmp_
         h2c_bind=None,
         spoa_addr=f"127.0.0.1:{relay.port}",
         auth_url=f"http://127.0.0.1:{relay.port}/auth",
-        service_addr=stack.idgate.url.removeprefix("http://"),
+        # auth_request mode: the /auth calls go through the local listener (its own port) to the relay
+        auth_lb_bind=f"127.0.0.1:{free_tcp_port()}" if stack.settings.auth_lb_bind else None,
+        service_addr=f"127.0.0.1:{relay.port}"
+        if stack.mode == "auth_request"
+        else stack.idgate.url.removeprefix("http://"),
         stats_socket=tmp_path / "haproxy.sock",
     )
     token = stack.login("alice").access_token

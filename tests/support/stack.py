@@ -58,6 +58,7 @@ def run_stack(
     second_idp: bool = False,
     cache: bool = True,
     auth_timeout_ms: int | None = None,
+    workers: int | None = 1,
 ) -> contextlib.AbstractContextManager[Stack]:
     """Start the whole stack under ``root``; ``mode`` is how HAProxy asks idgate (``spoe`` or ``auth_request``),
     ``token_ttl`` the IdP's access/ID token lifetime (seconds), ``refresh_before`` idgate's
@@ -69,7 +70,8 @@ def run_stack(
     the Microsoft Graph contract stub with those users (oid → groups) for Entra ID overage; ``issuer_extra`` keys
     merged into the issuer's entry; ``second_idp``: a second login IdP (``Stack.second_idp``,
     ``StackPlan.second_idp``); ``cache``: the decision cache in HAProxy (on in the shipped config); ``auth_timeout_ms``
-    HAProxy's auth budget (None: :data:`AUTH_TIMEOUT_MS`). Free ports, the IdP's
+    HAProxy's auth budget (None: :data:`AUTH_TIMEOUT_MS`); ``workers`` idgate's ``--workers`` (more than one: a
+    real Redis too). Free ports, the IdP's
     ``/test/*`` and logout URIs on, TLS to the gRPC upstream, HAProxy's auth timeout :data:`AUTH_TIMEOUT_MS` and
     short inactivity timeouts."""
     plan = StackPlan(
@@ -94,6 +96,7 @@ def run_stack(
         graph_users=graph_users,
         issuer_extra=issuer_extra,
         second_idp=second_idp,
+        workers=workers,
     )
     return start_stack(plan)
 

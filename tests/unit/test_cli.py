@@ -210,3 +210,11 @@ def test_every_log_line_is_json_with_an_rfc3339_utc_ts_level_and_logger_first() 
     assert line("{'a': 1}")["msg"] == "{'a': 1}"  # a dict's repr is not one of idgate's JSON lines
     assert "ValueError: boom" in str(line("decision failed", logging.ERROR, exc=True)["exc"])
     assert line("{not json at all")["msg"] == "{not json at all"
+
+
+def test_serve_with_workers_and_a_memory_store_refuses_listing_it_with_the_other_problems(tmp_path: Path) -> None:
+    result = idgate("serve", "--config", str(write_many_problems(tmp_path)), "--workers", "2")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "server.workers: 2 worker processes need store.kind: redis" in result.stderr
+    for expected in expected_problems(tmp_path):
+        assert expected in result.stderr

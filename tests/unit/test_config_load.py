@@ -116,3 +116,33 @@ def test_the_demo_config_with_the_files_the_demo_generates_passes_without_warnin
     write_looker_secrets(tmp_path / ".run" / "demo" / "secrets")
     config = load_config(tmp_path / "config" / "demo.yaml", environ={})
     assert config_warnings(config) == () and preflight(config) == []
+
+
+WORKERS_PROBLEM = "server.workers: 2 worker processes need store.kind: redis"
+
+
+def test_more_than_one_worker_needs_the_shared_store_listed_with_every_other_problem(tmp_path: Path) -> None:
+    doc = demo_config(tmp_path)
+    doc["server"] = {**doc.get("server", {}), "workers": 2}
+    doc["routes"] = []  # a second, unrelated problem: both are listed
+    with pytest.raises(ConfigError) as caught:
+        parse_config(doc, environ={}, base_dir=tmp_path)
+    assert any(p.startswith(WORKERS_PROBLEM) for p in caught.value.problems)
+    assert any(p.startswith("routes:") for p in caught.value.problems)
+    doc = demo_config(tmp_path) | {"store": {"kind": "redis", "url": "redis://127.0.0.1:6379/0"}}
+    doc["server"] = {**doc.get("server", {}), "workers": 2}
+    assert parse_config(doc, environ={}, base_dir=tmp_path).server.workers == 2
+    doc["server"]["workers"] = 0
+    with pytest.raises(ConfigError) as zero:
+        parse_config(doc, environ={}, base_dir=tmp_path)
+    assert any(p.startswith("server.workers") for p in zero.value.problems)
+
+
+def test_the_workers_override_of_the_command_line_is_checked_like_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "idgate.yaml"
+    path.write_text(yaml.safe_dump(demo_config(tmp_path)))
+    assert load_config(path).server.workers is None
+    assert load_config(path, workers=1).server.workers == 1
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, workers=2)
+    assert [p for p in caught.value.problems if p.startswith(WORKERS_PROBLEM)]

@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -394,8 +395,9 @@ class SpoaAgent:
             raise RuntimeError("agent not started")
         return self._listener.port
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on ``host:port`` (port 0: a free port, see ``.port``). Raises OSError when it cannot bind."""
+    async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+        """Listen on ``host:port`` (port 0: a free port, see ``.port``), or accept on the listening ``sock`` (a worker
+        of ``idgate serve --workers N``). Raises OSError when it cannot bind."""
         if self._listener is not None:
             raise RuntimeError("agent already started")
         listener = GuardedListener(
@@ -407,7 +409,10 @@ class SpoaAgent:
             handshake_timeout=self.read_timeout,
             limit=MAX_FRAME_SIZE + 4,
         )
-        listener.start(host, port)
+        if sock is not None:
+            listener.adopt(sock)
+        else:
+            listener.start(host, port)
         self._listener = listener
 
     async def close(self) -> None:

@@ -81,6 +81,15 @@ class GuardedListener:
         self._socket = _bind(host, port)
         self._listen(self._socket)
 
+    def adopt(self, listener: socket.socket) -> None:
+        """Accept on an already listening socket (a worker of ``idgate serve --workers N`` shares the supervisor's);
+        it is made non-blocking and closed by :meth:`close` (this process's descriptor only)."""
+        if self._socket is not None:
+            raise RuntimeError("listener already started")
+        listener.setblocking(False)
+        self._socket = listener
+        self._listen(listener)
+
     async def close(self) -> None:
         """Stop accepting and abandon the handshakes in progress; served connections are the handler's."""
         listener, self._socket = self._socket, None
