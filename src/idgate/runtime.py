@@ -19,8 +19,10 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import signal
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,14 +34,16 @@ from idgate.app import Services, http_routes
 from idgate.assertion import AssertionSigner, split_pem
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
-from idgate.config import Config
+from idgate.config import AssertionConfig, Config
 from idgate.decision import DecisionEngine
 from idgate.fingerprint import policy_hash
 from idgate.jwks import JwksCache
 from idgate.metrics import Metrics
 from idgate.peers import parse_networks
+from idgate.reload import Reloader, ReloadResult
 from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler, spoe_untrusted_caller
-from idgate.spoe.agent import SpoaAgent
+from idgate.spoe.agent import DenyActions, Handler, SpoaAgent
+from idgate.spoe.spop import Action, Value
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
 from idgate.sso.oidc import OidcClient
@@ -76,8 +80,11 @@ def _store(config: Config) -> RevocationStore:
     return MemoryRevocationStore()
 
 
-def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClient, metrics: Metrics) -> Sso | None:
-    """The browser-login components, when ``login`` and ``sessions`` are configured."""
+def _sso(
+    config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClient, metrics: Metrics, shared: _Shared
+) -> Sso | None:
+    """The browser-login components, when ``login`` and ``sessions`` are configured (the store: ``shared``'s, made
+    on first need and kept across reloads)."""
     if config.login is None or config.sessions is None or config.sessions.keys is None:
         return None
     cache = next(c for c in caches if c.config.name == config.login.issuer)
@@ -85,7 +92,10 @@ def _sso(config: Config, caches: tuple[JwksCache, ...], client: httpx.AsyncClien
     trusted = TrustedIssuer(config=cache.config, keys=cache)
     oidc = OidcClient(trusted=trusted, login=config.login, http=client, dev_mode=config.dev_mode)
     name = config.sessions.cookie_name
-    store = _store(config)
+    if shared.store is None:
+        shared.store = _store(config)
+        metrics.watch_store(shared.store.health)
+    store = shared.store
     cookies = SessionCookies(
         ring=ring, settings=CookieJarSettings(name=name, max_chunks=config.sessions.max_chunks), purpose=b"session"
     )
@@ -151,32 +161,81 @@ def _warn_about_trust(config: Config) -> None:
             )
 
 
-def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> Services:
-    """Build every component of ``config`` (no I/O: keys are fetched later, by the lifespan)."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Generation:
+    """Every component of one configuration, swapped in whole by a reload (:class:`idgate.reload.Reloader`).
+
+    ``services``: what the HTTP face serves from; ``spoe_*``: the SPOA agent's handler, last-resort deny and
+    untrusted-peer hook bound to this generation's engine; ``assertion_source``: the ``assertion`` section and the
+    bytes of its keys file (a reload keeps the signer, and so its keys, while both are unchanged).
+    """
+
+    services: Services
+    spoe_handle: Handler
+    spoe_deny: DenyActions
+    spoe_untrusted: Callable[[str], None]
+    assertion_source: tuple[AssertionConfig | None, bytes]
+
+
+@dataclass(kw_only=True, slots=True)
+class _Shared:
+    """What outlives a reload: the HTTP clients (one per CA file), the metrics registry and the shared store."""
+
+    clients: dict[str | None, httpx.AsyncClient]
+    transport: httpx.AsyncBaseTransport | None = None
+    metrics: Metrics | None = None
+    store: RevocationStore | None = None
+    store_started: bool = False
+
+
+def _assertion_source(config: Config) -> tuple[AssertionConfig | None, bytes]:
+    section = config.assertion
+    if section is None or not section.keys_file:
+        return section, b""
+    return section, Path(section.keys_file).read_bytes()
+
+
+def _services(config: Config, shared: _Shared, previous: Generation | None = None) -> Generation:
+    """Build every component of ``config`` (no I/O: keys are fetched later, by the lifespan). With ``previous`` (a
+    reload), the JWKS caches of unchanged issuers, the assertion signer of an unchanged ``assertion`` section and
+    keys file, the metrics registry and the shared store are kept; everything else is new."""
     _warn_about_trust(config)
-    caches = tuple(JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers)
+    for ca in {i.ca_file for i in config.issuers} - set(shared.clients):
+        shared.clients[ca] = _client_for(ca, shared.transport)
+    clients = shared.clients
+    kept = {c.config: c for c in previous.services.caches} if previous is not None else {}
+    caches = tuple(
+        kept.get(i) or JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers
+    )
     entries = config.server.token_cache_entries
     token_cache = TokenCache(max_entries=entries) if entries else None
-    if token_cache is not None:
-        for cache in caches:  # a withdrawn key's tokens are refused at once, cached verifications included
-            cache.on_keys_withdrawn = lambda issuer, kids: token_cache.purge(issuer=issuer, kids=kids)
+    for cache in caches:  # a withdrawn key's tokens are refused at once, cached verifications included
+        cache.on_keys_withdrawn = (
+            (lambda issuer, kids: token_cache.purge(issuer=issuer, kids=kids)) if token_cache is not None else None
+        )
     verifier = Verifier(
         issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches}, cache=token_cache
     )
     policy = policy_hash(config)
-    metrics = Metrics(
-        routes=(r.name for r in config.routes),
-        upstreams=config.upstreams,
-        policy=policy,
-        version=_installed_version(),
-    )
+    metrics = shared.metrics
+    if metrics is None:
+        metrics = shared.metrics = Metrics(
+            routes=(r.name for r in config.routes),
+            upstreams=config.upstreams,
+            policy=policy,
+            version=_installed_version(),
+        )
+    else:
+        metrics.reconfigure(routes=(r.name for r in config.routes), upstreams=config.upstreams, policy=policy)
     login_issuer = next((i for i in config.issuers if config.login and i.name == config.login.issuer), None)
-    sso = _sso(config, caches, clients[login_issuer.ca_file], metrics) if login_issuer else None
+    sso = _sso(config, caches, clients[login_issuer.ca_file], metrics, shared) if login_issuer else None
     sessions = sso.sessions if sso else None
-    assertions = _assertion_signer(config)
+    source = _assertion_source(config)
+    if previous is not None and previous.assertion_source == source:
+        assertions = previous.services.assertions
+    else:
+        assertions = _assertion_signer(config)
     metrics.watch(tokens=token_cache, caches=caches, assertions=lambda: assertions, sessions=sessions)
-    if sso is not None:
-        metrics.watch_store(sso.store.health)
     engine = DecisionEngine(
         config=config,
         authenticator=Authenticator(verifier=verifier, sessions=sessions),
@@ -184,7 +243,7 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         assertions=assertions,
         metrics=metrics,
     )
-    return Services(
+    services = Services(
         engine=engine,
         caches=caches,
         trusted=parse_networks(config.server.trusted_callers),
@@ -192,6 +251,13 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         assertions=assertions,
         metrics=metrics,
         metrics_here=config.server.metrics_bind is None,
+    )
+    return Generation(
+        services=services,
+        spoe_handle=spoe_handler(engine),
+        spoe_deny=spoe_deny_actions(engine),
+        spoe_untrusted=spoe_untrusted_caller(engine),
+        assertion_source=source,
     )
 
 
@@ -212,13 +278,18 @@ async def _metrics_listener(config: Config, metrics: Metrics | None) -> AsyncIte
         await asyncio.to_thread(thread.join, 5.0)
 
 
-def _agent(config: Config, services: Services) -> SpoaAgent | None:
-    """The SPOA agent answering HAProxy's SPOE (None without ``spoa`` in the config)."""
+def _agent(config: Config, live: Callable[[], Generation]) -> SpoaAgent | None:
+    """The SPOA agent answering HAProxy's SPOE (None without ``spoa`` in the config). Each message is decided by
+    the generation ``live()`` returns when it arrives (read once: a reload never changes a decision under way)."""
     if config.spoa is None:
         return None
+
+    async def handle(message: str, args: Mapping[str, Value]) -> Sequence[Action]:
+        return await live().spoe_handle(message, args)
+
     agent = SpoaAgent(
-        handler=spoe_handler(services.engine),
-        deny_actions=spoe_deny_actions(services.engine),
+        handler=handle,
+        deny_actions=lambda reason: live().spoe_deny(reason),
         max_in_flight=config.spoa.max_in_flight,
         idle_timeout=config.spoa.idle_timeout_seconds,
         read_timeout=config.spoa.read_timeout_seconds,
@@ -226,11 +297,12 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
         handler_timeout=config.server.decision_timeout_seconds + 1.0,
         messages={MESSAGE: REQUIRED_ARGS},
         trusted_callers=parse_networks(config.spoa.trusted_callers),
-        on_untrusted=spoe_untrusted_caller(services.engine),
+        on_untrusted=lambda peer: live().spoe_untrusted(peer),
         ssl_context=server_context(config.spoa.tls) if config.spoa.tls is not None else None,
     )
-    if services.metrics is not None:
-        services.metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))
+    metrics = live().services.metrics
+    if metrics is not None:
+        metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))
     return agent
 
 
@@ -243,11 +315,13 @@ def preflight(config: Config) -> list[str]:
     """
 
     async def build() -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            clients = {}
-            for ca in {i.ca_file for i in config.issuers}:
-                clients[ca] = await stack.enter_async_context(_client_for(ca, None))
-            _agent(config, _services(config, clients))
+        shared = _Shared(clients={})
+        try:
+            generation = _services(config, shared)
+            _agent(config, lambda: generation)
+        finally:
+            for client in shared.clients.values():
+                await client.aclose()
 
     try:
         asyncio.run(build())
@@ -256,40 +330,110 @@ def preflight(config: Config) -> list[str]:
     return []
 
 
-def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+ConfigChange = Callable[[Config, Config], object]
+"""An "on config change" callback (:meth:`idgate.reload.Reloader.subscribe`)."""
+
+
+def create_app(
+    config: Config,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    config_path: str | None = None,
+    reload_on_sighup: bool = False,
+    on_config_change: Sequence[ConfigChange] = (),
+) -> Starlette:
     """Build the ASGI app for ``config``. Components, key caches and HTTP clients live in the lifespan.
 
     ``transport`` replaces the network for outbound calls to issuers (tests inject ``httpx.MockTransport``).
+    ``config_path``: the file a hot reload re-reads (``POST /admin/reload``; with ``reload_on_sighup``, also
+    ``SIGHUP``, which needs the main thread: ``idgate serve``); without it a reload is refused.
+
+    **On config change**: every callable of ``on_config_change`` — and whatever is later given to
+    ``app.state.reloader.subscribe`` — is called ``(old_config, new_config)`` after each applied reload, once the new
+    components are in force (the HAProxy decision-cache purger and a decision memo subscribe here). A callback must
+    be quick and not block (schedule I/O as a task); one that raises is logged and never undoes the reload.
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
-        services = app.state.services = _services(config, clients)
-        warmers = [asyncio.create_task(_warm(c), name=f"warm:{c.config.name}") for c in services.caches]
-        store = services.sso.store if services.sso is not None else None
-        if store is not None:
-            await store.start()
-        agent = _agent(config, services)
+        shared = _Shared(clients={}, transport=transport)
+        warmers: dict[int, asyncio.Task[None]] = {}
+
+        def warm(generation: Generation) -> None:
+            for cache in generation.services.caches:
+                if id(cache) not in warmers:
+                    warmers[id(cache)] = asyncio.create_task(_warm(cache), name=f"warm:{cache.config.name}")
+
+        async def build(new: Config) -> Generation:
+            generation = _services(new, shared, reloader.current)
+            await _start_store(shared)
+            warm(generation)
+            return generation
+
+        first = _services(config, shared)
+        reloader: Reloader[Generation] = Reloader(path=config_path, config=config, current=first, build=build)
+        for callback in on_config_change:
+            reloader.subscribe(callback)
+        app.state.reloader = reloader
+        if shared.metrics is not None:
+            shared.metrics.watch_reloads(lambda: _reload_counts(reloader))
+        warm(first)
+        await _start_store(shared)
+        agent = _agent(config, lambda: reloader.current)
         if agent is not None:
             assert config.spoa is not None
             await agent.start(config.spoa.host, config.spoa.port)
+        background: set[asyncio.Task[object]] = set()
+        hangup = reload_on_sighup and _on_sighup(lambda: _spawn(background, reloader.reload(source="sighup")))
         try:
-            async with _metrics_listener(config, services.metrics):
+            async with _metrics_listener(config, shared.metrics):
                 yield
         finally:
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if agent is not None:
                 await agent.close()
-            for task in warmers:
+            for task in (*warmers.values(), *background):
                 task.cancel()
-            await asyncio.gather(*warmers, return_exceptions=True)
-            for client in clients.values():
+            await asyncio.gather(*warmers.values(), *background, return_exceptions=True)
+            for client in shared.clients.values():
                 await client.aclose()
-            if store is not None:
-                await store.close()
+            if shared.store is not None:
+                await shared.store.close()
 
     def services_of(request: Request) -> Services:
-        services: Services = request.app.state.services
-        return services
+        reloader: Reloader[Generation] = request.app.state.reloader
+        return reloader.current.services
 
-    return Starlette(routes=http_routes(services_of), lifespan=lifespan)
+    async def reload_of(request: Request) -> ReloadResult:
+        reloader: Reloader[Generation] = request.app.state.reloader
+        return await reloader.reload(source="admin")
+
+    return Starlette(routes=http_routes(services_of, reload=reload_of), lifespan=lifespan)
+
+
+async def _start_store(shared: _Shared) -> None:
+    if shared.store is not None and not shared.store_started:
+        shared.store_started = True
+        await shared.store.start()
+
+
+def _reload_counts(reloader: Reloader[Generation]) -> tuple[int, int, float]:
+    stats = reloader.stats
+    return stats.attempts, stats.failures, stats.last_success
+
+
+def _spawn(tasks: set[asyncio.Task[object]], work: Coroutine[object, object, object]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+def _on_sighup(handler: Callable[[], None]) -> bool:
+    """Run ``handler`` on the event loop at each ``SIGHUP`` (POSIX; main thread only). False where it cannot be."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, handler)
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError) as exc:
+        log.warning(json.dumps({"event": "sighup_unavailable", "error": type(exc).__name__}))
+        return False
+    return True
