@@ -48,6 +48,8 @@ LAYERS: dict[str, int] = {
             "store.base",
             "store.memory",
             "store.redis",
+            "assertion_ring",
+            "store.ring",
             "sso.cookies",
             "sso.session",
             "sso.redirects",

@@ -267,6 +267,14 @@ def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[
             problems.append(f"login.issuer: no issuer named {login.get('issuer')!r}")
         elif not issuer.get("client_id") or "client_secret" not in issuer:
             problems.append(f"login.issuer: issuer {login.get('issuer')!r} needs client_id and a client secret")
+    store = data.get("store")
+    if isinstance(data.get("assertion"), dict) and isinstance(store, dict) and store.get("kind") == "redis":
+        sessions = data.get("sessions")
+        if not isinstance(sessions, dict) or not any(k in sessions for k in ("keys", "keys_env", "keys_file")):
+            problems.append(
+                "assertion: with store.kind redis the assertion key ring lives in Redis, sealed with the session "
+                "keys: add a sessions section with keys_env or keys_file"
+            )
     if not isinstance(data.get("assertion"), dict):
         for name, upstream in upstreams.items():
             if isinstance(upstream, dict) and upstream.get("assertion_audience"):

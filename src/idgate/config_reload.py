@@ -8,7 +8,9 @@ change is live when it is not. Restart the process to apply them.
 
 Restart-only (:data:`RESTART_ONLY`): ``server.host``, ``server.port``, ``server.tls``, ``server.metrics_bind``,
 ``server.decision_timeout_seconds`` (the SPOA agent's last-resort timeout is derived from it at start), every key of
-``spoa`` (its listener and per-connection limits) and every key of ``store`` (kind, url, credentials, TLS, prefix).
+``spoa`` (its listener and per-connection limits), every key of ``store`` (kind, url, credentials, TLS, prefix) and
+``assertion.rotation.poll_seconds`` (the key-ring follower's period). With ``store.kind: redis``, adding an
+``assertion`` section where there was none is refused too (the shared key ring is followed from the start).
 Everything else — issuers, routes, role sets, upstreams, audit, sessions (keys included: a reload is how session
 keys rotate), login, assertion — is applied by a reload.
 """
@@ -29,6 +31,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "server.decision_timeout_seconds",
     "spoa",
     "store",
+    "assertion.rotation.poll_seconds",
 )
 """Dotted paths of the settings a reload refuses to change (a section name covers every key under it)."""
 
@@ -36,7 +39,7 @@ RESTART_ONLY: tuple[str, ...] = (
 def _at(config: Config, path: str) -> Any:
     value: Any = config
     for part in path.split("."):
-        value = getattr(value, part)
+        value = getattr(value, part) if value is not None else None
     return value
 
 

@@ -21,6 +21,7 @@ import json
 import logging
 import signal
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from starlette.requests import Request
 
 from idgate.app import Services, http_routes
 from idgate.assertion import AssertionSigner, split_pem
+from idgate.assertion_ring import RingState
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
 from idgate.config import AssertionConfig, Config
@@ -50,7 +52,8 @@ from idgate.sso.oidc import OidcClient
 from idgate.sso.routes import Sso
 from idgate.store.base import RevocationStore
 from idgate.store.memory import MemoryRevocationStore
-from idgate.store.redis import RedisRevocationStore
+from idgate.store.redis import RedisRevocationStore, client_from_config
+from idgate.store.ring import RedisAssertionRing, RingFollower, first_ring
 from idgate.tls import server_context
 from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier
@@ -365,7 +368,11 @@ def create_app(
                     warmers[id(cache)] = asyncio.create_task(_warm(cache), name=f"warm:{cache.config.name}")
 
         async def build(new: Config) -> Generation:
+            if follower is None and new.assertion is not None and new.store.kind == "redis":
+                raise ValueError("assertion: adding signed assertions with a shared store needs a restart")
             generation = _services(new, shared, reloader.current)
+            if follower is not None:
+                follower.apply(generation.services.assertions)  # the shared ring's keys before it serves
             await _start_store(shared)
             warm(generation)
             return generation
@@ -379,6 +386,7 @@ def create_app(
             shared.metrics.watch_reloads(lambda: _reload_counts(reloader))
         warm(first)
         await _start_store(shared)
+        follower = await _follow_ring(config, lambda: reloader.current.services.assertions)
         agent = _agent(config, lambda: reloader.current)
         if agent is not None:
             assert config.spoa is not None
@@ -400,6 +408,8 @@ def create_app(
                 await client.aclose()
             if shared.store is not None:
                 await shared.store.close()
+            if follower is not None:
+                await follower.close()
 
     def services_of(request: Request) -> Services:
         reloader: Reloader[Generation] = request.app.state.reloader
@@ -410,6 +420,40 @@ def create_app(
         return await reloader.reload(source="admin")
 
     return Starlette(routes=http_routes(services_of, reload=reload_of), lifespan=lifespan)
+
+
+async def _follow_ring(config: Config, signer: Callable[[], AssertionSigner | None]) -> RingFollower | None:
+    """With ``store.kind: redis`` and ``assertion``: the shared assertion key ring (:mod:`idgate.store.ring`), read
+    or created, installed into the signer and followed. None otherwise (the signer keeps its own keys).
+
+    Raises:
+        RingError: no ring could be read within 10 s, or the session keys cannot open it (idgate refuses to start).
+    """
+    section = config.assertion
+    if section is None or config.store.kind != "redis" or config.sessions is None or config.sessions.keys is None:
+        return None
+    seal = KeyRing.from_text(config.sessions.keys.get_secret_value())
+    ring = RedisAssertionRing(
+        client=client_from_config(config.store),
+        seal=seal,
+        prefix=config.store.key_prefix,
+        timeout=max(config.store.timeout_seconds, 1.0),
+    )
+    source = _assertion_source(config)[1]
+    pem = split_pem(source)[0] if source else None
+
+    def first() -> RingState:
+        return first_ring(pem, section.algorithm, lifetime_seconds=section.lifetime_seconds, now=time.time())
+
+    follower = RingFollower(ring=ring, signer=signer, poll_seconds=section.rotation.poll_seconds)
+    try:
+        await follower.start(first)
+    except BaseException:
+        await ring.close()
+        raise
+    current = signer()
+    log.info(json.dumps({"event": "assertion_ring_followed", "kid": current.kid if current else None}))
+    return follower
 
 
 async def _start_store(shared: _Shared) -> None:
