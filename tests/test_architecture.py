@@ -66,7 +66,9 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["spoe.spop", "spoe.listener", "spoe.agent", "spoe.adapter", "sso.routes", "app"], 2),
     # 3 the composition root, 4 operator tools (explain, status, the Runtime API client), 5 the command line
     "runtime": 3,
-    **dict.fromkeys(["ops", "ops.upstream_headers", "ops.explain", "ops.runtime_api", "ops.status", "ops.commands"], 4),
+    **dict.fromkeys(
+        ["ops", "ops.upstream_headers", "ops.explain", "ops.runtime_api", "ops.status", "ops.commands", "ops.keys"], 4
+    ),
     "cli": 5,
 }
 

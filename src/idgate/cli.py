@@ -12,6 +12,9 @@
     idgate reload [--url URL | --config FILE]
                                       make a running idgate re-read and validate its configuration file, like
                                       SIGHUP (``POST /admin/reload``): applied, or refused with every problem
+    idgate keys generate session|assertion --out FILE, idgate keys rotate-assertion --config FILE
+                                      write key files (0600, secrets never printed); rotate the shared assertion
+                                      key ring (idgate.ops.keys)
     idgate explain --config FILE PATH|URL [--token T | --claims JSON | --user U --group G] [--json]
                                       the decision the policy gives that request, and why (idgate.ops)
 
@@ -42,6 +45,7 @@ from idgate.config_load import load_config, summarize
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
 from idgate.ops import commands as ops_commands
+from idgate.ops import keys as ops_keys
 
 log = logging.getLogger("idgate.config")
 
@@ -299,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reload.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)")
     reload.set_defaults(run=lambda a: _reload(url=a.url, config_path=a.config, timeout=a.timeout))
     ops_commands.register(sub)
+    ops_keys.register(sub)
     _plugin_commands(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)

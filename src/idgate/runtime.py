@@ -228,8 +228,6 @@ def _services(config: Config, shared: _Shared, previous: Generation | None = Non
             policy=policy,
             version=_installed_version(),
         )
-    else:
-        metrics.reconfigure(routes=(r.name for r in config.routes), upstreams=config.upstreams, policy=policy)
     login_issuer = next((i for i in config.issuers if config.login and i.name == config.login.issuer), None)
     sso = _sso(config, caches, clients[login_issuer.ca_file], metrics, shared) if login_issuer else None
     sessions = sso.sessions if sso else None
@@ -379,6 +377,8 @@ def create_app(
 
         first = _services(config, shared)
         reloader: Reloader[Generation] = Reloader(path=config_path, config=config, current=first, build=build)
+        if shared.metrics is not None:  # after the swap: a refused reload never touches the metrics
+            reloader.subscribe(lambda old, new: _reconfigure(shared.metrics, new))
         for callback in on_config_change:
             reloader.subscribe(callback)
         app.state.reloader = reloader
@@ -454,6 +454,13 @@ async def _follow_ring(config: Config, signer: Callable[[], AssertionSigner | No
     current = signer()
     log.info(json.dumps({"event": "assertion_ring_followed", "kid": current.kid if current else None}))
     return follower
+
+
+def _reconfigure(metrics: Metrics | None, config: Config) -> None:
+    if metrics is not None:
+        metrics.reconfigure(
+            routes=(r.name for r in config.routes), upstreams=config.upstreams, policy=policy_hash(config)
+        )
 
 
 async def _start_store(shared: _Shared) -> None:

@@ -115,7 +115,8 @@ def audit_check(log: Path, initial: str, valid: set[str]) -> tuple[int, int]:
     Returns (decision lines, reload lines)."""
     current, previous = initial, initial
     decisions = reloads = 0
-    for raw in log.read_text().splitlines():
+    lines = log.read_text().splitlines()
+    for number, raw in enumerate(lines):
         if not raw.startswith("{"):
             continue
         line = json.loads(raw)
@@ -126,7 +127,8 @@ def audit_check(log: Path, initial: str, valid: set[str]) -> tuple[int, int]:
         elif line.get("event") == "decision":
             decisions += 1
             assert isinstance(line.get("policy"), str), line
-            assert line["policy"] in {current, previous}, (line, current, previous)
+            context = "\n".join(lines[max(0, number - 5) : number + 5])
+            assert line["policy"] in {current, previous}, f"{log}:{number + 1}: {current} {previous}\n{context}"
     return decisions, reloads
 
 
