@@ -282,10 +282,9 @@ class AssertionSigner:
         with self._lock:
             changed = signing.kid != self._current.kid
             self._current, self._ring = signing, tuple({k.kid: k for k in ring}.values())
-            if changed:
-                kids = {k.kid for k in self._ring}
+            if changed:  # from the switch on, every upstream gets tokens of the new key (one mint per identity)
                 for entry, cached in list(self._cache.items()):
-                    if _kid_of(cached.token) not in kids:
+                    if _kid_of(cached.token) != signing.kid:
                         del self._cache[entry]
             self._loaded = {pem: key for pem, key in self._loaded.items() if key in ring}
 
