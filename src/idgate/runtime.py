@@ -59,6 +59,8 @@ from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier
 
 log = logging.getLogger("idgate.runtime")
+RELOAD_KEYS_WAIT_SECONDS = 5.0
+"""A reload that adds or changes an issuer waits up to this long for its first JWKS fetch before the swap."""
 
 
 def _assertion_signer(config: Config) -> AssertionSigner | None:
@@ -372,6 +374,9 @@ def create_app(
             if follower is not None:
                 follower.apply(generation.services.assertions)  # the shared ring's keys before it serves
             await _start_store(shared)
+            cold = [c for c in generation.services.caches if id(c) not in warmers]
+            if cold:  # a new or changed issuer: fetch its keys before it decides (bounded; then in the background)
+                await asyncio.wait([asyncio.create_task(c.refresh()) for c in cold], timeout=RELOAD_KEYS_WAIT_SECONDS)
             warm(generation)
             return generation
 

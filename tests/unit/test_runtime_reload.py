@@ -152,3 +152,18 @@ async def test_admin_reload_is_for_trusted_unproxied_callers_only(tmp_path: Path
             async with httpx.AsyncClient(transport=near, base_url="http://idgate.test") as local:
                 no_file = await local.post("/admin/reload")  # an app built without a file refuses every reload
                 assert no_file.status_code == 400 and no_file.json()["problems"] == ["no configuration file to reload"]
+
+
+async def test_a_changed_issuer_has_its_keys_before_it_decides(tmp_path: Path) -> None:
+    path = tmp_path / "idgate.yaml"
+    write(path, raw({"authenticated": True}))
+    idp = SlowSecondFetch()
+    idp.release.set()  # every fetch answers at once
+    async with serve(path, idp) as c:
+        changed = raw({"authenticated": True})
+        changed["issuers"][0]["audiences"] = [AUD, "https://other.test"]  # a new issuer config: a new key cache
+        write(path, changed)
+        fetches = idp.fetches
+        assert (await c.post("/admin/reload")).json()["applied"] is True
+        assert idp.fetches > fetches
+        assert (await c.get("/auth", headers=bearer())).status_code == 200  # not 503 keys_unavailable
