@@ -25,6 +25,7 @@ import os
 import secrets
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from idgate.assertion import generate_pem, pem_kid
@@ -120,6 +121,8 @@ async def _rotate(config_path: str) -> int:
                 )
                 continue
             before, state = found
+            # a longer assertion lifetime since the ring was made: retire keys after the longer one
+            state = replace(state, lifetime_seconds=max(state.lifetime_seconds, section.lifetime_seconds))
             fresh = fresh_key(section.algorithm, created=now)
             try:
                 rotated = rotate(state, fresh, now=now, publish_seconds=section.rotation.publish_seconds)

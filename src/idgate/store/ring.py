@@ -250,7 +250,10 @@ class RingFollower:
             self._failing = False
             if found is not None:
                 self._state = found[1]
-        self.apply()
+        try:
+            self.apply()
+        except ValueError as exc:  # a ring key that does not fit the signer's algorithm: keep the keys in force
+            log.error(json.dumps({"event": "assertion_ring_unusable", "error": str(exc)}))
 
     async def _follow(self) -> None:
         while True:
