@@ -110,6 +110,21 @@ class Traffic(threading.Thread):
                 self.statuses[(path, client.get(self.stack.url + path).status_code)] += 1
 
 
+def reloads_asked(replica: IdgateService) -> int:
+    text = httpx.get(f"{replica.url}/metrics", timeout=5).text
+    return int(float(text.split("\nidgate_config_reloads_total ", 1)[1].split()[0]))
+
+
+def wait_reloads(replica: IdgateService, count: int, timeout: float = 5.0) -> None:
+    """Wait until ``replica`` has handled ``count`` reloads (applied or refused), so the next file is not read by
+    this one's late handler."""
+    deadline = time.monotonic() + timeout
+    while (seen := reloads_asked(replica)) < count:
+        assert time.monotonic() < deadline, f"{replica.url}: {seen} reloads handled, {count} asked"
+        time.sleep(0.005)
+    assert seen == count
+
+
 def audit_check(log: Path, initial: str, valid: set[str]) -> tuple[int, int]:
     """Walk one replica's log in order: every decision line names the policy in force (or the one it replaced).
     Returns (decision lines, reload lines)."""
@@ -122,7 +137,8 @@ def audit_check(log: Path, initial: str, valid: set[str]) -> tuple[int, int]:
         line = json.loads(raw)
         if line.get("event") == "config_reloaded":
             assert line["previous_policy"] == current and line["policy"] in valid, line
-            previous, current = current, line["policy"]
+            if line["policy"] != current:
+                previous, current = current, line["policy"]
             reloads += 1
         elif line.get("event") == "decision":
             decisions += 1
@@ -156,28 +172,30 @@ def test_100_reloads_alternating_valid_and_invalid_under_traffic(replicas: Stack
                 write(path, variant(base, staff_admin=target, broken=not valid))
             if valid and not open_hash and target:
                 open_hash = [policy_hash(load_config(str(p))) for p in paths]
-            started = time.monotonic()
+            sent: list[float] = []  # per replica: when its reload was asked (admin, cli: when it answered)
             for replica in stack.replicas:
+                asked = time.monotonic()
                 answer = trigger(replica, how)
+                sent.append(asked if how == "sighup" else time.monotonic())
                 ways[how] += 1
                 if how == "admin":
                     assert answer == (200 if valid else 400)
                 elif how == "cli":
                     assert answer == (0 if valid else 1)
-            if how != "sighup":  # admin and cli answer once applied: measure from the last answer
-                started = time.monotonic()
             expected = 200 if (target if valid else staff_admin) else 403
-            pending = set(range(len(stack.replicas)))
-            while pending:
-                pending = {i for i in pending if decide(stack.replicas[i], token) != expected}
-                if not pending or time.monotonic() - started > (VISIBLE_WITHIN if valid else 0.3):
-                    break
-                time.sleep(0.01)
-            if valid:
-                assert not pending, f"reload {n} ({how}) not in force on replicas {pending} after {VISIBLE_WITHIN} s"
-                visible.append(time.monotonic() - started)
+            if valid:  # each replica's time from its trigger to deciding on the new policy
+                seen: dict[int, float] = {}
+                while len(seen) < len(stack.replicas):
+                    for i, replica in enumerate(stack.replicas):
+                        if i not in seen and decide(replica, token) == expected:
+                            seen[i] = time.monotonic() - sent[i]
+                    late = [i for i in range(len(sent)) if i not in seen and time.monotonic() - sent[i] > 5]
+                    assert not late, f"reload {n} ({how}) not in force on replicas {late} after 5 s"
+                visible.extend(seen.values())
                 staff_admin = target
-            else:  # refused: every replica still answers the policy in force, for the whole window
+            for replica in stack.replicas:  # a SIGHUP is handled later: wait until this reload was (n + 1)
+                wait_reloads(replica, n + 1)
+            if not valid:  # refused: every replica still answers the policy in force
                 for replica in stack.replicas:
                     assert decide(replica, token) == expected
     finally:
@@ -198,8 +216,12 @@ def test_100_reloads_alternating_valid_and_invalid_under_traffic(replicas: Stack
     final = initial[0] if not staff_admin else open_hash[0]
     assert f'idgate_policy_info{{policy="{final}"}} 1.0' in metrics
     visible.sort()
+    over = [round(v, 3) for v in visible if v > VISIBLE_WITHIN]
+    assert not over, (
+        f"{len(over)} of {len(visible)} took over {VISIBLE_WITHIN} s: {over}; p50 {visible[len(visible) // 2]:.3f} s"
+    )
     print(
-        f"\n[{stack.mode}] {RELOADS} reloads x {len(stack.replicas)} replicas ({dict(ways)}): valid in force on every"
+        f"\n[{stack.mode}] {RELOADS} reloads x {len(stack.replicas)} replicas ({dict(ways)}): valid in force on each"
         f" replica after p50 {visible[len(visible) // 2] * 1000:.0f} ms, max {visible[-1] * 1000:.0f} ms;"
         f" traffic {dict(traffic.statuses)}; audit lines {[d for d, _ in totals]}"
     )
