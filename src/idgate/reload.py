@@ -12,7 +12,8 @@ One :class:`Reloader` per process (built by :mod:`idgate.runtime`). :meth:`Reloa
    decision memo …) with ``(old_config, new_config)``; a callback that raises is logged, never undoes the swap.
 
 A refused reload changes nothing and is logged as one WARNING line ``config_reload_refused`` listing every problem;
-an applied one is logged as ``config_reloaded`` with the old and new policy hashes. Reloads run one at a time (a
+an applied one is logged as ``config_reloaded`` with the old and new policy hashes. Both carry ``seconds`` (the
+reload's own duration). Reloads run one at a time (a
 second waits for the first). Counters (:class:`ReloadStats`): every attempt, the refused ones, and the epoch time of
 the last applied one (for ``idgate_config_reloads_total``, ``idgate_config_reload_failures_total``,
 ``idgate_config_last_reload_success_timestamp_seconds``).
@@ -136,7 +137,9 @@ class Reloader(Generic[G]):
         ``admin``) is logged. Never raises for a bad file."""
         async with self._lock:
             self._attempts += 1
+            started = time.monotonic()
             result = await self._attempt()
+            seconds = round(time.monotonic() - started, 4)
             if not result.applied:
                 self._failures += 1
                 log.warning(
@@ -147,6 +150,7 @@ class Reloader(Generic[G]):
                             "path": self._path,
                             "policy": self._policy,
                             "problems": list(result.problems),
+                            "seconds": seconds,
                         }
                     )
                 )
@@ -159,6 +163,7 @@ class Reloader(Generic[G]):
                             "path": self._path,
                             "policy": result.policy,
                             "previous_policy": result.previous,
+                            "seconds": seconds,
                         }
                     )
                 )
