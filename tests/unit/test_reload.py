@@ -131,10 +131,11 @@ async def test_without_a_file_every_reload_is_refused() -> None:
 
 async def test_reloads_run_one_at_a_time() -> None:
     files, order = Files(), []
-    gate = asyncio.Event()
+    gate, building = asyncio.Event(), asyncio.Event()
 
     async def build(new: Config) -> str:
         order.append("start")
+        building.set()
         await gate.wait()
         order.append("end")
         return "g"
@@ -143,7 +144,8 @@ async def test_reloads_run_one_at_a_time() -> None:
     files.next = narrower()
     first = asyncio.create_task(r.reload(source="a"))
     second = asyncio.create_task(r.reload(source="b"))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(building.wait(), 10)
+    await asyncio.sleep(0.05)  # the second reload has had time to reach the lock
     assert order == ["start"]
     gate.set()
     await asyncio.gather(first, second)
