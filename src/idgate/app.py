@@ -22,6 +22,9 @@ verification of their tokens, and answers JSON ``{"issuers": [{"issuer", "ok", "
 Only ``server.trusted_callers`` may call it, and never through a proxy: a request carrying ``Forwarded`` or
 ``X-Forwarded-*`` (HAProxy's frontend adds ``X-Forwarded-For`` to everything it forwards) gets 403. HAProxy only
 ever routes ``/.idgate/`` paths to idgate, so the endpoint lives outside them.
+``POST /admin/reload`` (``idgate reload``; same callers, same refusal of proxied requests) re-reads the
+configuration file (:mod:`idgate.reload`) and answers JSON ``{"applied", "policy", "previous_policy", "problems",
+"restart_required"}``: 200 when the new file is in force, 400 when it was refused (the last good one stays).
 ``/metrics`` (Prometheus text) is served only to ``server.trusted_callers`` (others: 403, logged
 ``metrics_untrusted_caller``), and not at all (404) when ``server.metrics_bind`` gives it a listener of its own
 (:mod:`idgate.runtime` runs that one).
@@ -37,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -52,12 +55,14 @@ from idgate.jwks import FetchOutcome, JwksCache
 from idgate.looker.routes import Looker, looker_routes
 from idgate.metrics import Metrics
 from idgate.peers import Network, is_trusted
+from idgate.reload import ReloadResult
 from idgate.sso.routes import PREFIX, Sso, sso_routes
 
 log = logging.getLogger("idgate")
 FACT_HEADERS = ("x-idgate-method", "x-idgate-host", "x-idgate-path")
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
 ADMIN_JWKS_REFRESH = "/admin/jwks/refresh"
+ADMIN_RELOAD = "/admin/reload"
 NO_STORE = {"cache-control": "no-store"}
 REQUEST_ID_HEADER = "x-idgate-request-id"
 """HAProxy's request id (``unique-id``), set by ``haproxy/idgate-auth.lua``; only logged, never decided on."""
@@ -160,8 +165,20 @@ def not_ready(services: Services) -> str | None:
     return None
 
 
-def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
-    """Every HTTP route; ``get`` finds the :class:`Services` of the app serving a request."""
+def http_routes(
+    get: Callable[[Request], Services], *, reload: Callable[[Request], Awaitable[ReloadResult]] | None = None
+) -> list[BaseRoute]:
+    """Every HTTP route; ``get`` finds the :class:`Services` of the app serving a request, ``reload`` reloads the
+    configuration file of that app (``POST /admin/reload``; None: the route answers 404)."""
+
+    def admin_refused(request: Request, services: Services) -> Response | None:
+        """403 unless the caller is in ``server.trusted_callers`` and came through no proxy (logged)."""
+        peer = request.client.host if request.client else ""
+        proxied = [name for name in PROXY_HEADERS if name in request.headers]
+        if not is_trusted(peer, services.trusted) or proxied:
+            log.warning(json.dumps({"event": "admin_refused", "peer": peer[:64], "proxied": proxied}))
+            return JSONResponse({"error": "forbidden"}, 403, headers=NO_STORE)
+        return None
 
     async def auth(request: Request) -> Response:
         services = get(request)
@@ -213,13 +230,21 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         ]
         return PlainTextResponse("\n".join(lines) + "\n", headers=NO_STORE)
 
+    async def config_reload(request: Request) -> Response:
+        refused = admin_refused(request, get(request))
+        if refused is not None:
+            return refused
+        if reload is None:
+            return JSONResponse({"error": "not_found"}, 404, headers=NO_STORE)
+        result = await reload(request)
+        return JSONResponse(result.as_json(), 200 if result.applied else 400, headers=NO_STORE)
+
     async def jwks_refresh(request: Request) -> Response:
         services = get(request)
         peer = request.client.host if request.client else ""
-        proxied = [name for name in PROXY_HEADERS if name in request.headers]
-        if not is_trusted(peer, services.trusted) or proxied:
-            log.warning(json.dumps({"event": "admin_refused", "peer": peer[:64], "proxied": proxied}))
-            return JSONResponse({"error": "forbidden"}, 403, headers=NO_STORE)
+        refused = admin_refused(request, services)
+        if refused is not None:
+            return refused
         name = request.query_params.get("issuer")
         caches = [c for c in services.caches if name is None or c.config.name == name]
         if not caches:
@@ -247,6 +272,7 @@ def http_routes(get: Callable[[Request], Services]) -> list[BaseRoute]:
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(ADMIN_JWKS_REFRESH, jwks_refresh, methods=["POST"]),
+        Route(ADMIN_RELOAD, config_reload, methods=["POST"]),
         *sso_routes(lambda request: get(request).sso),
         *looker_routes(lambda request: get(request).sso, lambda request: get(request).looker),
         Route(f"{PREFIX}/jwks.json", jwks, methods=["GET"]),

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-__all__ = ["RESERVED_CLAIMS", "AssertionSigner", "AssertionStats", "key_id", "split_pem"]
+__all__ = ["RESERVED_CLAIMS", "AssertionSigner", "AssertionStats", "generate_pem", "key_id", "pem_kid", "split_pem"]
 
 RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})
 """Registered claim names (RFC 7519 §4.1) the signer sets itself; callers may not pass them."""
@@ -122,6 +122,23 @@ def _generate(algorithm: Algorithm) -> PrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
 
 
+def generate_pem(algorithm: Algorithm) -> bytes:
+    """A fresh private key for ``algorithm`` (EC P-256 or RSA 2048) as unencrypted PKCS#8 PEM — the format
+    ``assertion.keys_file`` reads. Secret: write it to a 0600 file, never print it."""
+    return _generate(algorithm).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def pem_kid(pem: bytes, algorithm: Algorithm) -> str:
+    """The kid (:func:`key_id`) of a PEM private key.
+
+    Raises:
+        ValueError: not an unencrypted PEM private key fitting ``algorithm``.
+    """
+    return key_id(_load(pem, algorithm).public_key())
+
+
 def _load(pem: bytes, algorithm: Algorithm) -> PrivateKey:
     """Load an unencrypted PEM private key that fits ``algorithm``.
 
@@ -150,6 +167,14 @@ def _make_key(private_key: PrivateKey, algorithm: Algorithm, retire_at: float | 
     jwk: dict[str, str] = {k: str(fields[k]) for k in ("kty", "crv", "x", "y", "n", "e") if k in fields}
     jwk.update(kid=kid, use="sig", alg=algorithm)
     return _Key(kid=kid, private_key=private_key, public_jwk=jwk, retire_at=retire_at)
+
+
+def _kid_of(token: str) -> str | None:
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        return None
+    return kid if isinstance(kid, str) else None
 
 
 def _fingerprint(subject: str, claims: Mapping[str, Any]) -> str:
@@ -214,6 +239,8 @@ class AssertionSigner:
         self._current = _make_key(current, algorithm)
         self._next = _make_key(_generate(algorithm), algorithm)  # published now, signs after the next rotate()
         self._previous: list[_Key] = []
+        self._ring: tuple[_Key, ...] | None = None  # set by use_ring(): the shared ring decides the keys
+        self._loaded: dict[bytes, _Key] = {}
         for extra in loaded[1:]:
             key = _make_key(extra, algorithm, retire_at)
             if key.kid != self._current.kid and all(p.kid != key.kid for p in self._previous):
@@ -248,6 +275,32 @@ class AssertionSigner:
             self._current, self._next = self._next, upcoming
             self._drop_retired(now)
         return self._current.kid
+
+    def use_ring(self, *, signing_pem: bytes, published_pems: Sequence[bytes]) -> None:
+        """Sign with ``signing_pem`` and publish exactly it plus ``published_pems`` from now on: the shared key ring
+        (:mod:`idgate.assertion_ring`) decides the keys, so every replica signs and publishes the same ones (the
+        signer's own pre-published key and :meth:`rotate` are then unused). Cached tokens signed by a key that
+        is no longer published are dropped.
+
+        Raises:
+            ValueError: a PEM key is unusable for ``algorithm``.
+        """
+        signing = self._key_of(signing_pem)
+        ring = (signing, *(self._key_of(pem) for pem in published_pems))
+        with self._lock:
+            changed = signing.kid != self._current.kid
+            self._current, self._ring = signing, tuple({k.kid: k for k in ring}.values())
+            if changed:  # from the switch on, every upstream gets tokens of the new key (one mint per identity)
+                for entry, cached in list(self._cache.items()):
+                    if _kid_of(cached.token) != signing.kid:
+                        del self._cache[entry]
+            self._loaded = {pem: key for pem, key in self._loaded.items() if key in ring}
+
+    def _key_of(self, pem: bytes) -> _Key:
+        key = self._loaded.get(pem)
+        if key is None:
+            key = self._loaded[pem] = _make_key(_load(pem, self.algorithm), self.algorithm)
+        return key
 
     def mint(self, *, cache_key: str, audience: str, subject: str, claims: Mapping[str, Any]) -> str:
         """A signed assertion for ``subject`` at ``audience``, reused from the cache while it has more than
@@ -287,6 +340,8 @@ class AssertionSigner:
     def jwks(self) -> dict[str, Any]:
         """``{"keys": [...]}``: the signing key, the pre-published next key, and the not yet retired previous ones."""
         with self._lock:
+            if self._ring is not None:
+                return {"keys": [dict(key.public_jwk) for key in self._ring]}
             self._drop_retired(self._clock())
             keys = [self._current, self._next, *reversed(self._previous)]
             return {"keys": [dict(key.public_jwk) for key in keys]}

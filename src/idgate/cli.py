@@ -12,6 +12,12 @@
                                       emergency key withdrawal: make a running idgate refetch its issuers' keys now,
                                       drop withdrawn keys and every cached verification of their tokens
                                       (``POST /admin/jwks/refresh`` on idgate's HTTP port, from a trusted address)
+    idgate reload [--url URL | --config FILE]
+                                      make a running idgate re-read and validate its configuration file, like
+                                      SIGHUP (``POST /admin/reload``): applied, or refused with every problem
+    idgate keys generate session|assertion --out FILE, idgate keys rotate-assertion --config FILE
+                                      write key files (0600, secrets never printed); rotate the shared assertion
+                                      key ring (idgate.ops.keys)
     idgate explain --config FILE PATH|URL [--token T | --claims JSON | --user U --group G] [--json]
                                       the decision the policy gives that request, and why (idgate.ops)
 
@@ -19,8 +25,8 @@ More commands come from installed plugins (entry-point group ``idgate.commands``
 ``idgate_devstack`` adds ``idgate demo`` (HAProxy + idgate + the test IdP + sample upstreams on loopback). idgate itself
 never imports the dev harness.
 
-Exit codes: 0 success, 1 invalid configuration (``jwks refresh``: idgate unreachable or refusing, an unknown issuer,
-or a refetch that failed — the last good keys then stay), 2 usage error.
+Exit codes: 0 success, 1 invalid configuration (``reload``: refused or unreachable; ``jwks refresh``: idgate
+unreachable or refusing, an unknown issuer, or a refetch that failed — the last good keys then stay), 2 usage error.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from idgate.errors import ConfigError
 from idgate.ops import cache_commands
 from idgate.ops import commands as ops_commands
 from idgate.ops import init as init_command
+from idgate.ops import keys as ops_keys
 
 log = logging.getLogger("idgate.config")
 
@@ -157,7 +164,7 @@ def _serve(path: str, *, host: str | None, port: int | None, log_level: str, wor
             print(f"idgate: refusing to start, cannot listen: {exc}", file=sys.stderr)
             return 1
     uv_config = uvicorn.Config(
-        create_app(config, worker=worker),
+        create_app(config, config_path=path, reload_on_sighup=True, worker=worker),
         host=host or config.server.host,
         port=port or config.server.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
@@ -236,6 +243,39 @@ def _jwks_refresh(*, url: str | None, config_path: str | None, issuer: str | Non
     return 0 if response.status_code == 200 else 1
 
 
+ADMIN_RELOAD = "/admin/reload"  # idgate.app's route
+
+
+def _reload(*, url: str | None, config_path: str | None, timeout: float) -> int:
+    """``idgate reload``: ask a running idgate to re-read its configuration file; exit 0 applied, 1 otherwise."""
+    prog = "idgate reload"
+    try:
+        endpoint = _service_url(url, config_path) + ADMIN_RELOAD
+    except ConfigError as exc:
+        _print_problems(f"{prog}: {config_path} has", exc)
+        return 1
+    try:
+        response = httpx.post(endpoint, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        print(f"{prog}: cannot reach {endpoint}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if response.status_code not in (200, 400) or not isinstance(body, dict) or "applied" not in body:
+        print(f"{prog}: {endpoint} answered {response.status_code}: {response.text[:300]}", file=sys.stderr)
+        return 1
+    if body["applied"]:
+        print(f"reloaded: policy {body.get('policy')} (was {body.get('previous_policy')})")
+        return 0
+    problems = [str(p) for p in body.get("problems") or []]
+    print(f"{prog}: refused, {len(problems)} problem(s); still serving {body.get('policy')}:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return 1
+
+
 COMMANDS_GROUP = "idgate.commands"
 """Entry-point group of plugin commands: each entry loads a ``register(subparsers)`` callable that adds one
 subcommand whose parser sets ``run`` (``Callable[[argparse.Namespace], int]``) as a default."""
@@ -290,9 +330,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     refresh.set_defaults(
         run=lambda a: _jwks_refresh(url=a.url, config_path=a.config, issuer=a.issuer, timeout=a.timeout, raw=a.json)
     )
+    reload = sub.add_parser("reload", help="make a running idgate re-read its configuration file (like SIGHUP)")
+    where = reload.add_mutually_exclusive_group()
+    where.add_argument("--url", help=f"idgate's HTTP base URL (default {DEFAULT_URL}, or from --config)")
+    where.add_argument("--config", help="take host and port from this config's server section")
+    reload.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)")
+    reload.set_defaults(run=lambda a: _reload(url=a.url, config_path=a.config, timeout=a.timeout))
     ops_commands.register(sub)
     init_command.register(sub)
     cache_commands.register(sub)
+    ops_keys.register(sub)
     _plugin_commands(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -502,13 +502,25 @@ class LoginConfig(_Model):
         return value
 
 
+class AssertionRotation(_Model):
+    """How the shared assertion key ring rotates (``store.kind: redis``; :mod:`idgate.assertion_ring`).
+
+    ``publish_seconds``: a rotation's next key is published this long before it signs (at least the upstream's JWKS
+    cache time: Grafana ``[auth.jwt] cache_ttl``, plus ``poll_seconds``); ``poll_seconds``: how often each replica
+    re-reads the ring (its bound on picking up a rotation)."""
+
+    publish_seconds: float = Field(default=300, ge=0, le=7 * 86400)
+    poll_seconds: float = Field(default=1.0, gt=0, le=60)
+
+
 class AssertionConfig(_Model):
     """Signed identity assertions (short-lived JWTs) for upstreams such as Grafana's [auth.jwt]."""
 
     issuer: str  # the iss of minted assertions, e.g. https://idgate.example.com
     lifetime_seconds: int = Field(default=120, ge=30, le=300)
     algorithm: Literal["ES256", "RS256"] = "ES256"
-    keys_file: str | None = None  # PEM private key(s); without it a key is generated at start
+    keys_file: str | None = None  # PEM private key(s); without it a key is generated at start (memory store)
+    rotation: AssertionRotation = AssertionRotation()
 
     @field_validator("issuer")
     @classmethod

@@ -353,6 +353,14 @@ def _login_problems(data: Mapping[str, Any], upstreams: dict[Any, Any]) -> list[
         urls = [str(issuers[n].get("issuer")) for _, n in named if _name(n) in issuers]
         for url in sorted({u for u in urls if urls.count(u) > 1}):  # sessions are keyed by (iss, sub)
             problems.append(f"login.issuers: two login IdPs have the issuer URL {url!r}")
+    store = data.get("store")
+    if isinstance(data.get("assertion"), dict) and isinstance(store, dict) and store.get("kind") == "redis":
+        sessions = data.get("sessions")
+        if not isinstance(sessions, dict) or not any(k in sessions for k in ("keys", "keys_env", "keys_file")):
+            problems.append(
+                "assertion: with store.kind redis the assertion key ring lives in Redis, sealed with the session "
+                "keys: add a sessions section with keys_env or keys_file"
+            )
     if not isinstance(data.get("assertion"), dict):
         for name, upstream in upstreams.items():
             if isinstance(upstream, dict) and upstream.get("assertion_audience"):

@@ -15,7 +15,12 @@ Counted on the hot path (prometheus-client, one registry per app — no global r
     idgate_backchannel_logouts_total, idgate_backchannel_logouts_refused_total{reason}
                                               browser SSO endpoints (:mod:`idgate.sso.routes`, via :meth:`sso_event`)
 Read at scrape time from the components' own counters (no work per request):
-    idgate_config_info{policy,version}        1; ``policy`` is :func:`idgate.fingerprint.policy_hash` (at startup)
+    idgate_config_info{policy,version}        1; ``policy`` is :func:`idgate.fingerprint.policy_hash` of the
+                                              configuration in force (updated by a reload)
+    idgate_policy_info{policy}                1; the same hash alone
+    idgate_config_reloads_total, idgate_config_reload_failures_total,
+    idgate_config_last_reload_success_timestamp_seconds
+                                              hot reloads (:mod:`idgate.reload`): asked, refused, last applied
     idgate_token_cache_hits_total / _misses_total / _entries, idgate_token_cache_hit_ratio
     idgate_jwks_fetches_total{issuer}, idgate_jwks_fetch_failures_total{issuer}, idgate_jwks_keys_skipped_total{issuer},
     idgate_jwks_unusable_sets_total{issuer} (answers without one usable key, kept out like failures),
@@ -272,11 +277,10 @@ class Metrics:
         self._fills = Counter(
             "idgate_cache_fills", "Allows marked cacheable for the decision cache in HAProxy", registry=self.registry
         )
-        info = GaugeMetricFamily(
-            "idgate_config_info", "The loaded configuration: policy hash, idgate version", labels=["policy", "version"]
-        )
-        info.add_metric([policy, version], 1.0)
-        self.registry.register(_Static(info))
+        self._version = version
+        self._policy = policy
+        self.registry.register(_PolicyCollector(lambda: (self._policy, self._version)))
+        self._components: Collector | None = None
         sso = {
             "logins_started": ("Browser logins started (redirects to the IdP)", ()),
             "logins_completed": ("Browser logins completed (a new session)", ()),
@@ -290,6 +294,14 @@ class Metrics:
             name: Counter(f"idgate_{name}", help_text, labels, registry=self.registry)
             for name, (help_text, labels) in sso.items()
         }
+
+    def reconfigure(self, *, routes: Iterable[str], upstreams: Iterable[str], policy: str) -> None:
+        """A reload applied a new configuration: its route and upstream names become the known label values and
+        ``policy`` the hash in ``idgate_config_info`` / ``idgate_policy_info``; counters keep counting."""
+        self._routes = frozenset(routes)
+        self._upstreams = frozenset(upstreams)
+        self._children = {}
+        self._policy = policy
 
     def observe(self, decision: Decision, *, mode: str | None, seconds: float) -> None:
         """Count one decision (``mode``: the adapter that asked) and its latency in seconds."""
@@ -336,10 +348,17 @@ class Metrics:
         assertions: Callable[[], AssertionSigner | None] = lambda: None,
         sessions: SessionCounters | None = None,
     ) -> None:
-        """Expose the components' own counters at scrape time."""
-        self.registry.register(
-            _ComponentCollector(tokens=tokens, caches=caches, assertions=assertions, sessions=sessions)
-        )
+        """Expose the components' own counters at scrape time (a later call, after a reload, replaces them)."""
+        if self._components is not None:
+            self.registry.unregister(self._components)
+        self._components = _ComponentCollector(tokens=tokens, caches=caches, assertions=assertions, sessions=sessions)
+        self.registry.register(self._components)
+
+    def watch_reloads(self, read: Callable[[], tuple[int, int, float]]) -> None:
+        """Expose hot reloads at scrape time; ``read()`` → (attempts, refused, epoch seconds of the last applied
+        reload or the start): ``idgate_config_reloads_total``, ``idgate_config_reload_failures_total``,
+        ``idgate_config_last_reload_success_timestamp_seconds``."""
+        self.registry.register(_ReloadCollector(read))
 
     def watch_store(self, health: Callable[[], StoreHealth]) -> None:
         """Expose the shared store's health (``idgate_store_*``) at scrape time."""
@@ -369,9 +388,32 @@ class _RecentCollector(Collector):
         yield family
 
 
-class _Static(Collector):
-    def __init__(self, metric: Metric) -> None:
-        self._metric = metric
+class _PolicyCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[str, str]]) -> None:
+        self._read = read
 
     def collect(self) -> Iterable[Metric]:
-        yield self._metric
+        policy, version = self._read()
+        info = GaugeMetricFamily(
+            "idgate_config_info", "The loaded configuration: policy hash, idgate version", labels=["policy", "version"]
+        )
+        info.add_metric([policy, version], 1.0)
+        yield info
+        policy_info = GaugeMetricFamily("idgate_policy_info", "The policy hash in force", labels=["policy"])
+        policy_info.add_metric([policy], 1.0)
+        yield policy_info
+
+
+class _ReloadCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[int, int, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        attempts, failures, last = self._read()
+        yield CounterMetricFamily("idgate_config_reloads", "Configuration reloads asked (applied or refused)", attempts)
+        yield CounterMetricFamily("idgate_config_reload_failures", "Configuration reloads refused", value=failures)
+        yield GaugeMetricFamily(
+            "idgate_config_last_reload_success_timestamp_seconds",
+            "Epoch seconds of the last applied configuration (reload or start)",
+            value=last,
+        )

@@ -22,7 +22,9 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,11 @@ from starlette.requests import Request
 
 from idgate.app import Services, http_routes, not_ready, refresh_report
 from idgate.assertion import AssertionSigner, split_pem
+from idgate.assertion_ring import RingState
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
 from idgate.cache_purge import COMMAND_TIMEOUT_SECONDS, CachePurger
-from idgate.config import Config
+from idgate.config import AssertionConfig, Config
 from idgate.decision import DecisionEngine, cache_active
 from idgate.fingerprint import policy_hash
 from idgate.jwks import JwksCache, Kid
@@ -47,8 +50,10 @@ from idgate.metrics_workers import PUBLISH_INTERVAL_SECONDS, worker_registry
 from idgate.ops.runtime_api import RuntimeApi
 from idgate.peers import parse_networks
 from idgate.policy import Policy
+from idgate.reload import Reloader, ReloadResult
 from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler, spoe_untrusted_caller
-from idgate.spoe.agent import SpoaAgent
+from idgate.spoe.agent import DenyActions, Handler, SpoaAgent
+from idgate.spoe.spop import Action, Value
 from idgate.sso.claim_sources import claim_sources, policy_groups
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
@@ -56,13 +61,16 @@ from idgate.sso.oidc import OidcClient
 from idgate.sso.routes import Sso
 from idgate.store.base import RevocationStore
 from idgate.store.memory import MemoryRevocationStore
-from idgate.store.redis import RedisRevocationStore
+from idgate.store.redis import RedisRevocationStore, client_from_config
+from idgate.store.ring import RedisAssertionRing, RingFollower, first_ring
 from idgate.supervisor import WorkerContext
 from idgate.tls import server_context
 from idgate.token_cache import TokenCache
 from idgate.verifier import TrustedIssuer, Verifier
 
 log = logging.getLogger("idgate.runtime")
+RELOAD_KEYS_WAIT_SECONDS = 5.0
+"""A reload that adds or changes an issuer waits up to this long for its first JWKS fetch before the swap."""
 
 
 def _assertion_signer(config: Config) -> AssertionSigner | None:
@@ -92,12 +100,12 @@ def _sso(
     caches: tuple[JwksCache, ...],
     clients: dict[str | None, httpx.AsyncClient],
     metrics: Metrics,
-    purger: CachePurger | None = None,
+    shared: _Shared,
 ) -> Sso | None:
     """The browser-login components, when ``login`` and ``sessions`` are configured: one OIDC client per login IdP
     (``login.issuer`` or ``login.issuers``), each with its issuer's HTTP client (CA) and keys; with the decision
-    cache's ``purger``, every revocation also purges HAProxy's cache (written here, or read from the shared store's
-    log)."""
+    cache's purger (``shared.purger``), every revocation also purges HAProxy's cache (written here, or read from the
+    shared store's log). The store is ``shared``'s, made on first need and kept across reloads."""
     if config.login is None or config.sessions is None or config.sessions.keys is None:
         return None
     login = config.login
@@ -120,11 +128,15 @@ def _sso(
     oidc, cache = idps[0], by_name[login.issuer_names[0]]
     ring = KeyRing.from_text(config.sessions.keys.get_secret_value())
     name = config.sessions.cookie_name
-    store = _store(config)
-    if purger is not None:
-        if isinstance(store, RedisRevocationStore):
-            store.on_remote_revoke = purger.revoked
-        store = purger.watching(store)
+    if shared.store is None:
+        store = _store(config)
+        metrics.watch_store(store.health)
+        if shared.purger is not None:
+            if isinstance(store, RedisRevocationStore):
+                store.on_remote_revoke = shared.purger.revoked
+            store = shared.purger.watching(store)
+        shared.store = store
+    store = shared.store
     cookies = SessionCookies(
         ring=ring, settings=CookieJarSettings(name=name, max_chunks=config.sessions.max_chunks), purpose=b"session"
     )
@@ -214,42 +226,89 @@ def _warn_about_trust(config: Config) -> None:
             )
 
 
-def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> Services:
-    """Build every component of ``config`` (no I/O: keys are fetched later, by the lifespan)."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Generation:
+    """Every component of one configuration, swapped in whole by a reload (:class:`idgate.reload.Reloader`).
+
+    ``services``: what the HTTP face serves from; ``spoe_*``: the SPOA agent's handler, last-resort deny and
+    untrusted-peer hook bound to this generation's engine; ``assertion_source``: the ``assertion`` section and the
+    bytes of its keys file (a reload keeps the signer, and so its keys, while both are unchanged).
+    """
+
+    services: Services
+    spoe_handle: Handler
+    spoe_deny: DenyActions
+    spoe_untrusted: Callable[[str], None]
+    assertion_source: tuple[AssertionConfig | None, bytes]
+
+
+@dataclass(kw_only=True, slots=True)
+class _Shared:
+    """What outlives a reload: the HTTP clients (one per CA file), the metrics registry and the shared store."""
+
+    clients: dict[str | None, httpx.AsyncClient]
+    transport: httpx.AsyncBaseTransport | None = None
+    metrics: Metrics | None = None
+    store: RevocationStore | None = None
+    store_started: bool = False
+    purger: CachePurger | None = None  # the decision cache in HAProxy (restart-only settings: one for the process)
+
+
+def _assertion_source(config: Config) -> tuple[AssertionConfig | None, bytes]:
+    section = config.assertion
+    if section is None or not section.keys_file:
+        return section, b""
+    return section, Path(section.keys_file).read_bytes()
+
+
+def _services(config: Config, shared: _Shared, previous: Generation | None = None) -> Generation:
+    """Build every component of ``config`` (no I/O: keys are fetched later, by the lifespan). With ``previous`` (a
+    reload), the JWKS caches of unchanged issuers, the assertion signer of an unchanged ``assertion`` section and
+    keys file, the metrics registry and the shared store are kept; everything else is new."""
     _warn_about_trust(config)
-    caches = tuple(JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers)
+    for ca in {i.ca_file for i in config.issuers} - set(shared.clients):
+        shared.clients[ca] = _client_for(ca, shared.transport)
+    clients = shared.clients
+    kept = {c.config: c for c in previous.services.caches} if previous is not None else {}
+    caches = tuple(
+        kept.get(i) or JwksCache(config=i, client=clients[i.ca_file], dev_mode=config.dev_mode) for i in config.issuers
+    )
     entries = config.server.token_cache_entries
     token_cache = TokenCache(max_entries=entries) if entries else None
-    if token_cache is not None:
-        for cache in caches:  # a withdrawn key's tokens are refused at once, cached verifications included
-            cache.on_keys_withdrawn = lambda issuer, kids: token_cache.purge(issuer=issuer, kids=kids)
+    for cache in caches:  # a withdrawn key's tokens are refused at once, cached verifications included
+        cache.on_keys_withdrawn = (
+            (lambda issuer, kids: token_cache.purge(issuer=issuer, kids=kids)) if token_cache is not None else None
+        )
     verifier = Verifier(
         issuers={c.config.issuer: TrustedIssuer(config=c.config, keys=c) for c in caches}, cache=token_cache
     )
     policy = policy_hash(config)
-    metrics = Metrics(
-        routes=(r.name for r in config.routes),
-        upstreams=config.upstreams,
-        policy=policy,
-        version=_installed_version(),
-    )
-    purger = _cache_purger(config)
+    metrics = shared.metrics
+    if metrics is None:
+        metrics = shared.metrics = Metrics(
+            routes=(r.name for r in config.routes),
+            upstreams=config.upstreams,
+            policy=policy,
+            version=_installed_version(),
+        )
+    purger = shared.purger
     if purger is not None:
-        metrics.registry.register(purger.collector())
         for cache in caches:  # a withdrawn signing key: its tokens' entries go (all of them: entries carry no kid)
-            previous = cache.on_keys_withdrawn
+            previous_hook = cache.on_keys_withdrawn
 
-            def withdrawn(issuer: str, kids: frozenset[Kid], previous: Any = previous) -> int:
+            def withdrawn(issuer: str, kids: frozenset[Kid], previous_hook: Any = previous_hook) -> int:
                 purger.purge_all_soon(cause="key_removed")
-                return int(previous(issuer, kids)) if previous is not None else 0
+                return int(previous_hook(issuer, kids)) if previous_hook is not None else 0
 
             cache.on_keys_withdrawn = withdrawn
-    sso = _sso(config, caches, clients, metrics, purger)
+    sso = _sso(config, caches, clients, metrics, shared)
     sessions = sso.sessions if sso else None
-    assertions = _assertion_signer(config)
+    source = _assertion_source(config)
+    if previous is not None and previous.assertion_source == source:
+        assertions = previous.services.assertions
+    else:
+        assertions = _assertion_signer(config)
     metrics.watch(tokens=token_cache, caches=caches, assertions=lambda: assertions, sessions=sessions)
-    if sso is not None:
-        metrics.watch_store(sso.store.health)
     engine = DecisionEngine(
         config=config,
         authenticator=Authenticator(verifier=verifier, sessions=sessions),
@@ -257,7 +316,7 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         assertions=assertions,
         metrics=metrics,
     )
-    return Services(
+    services = Services(
         looker=_looker(config),
         engine=engine,
         caches=caches,
@@ -267,6 +326,13 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         metrics=metrics,
         metrics_here=config.server.metrics_bind is None,
         cache=purger,
+    )
+    return Generation(
+        services=services,
+        spoe_handle=spoe_handler(engine),
+        spoe_deny=spoe_deny_actions(engine),
+        spoe_untrusted=spoe_untrusted_caller(engine),
+        assertion_source=source,
     )
 
 
@@ -348,13 +414,18 @@ def _worker_tasks(
     return [asyncio.create_task(ready(), name="worker:ready"), asyncio.create_task(chores(), name="worker:chores")]
 
 
-def _agent(config: Config, services: Services) -> SpoaAgent | None:
-    """The SPOA agent answering HAProxy's SPOE (None without ``spoa`` in the config)."""
+def _agent(config: Config, live: Callable[[], Generation]) -> SpoaAgent | None:
+    """The SPOA agent answering HAProxy's SPOE (None without ``spoa`` in the config). Each message is decided by
+    the generation ``live()`` returns when it arrives (read once: a reload never changes a decision under way)."""
     if config.spoa is None:
         return None
+
+    async def handle(message: str, args: Mapping[str, Value]) -> Sequence[Action]:
+        return await live().spoe_handle(message, args)
+
     agent = SpoaAgent(
-        handler=spoe_handler(services.engine),
-        deny_actions=spoe_deny_actions(services.engine),
+        handler=handle,
+        deny_actions=lambda reason: live().spoe_deny(reason),
         max_in_flight=config.spoa.max_in_flight,
         idle_timeout=config.spoa.idle_timeout_seconds,
         read_timeout=config.spoa.read_timeout_seconds,
@@ -362,15 +433,16 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
         handler_timeout=config.server.decision_timeout_seconds + 1.0,
         messages={MESSAGE: REQUIRED_ARGS},
         trusted_callers=parse_networks(config.spoa.trusted_callers),
-        on_untrusted=spoe_untrusted_caller(services.engine),
+        on_untrusted=lambda peer: live().spoe_untrusted(peer),
         ssl_context=server_context(config.spoa.tls) if config.spoa.tls is not None else None,
         # replicas (a shared store): spop-check sees the agent up only once /readyz would be 200 (keys fetched, store
         # read), so HAProxy sends a restarting replica nothing while another can decide. One process (memory store):
         # there is nowhere else to go, and its own answer (503 keys_unavailable + Retry-After) beats HAProxy's 503
-        ready=(lambda: not_ready(services) is None) if config.store.kind == "redis" else (lambda: True),
+        ready=(lambda: not_ready(live().services) is None) if config.store.kind == "redis" else (lambda: True),
     )
-    if services.metrics is not None:
-        services.metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))
+    metrics = live().services.metrics
+    if metrics is not None:
+        metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))
     return agent
 
 
@@ -383,11 +455,13 @@ def preflight(config: Config) -> list[str]:
     """
 
     async def build() -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            clients = {}
-            for ca in {i.ca_file for i in config.issuers}:
-                clients[ca] = await stack.enter_async_context(_client_for(ca, None))
-            _agent(config, _services(config, clients))
+        shared = _Shared(clients={})
+        try:
+            generation = _services(config, shared)
+            _agent(config, lambda: generation)
+        finally:
+            for client in shared.clients.values():
+                await client.aclose()
 
     try:
         asyncio.run(build())
@@ -396,57 +470,190 @@ def preflight(config: Config) -> list[str]:
     return []
 
 
+ConfigChange = Callable[[Config, Config], object]
+"""An "on config change" callback (:meth:`idgate.reload.Reloader.subscribe`)."""
+
+
 def create_app(
-    config: Config, *, transport: httpx.AsyncBaseTransport | None = None, worker: WorkerContext | None = None
+    config: Config,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    config_path: str | None = None,
+    reload_on_sighup: bool = False,
+    on_config_change: Sequence[ConfigChange] = (),
+    worker: WorkerContext | None = None,
 ) -> Starlette:
     """Build the ASGI app for ``config``. Components, key caches and HTTP clients live in the lifespan.
 
     ``transport`` replaces the network for outbound calls to issuers (tests inject ``httpx.MockTransport``).
+    ``config_path``: the file a hot reload re-reads (``POST /admin/reload``; with ``reload_on_sighup``, also
+    ``SIGHUP``, which needs the main thread: ``idgate serve``); without it a reload is refused.
+
+    **On config change**: every callable of ``on_config_change`` — and whatever is later given to
+    ``app.state.reloader.subscribe`` — is called ``(old_config, new_config)`` after each applied reload, once the new
+    components are in force (the HAProxy decision-cache purger and a decision memo subscribe here). A callback must
+    be quick and not block (schedule I/O as a task); one that raises is logged and never undoes the reload. The
+    decision cache in HAProxy is cleared after every applied reload (entries judged under the old policy).
+
     ``worker``: this process is a worker of ``idgate serve --workers N`` (:func:`_worker_tasks`).
     """
 
+    def as_worker(generation: Generation) -> Generation:
+        if worker is None:
+            return generation
+        services = dataclasses.replace(generation.services, peers_refresh=worker.ask_peers_to_refresh)
+        return dataclasses.replace(generation, services=services)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        clients = {ca: _client_for(ca, transport) for ca in {i.ca_file for i in config.issuers}}
-        services = app.state.services = _services(config, clients)
-        if worker is not None:
-            services = app.state.services = dataclasses.replace(services, peers_refresh=worker.ask_peers_to_refresh)
-        warmers = [asyncio.create_task(_warm(c), name=f"warm:{c.config.name}") for c in services.caches]
-        store = services.sso.store if services.sso is not None else None
-        if store is not None:
-            await store.start()
-        if services.cache is not None:
-            await services.cache.start()
-        agent = _agent(config, services)
+        shared = _Shared(clients={}, transport=transport, purger=_cache_purger(config))
+        warmers: dict[int, asyncio.Task[None]] = {}
+
+        def warm(generation: Generation) -> None:
+            for cache in generation.services.caches:
+                if id(cache) not in warmers:
+                    warmers[id(cache)] = asyncio.create_task(_warm(cache), name=f"warm:{cache.config.name}")
+
+        async def build(new: Config) -> Generation:
+            if follower is None and new.assertion is not None and new.store.kind == "redis":
+                raise ValueError("assertion: adding signed assertions with a shared store needs a restart")
+            generation = as_worker(_services(new, shared, reloader.current))
+            if follower is not None:
+                follower.apply(generation.services.assertions)  # the shared ring's keys before it serves
+            await _start_store(shared)
+            cold = [c for c in generation.services.caches if id(c) not in warmers]
+            if cold:  # a new or changed issuer: fetch its keys before it decides (bounded; then in the background)
+                await asyncio.wait([asyncio.create_task(c.refresh()) for c in cold], timeout=RELOAD_KEYS_WAIT_SECONDS)
+            warm(generation)
+            return generation
+
+        first = as_worker(_services(config, shared))
+        purger = shared.purger
+        if purger is not None and shared.metrics is not None:
+            shared.metrics.registry.register(purger.collector())
+        reloader: Reloader[Generation] = Reloader(path=config_path, config=config, current=first, build=build)
+        if shared.metrics is not None:  # after the swap: a refused reload never touches the metrics
+            reloader.subscribe(lambda old, new: _reconfigure(shared.metrics, new))
+        if purger is not None:  # answers judged under the old policy must not outlive it in HAProxy
+            reloader.subscribe(lambda old, new: purger.purge_all_soon(cause="policy_change"))
+        for callback in on_config_change:
+            reloader.subscribe(callback)
+        app.state.reloader = reloader
+        if shared.metrics is not None:
+            shared.metrics.watch_reloads(lambda: _reload_counts(reloader))
+        warm(first)
+        await _start_store(shared)
+        if purger is not None:
+            await purger.start()
+        follower = await _follow_ring(config, lambda: reloader.current.services.assertions)
+        agent = _agent(config, lambda: reloader.current)
         if agent is not None:
             assert config.spoa is not None
             await agent.start(config.spoa.host, config.spoa.port, sock=worker.spoa_socket if worker else None)
-        chores = _worker_tasks(worker, services, warmers) if worker is not None else []
+        chores = _worker_tasks(worker, first.services, list(warmers.values())) if worker is not None else []
+        background: set[asyncio.Task[object]] = set()
+        hangup = reload_on_sighup and _on_sighup(lambda: _spawn(background, reloader.reload(source="sighup")))
         try:
-            async with _metrics_listener(config if worker is None or worker.index == 0 else None, services.metrics):
+            async with _metrics_listener(config if worker is None or worker.index == 0 else None, shared.metrics):
                 yield
         finally:
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             for chore in chores:
                 chore.cancel()
             await asyncio.gather(*chores, return_exceptions=True)
             if agent is not None:
                 await agent.close()
-            if services.cache is not None:
-                await services.cache.close()
-            for task in warmers:
+            if purger is not None:
+                await purger.close()
+            for task in (*warmers.values(), *background):
                 task.cancel()
-            await asyncio.gather(*warmers, return_exceptions=True)
-            for client in clients.values():
+            await asyncio.gather(*warmers.values(), *background, return_exceptions=True)
+            for client in shared.clients.values():
                 await client.aclose()
-            if services.looker is not None:
-                for looker in services.looker.upstreams.values():
-                    if looker.api is not None:
-                        await looker.api.aclose()
-            if store is not None:
-                await store.close()
+            looker = reloader.current.services.looker
+            for upstream in looker.upstreams.values() if looker is not None else ():
+                if upstream.api is not None:
+                    await upstream.api.aclose()
+            if shared.store is not None:
+                await shared.store.close()
+            if follower is not None:
+                await follower.close()
 
     def services_of(request: Request) -> Services:
-        services: Services = request.app.state.services
-        return services
+        reloader: Reloader[Generation] = request.app.state.reloader
+        return reloader.current.services
 
-    return Starlette(routes=http_routes(services_of), lifespan=lifespan)
+    async def reload_of(request: Request) -> ReloadResult:
+        reloader: Reloader[Generation] = request.app.state.reloader
+        return await reloader.reload(source="admin")
+
+    return Starlette(routes=http_routes(services_of, reload=reload_of), lifespan=lifespan)
+
+
+async def _follow_ring(config: Config, signer: Callable[[], AssertionSigner | None]) -> RingFollower | None:
+    """With ``store.kind: redis`` and ``assertion``: the shared assertion key ring (:mod:`idgate.store.ring`), read
+    or created, installed into the signer and followed. None otherwise (the signer keeps its own keys).
+
+    Raises:
+        RingError: no ring could be read within 10 s, or the session keys cannot open it (idgate refuses to start).
+    """
+    section = config.assertion
+    if section is None or config.store.kind != "redis" or config.sessions is None or config.sessions.keys is None:
+        return None
+    seal = KeyRing.from_text(config.sessions.keys.get_secret_value())
+    ring = RedisAssertionRing(
+        client=client_from_config(config.store),
+        seal=seal,
+        prefix=config.store.key_prefix,
+        timeout=max(config.store.timeout_seconds, 1.0),
+    )
+    source = _assertion_source(config)[1]
+    pem = split_pem(source)[0] if source else None
+
+    def first() -> RingState:
+        return first_ring(pem, section.algorithm, lifetime_seconds=section.lifetime_seconds, now=time.time())
+
+    follower = RingFollower(ring=ring, signer=signer, poll_seconds=section.rotation.poll_seconds)
+    try:
+        await follower.start(first)
+    except BaseException:
+        await ring.close()
+        raise
+    current = signer()
+    log.info(json.dumps({"event": "assertion_ring_followed", "kid": current.kid if current else None}))
+    return follower
+
+
+def _reconfigure(metrics: Metrics | None, config: Config) -> None:
+    if metrics is not None:
+        metrics.reconfigure(
+            routes=(r.name for r in config.routes), upstreams=config.upstreams, policy=policy_hash(config)
+        )
+
+
+async def _start_store(shared: _Shared) -> None:
+    if shared.store is not None and not shared.store_started:
+        shared.store_started = True
+        await shared.store.start()
+
+
+def _reload_counts(reloader: Reloader[Generation]) -> tuple[int, int, float]:
+    stats = reloader.stats
+    return stats.attempts, stats.failures, stats.last_success
+
+
+def _spawn(tasks: set[asyncio.Task[object]], work: Coroutine[object, object, object]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+def _on_sighup(handler: Callable[[], None]) -> bool:
+    """Run ``handler`` on the event loop at each ``SIGHUP`` (POSIX; main thread only). False where it cannot be."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, handler)
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError) as exc:
+        log.warning(json.dumps({"event": "sighup_unavailable", "error": type(exc).__name__}))
+        return False
+    return True

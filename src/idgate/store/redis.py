@@ -74,6 +74,32 @@ return 0
 _ERRORS = (RedisError, OSError, TimeoutError, ValueError)
 
 
+def client_from_config(config: StoreConfig) -> aioredis.Redis:
+    """An asyncio Redis client for ``config`` (``kind: redis``: url, credentials, TLS, ``timeout_seconds`` on every
+    socket operation, no retries); no I/O until the first call."""
+    assert config.url is not None
+    tls: dict[str, Any] = {}
+    if config.url.startswith("rediss://"):
+        # the certificate must chain to a trusted CA and name the URL's host (redis-py before 6.0 did not check the
+        # name by default)
+        tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if config.tls is not None:
+        tls |= {"ssl_ca_certs": config.tls.ca_file, "ssl_certfile": config.tls.cert_file}
+        tls |= {"ssl_keyfile": config.tls.key_file, "ssl_cert_reqs": "required"}
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        config.url,
+        username=config.username,
+        password=config.password.get_secret_value() if config.password else None,
+        socket_timeout=config.timeout_seconds,
+        socket_connect_timeout=config.timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+        client_name="idgate",
+        **tls,
+    )
+    return client
+
+
 class RedisRevocationStore:
     """:class:`~idgate.store.base.RevocationStore` on Redis with a local mirror and a retry queue (module doc).
 
@@ -117,28 +143,8 @@ class RedisRevocationStore:
     @classmethod
     def from_config(cls, config: StoreConfig) -> RedisRevocationStore:
         """A store for ``config`` (``kind: redis``); no I/O until the first call."""
-        assert config.url is not None
-        tls: dict[str, Any] = {}
-        if config.url.startswith("rediss://"):
-            # the certificate must chain to a trusted CA and name the URL's host (redis-py before 6.0 did not check
-            # the name by default)
-            tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
-        if config.tls is not None:
-            tls |= {"ssl_ca_certs": config.tls.ca_file, "ssl_certfile": config.tls.cert_file}
-            tls |= {"ssl_keyfile": config.tls.key_file}
-        client = aioredis.Redis.from_url(
-            config.url,
-            username=config.username,
-            password=config.password.get_secret_value() if config.password else None,
-            socket_timeout=config.timeout_seconds,
-            socket_connect_timeout=config.timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-            client_name="idgate",
-            **tls,
-        )
         return cls(
-            client=client,
+            client=client_from_config(config),
             prefix=config.key_prefix,
             timeout=config.timeout_seconds,
             max_pending=config.max_pending,
