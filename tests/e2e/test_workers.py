@@ -34,7 +34,9 @@ Counts = collections.Counter[tuple[str, str]]
 
 @pytest.fixture(scope="module", params=("spoe", "auth_request"))
 def workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with run_stack(tmp_path_factory.mktemp(f"workers-{request.param}"), mode=request.param, workers=2) as running:
+    with run_stack(
+        tmp_path_factory.mktemp(f"workers-{request.param}"), mode=request.param, workers=2, cache=False
+    ) as running:  # cache off: every request must reach a worker (a cache hit is answered by HAProxy alone)
         yield running
 
 

@@ -49,7 +49,7 @@ def test_the_decision_cache_runtime_api_and_workers_need_a_restart() -> None:
     haproxy = base.haproxy.model_copy(update={"runtime_api": ("tcp:127.0.0.1:9999",)})
     server = base.server.model_copy(update={"workers": 3})
     assert restart_only_changes(base, changed(base, cache=cache, haproxy=haproxy, server=server)) == [
-        "server.workers",
         "cache.max_ttl_seconds",
         "haproxy.runtime_api",
+        "server.workers",
     ]
