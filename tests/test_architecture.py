@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
             "jwk",
             "jwks",
             "token_cache",
+            "memo",
             "verifier",
             "assertion",
             "audit",

@@ -20,7 +20,7 @@ import importlib.metadata
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -38,7 +38,14 @@ from idgate.fingerprint import policy_hash
 from idgate.jwks import JwksCache
 from idgate.metrics import Metrics
 from idgate.peers import parse_networks
-from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler, spoe_untrusted_caller
+from idgate.spoe.adapter import (
+    MESSAGE,
+    REQUIRED_ARGS,
+    spoe_deny_actions,
+    spoe_handler,
+    spoe_quick,
+    spoe_untrusted_caller,
+)
 from idgate.spoe.agent import SpoaAgent
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
 from idgate.sso.manager import SessionManager
@@ -151,6 +158,19 @@ def _warn_about_trust(config: Config) -> None:
             )
 
 
+def _withdrawn(
+    purge: Callable[[str, frozenset[str | None]], int] | None, invalidate: Callable[[], None]
+) -> Callable[[str, frozenset[str | None]], int]:
+    """A JWKS cache's ``on_keys_withdrawn``: ``purge`` (the verified-token cache's, when on), then ``invalidate``."""
+
+    def withdrawn(issuer: str, kids: frozenset[str | None]) -> int:
+        purged = purge(issuer, kids) if purge is not None else 0
+        invalidate()
+        return purged
+
+    return withdrawn
+
+
 def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> Services:
     """Build every component of ``config`` (no I/O: keys are fetched later, by the lifespan)."""
     _warn_about_trust(config)
@@ -184,6 +204,8 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         assertions=assertions,
         metrics=metrics,
     )
+    for cache in caches:  # a withdrawn key changes answers: the memo of finished allows is dropped too
+        cache.on_keys_withdrawn = _withdrawn(cache.on_keys_withdrawn, engine.memo.invalidate)
     return Services(
         engine=engine,
         caches=caches,
@@ -228,6 +250,7 @@ def _agent(config: Config, services: Services) -> SpoaAgent | None:
         trusted_callers=parse_networks(config.spoa.trusted_callers),
         on_untrusted=spoe_untrusted_caller(services.engine),
         ssl_context=server_context(config.spoa.tls) if config.spoa.tls is not None else None,
+        quick=spoe_quick(services.engine),
     )
     if services.metrics is not None:
         services.metrics.watch_spoa(lambda: dataclasses.asdict(agent.stats))

@@ -19,12 +19,14 @@ through :meth:`DecisionEngine.refused`, like every decision.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from idgate.decision import DecisionEngine
 from idgate.facts import MAX_SET_COOKIES, Decision, RequestFacts, clean_request_id
-from idgate.spoe.agent import DenyActions, Handler, default_deny_actions
-from idgate.spoe.spop import Action, InvalidString, Scope, SetVar, Value
+from idgate.memo import memo_key
+from idgate.spoe.agent import DenyActions, Handler, QuickHandler, default_deny_actions
+from idgate.spoe.spop import Action, InvalidString, Scope, SetVar, Value, encode_actions
 
 MESSAGE = "idgate-check"
 MODE = "spoe"
@@ -102,6 +104,24 @@ def facts_from_args(args: Mapping[str, Value]) -> RequestFacts | None:
     )
 
 
+def _memo_key(args: Mapping[str, Value]) -> bytes | None:
+    """:func:`idgate.memo.memo_key` of the fields :func:`facts_from_args` reads them as; None for a value that is
+    not valid UTF-8 (never memoised)."""
+    fields: list[str | None] = []
+    for name in ("method", "host", "path", "authorization", "cookie"):
+        value = args.get(name)
+        if isinstance(value, InvalidString):
+            return None
+        fields.append(value if isinstance(value, str) and value else None)
+    method, host, path, authorization, cookie = fields
+    copies: tuple[str, ...] = ()
+    if authorization is not None:
+        count = args.get("authorization_count")
+        number = count if isinstance(count, int) and not isinstance(count, bool) else 0
+        copies = (authorization,) * max(1, min(number, 2))
+    return memo_key(MODE, copies, cookie, method or "", host or "", path or "")
+
+
 def _request_id(args: Mapping[str, Value]) -> str:
     value = args.get("request_id")
     return clean_request_id(value) if isinstance(value, str) else ""
@@ -120,9 +140,38 @@ def spoe_handler(engine: DecisionEngine) -> Handler:
             refused = Decision(status=400, reasons=("invalid_encoding",))
             source, request_id = _source(args.get("src")), _request_id(args)
             return decision_actions(engine.refused(refused, source=source, request_id=request_id, mode=MODE))
-        return decision_actions(await engine.decide(facts, mode=MODE))
+        memo = engine.memo
+        generation = memo.generation
+        decision = await engine.decide(facts, mode=MODE)
+        actions = decision_actions(decision)
+        if decision.allow and memo.enabled:
+            key = _memo_key(args)
+            if key is not None:
+                engine.remember(key, facts, decision, encode_actions(actions), generation=generation)
+        return actions
 
     return handle
+
+
+def spoe_quick(engine: DecisionEngine) -> QuickHandler:
+    """The agent's ``quick``: a memoised allow for this request (:mod:`idgate.memo`), audited and counted like a
+    decision, as its encoded actions; None on a miss (the handler then decides)."""
+
+    def quick(message: str, args: Mapping[str, Value], max_bytes: int) -> bytes | None:
+        started = time.perf_counter()
+        if message != MESSAGE:
+            return None
+        key = _memo_key(args)
+        if key is None:
+            return None
+        entry = engine.memo.get(key)
+        if entry is None or not isinstance(entry.rendered, bytes) or len(entry.rendered) > max_bytes:
+            return None
+        source, request_id = _source(args.get("src")), _request_id(args)
+        engine.replay(entry, source=source, request_id=request_id, mode=MODE, seconds=time.perf_counter() - started)
+        return entry.rendered
+
+    return quick
 
 
 def spoe_deny_actions(engine: DecisionEngine) -> DenyActions:
