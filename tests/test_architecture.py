@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
             "jwks",
             "token_cache",
             "memo",
+            "jws",
             "verifier",
             "assertion",
             "audit",
