@@ -65,6 +65,7 @@ LAYERS: dict[str, int] = {
     # 3 the composition root, 4 operator tools (explain, status, the Runtime API client), 5 the command line
     "runtime": 3,
     **dict.fromkeys(["ops", "ops.upstream_headers", "ops.explain", "ops.runtime_api", "ops.status", "ops.commands"], 4),
+    "logsink": 5,
     "cli": 5,
 }
 

@@ -38,15 +38,20 @@ from idgate.config import Config
 from idgate.config_load import load_config, summarize
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+from idgate.logsink import stderr_handler
 from idgate.ops import commands as ops_commands
 
 log = logging.getLogger("idgate.config")
 
 
 def configure_logging(level: str = "info") -> None:
-    """Every record becomes one JSON line on stderr (:class:`JsonLineFormatter`)."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Every record becomes one JSON line on stderr (:class:`JsonLineFormatter`), written in batches
+    (:mod:`idgate.logsink`). Records do not look up the process, thread or task (no formatter prints them)."""
+    handler = stderr_handler()
     handler.setFormatter(JsonLineFormatter())
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -65,9 +70,16 @@ class JsonLineFormatter(logging.Formatter):
     and SSO event lines) gets these three keys spliced in front of its own, so it is not parsed twice; any other
     message becomes ``msg``. An exception's traceback goes in ``exc``."""
 
+    _second: int = -1
+    _date: str = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # the date part changes once a second: format it once
+            self._second, self._date = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        millis = min(int((record.created - second) * 1000), 999)
         head: dict[str, str] = {
-            "ts": rfc3339(record.created),
+            "ts": f"{self._date}.{millis:03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
         }

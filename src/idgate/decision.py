@@ -97,7 +97,14 @@ class DecisionEngine:
         return decision
 
     def remember(
-        self, key: bytes, facts: RequestFacts, decision: Decision, rendered: object, *, generation: int
+        self,
+        key: bytes,
+        facts: RequestFacts,
+        decision: Decision,
+        rendered: object,
+        *,
+        generation: int,
+        mode: str | None = None,
     ) -> bool:
         """Store ``decision`` (as the adapter ``rendered`` it) under ``key`` when it may be answered again (see
         :mod:`idgate.memo`): an allow without ``Set-Cookie`` and without a signed assertion, decided from one
@@ -120,15 +127,17 @@ class DecisionEngine:
             rendered=rendered,
             audit=self._audit.template(decision, method=facts.method, host=facts.host, path=facts.path),
             expires_at=expires_at,
+            observe=self._metrics.bound(decision, mode=mode) if self._metrics is not None else None,
         )
         return memo.put(key, entry, generation=generation)
 
-    def replay(self, entry: MemoEntry, *, source: str, request_id: str, mode: str | None, seconds: float) -> None:
+    def replay(self, entry: MemoEntry, *, source: str, request_id: str, seconds: float) -> None:
         """Audit and count a memoised answer for one request (its own ``source``, ``request_id`` and ``seconds``
-        spent), exactly as :meth:`decide` does for a decided one."""
+        spent), exactly as :meth:`decide` does for a decided one (the metrics under the ``mode`` it was stored with).
+        """
         self._audit.write(entry.audit, request_id=request_id, source=source, latency_seconds=seconds)
-        if self._metrics is not None:
-            self._metrics.observe(entry.decision, mode=mode, seconds=seconds)
+        if entry.observe is not None:
+            entry.observe(seconds)
 
     def _record(
         self,

@@ -33,29 +33,22 @@ MAX_TTL_SECONDS = 30.0
 
 def memo_key(mode: str, authorization: tuple[str, ...], cookie: str | None, method: str, host: str, path: str) -> bytes:
     """The 32-byte BLAKE2b digest of the fields an allow depends on (module docstring); ``None`` and ``""`` differ."""
-    digest = hashlib.blake2b(digest_size=32)
-    for field in (mode, *authorization):
-        digest.update(b"%d:" % len(field))
-        digest.update(field.encode("utf-8", "surrogatepass"))
-    digest.update(b"|%d|" % len(authorization))
-    for value in (cookie, method, host, path):
-        if value is None:
-            digest.update(b"-")
-            continue
-        digest.update(b"%d:" % len(value))
-        digest.update(value.encode("utf-8", "surrogatepass"))
-    return digest.digest()
+    fields = (mode, *authorization, cookie, method, host, path)
+    material = "|".join("-" if f is None else f"{len(f)}:{f}" for f in fields)
+    return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=32).digest()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MemoEntry:
-    """One finished allow: the decision (for the metrics), what the adapter rendered from it (SPOE: the encoded ACK
-    actions), its audit line but for the per-request fields, and when it expires (epoch seconds)."""
+    """One finished allow: the decision, what the adapter rendered from it (SPOE: the encoded ACK actions), its
+    audit line but for the per-request fields, its metrics with their labels resolved (called with the seconds each
+    request took; None without metrics), and when it expires (epoch seconds)."""
 
     decision: Decision
     rendered: object
     audit: AuditTemplate
     expires_at: float
+    observe: Callable[[float], None] | None = None
 
 
 class DecisionMemo:

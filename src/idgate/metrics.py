@@ -265,6 +265,21 @@ class Metrics:
 
     def observe(self, decision: Decision, *, mode: str | None, seconds: float) -> None:
         """Count one decision (``mode``: the adapter that asked) and its latency in seconds."""
+        self._child(decision, mode).inc()
+        self._latency.observe(seconds)
+
+    def bound(self, decision: Decision, *, mode: str | None) -> Callable[[float], None]:
+        """:meth:`observe` for ``decision`` with its labels resolved once: call it with the seconds of each
+        request answered with that decision (a memoised answer, :mod:`idgate.memo`)."""
+        inc, latency = self._child(decision, mode).inc, self._latency.observe
+
+        def observe(seconds: float) -> None:
+            inc()
+            latency(seconds)
+
+        return observe
+
+    def _child(self, decision: Decision, mode: str | None) -> Any:
         route, upstream = decision.route, decision.upstream
         key = (decision.status, decision.reasons[0] if decision.reasons else "", route, upstream, mode)
         child = self._children.get(key)
@@ -276,8 +291,7 @@ class Metrics:
                 self._name(upstream, self._upstreams),
                 mode if mode in MODES else "none",
             )
-        child.inc()
-        self._latency.observe(seconds)
+        return child
 
     @staticmethod
     def _name(name: str | None, known: frozenset[str]) -> str:

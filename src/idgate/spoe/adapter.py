@@ -32,6 +32,8 @@ MESSAGE = "idgate-check"
 MODE = "spoe"
 """This adapter's name in the metrics' ``mode`` label."""
 REQUIRED_ARGS = ("method", "host", "path", "src")
+_KEY_ARGS = ("method", "host", "path", "authorization", "cookie")
+"""The arguments an allow depends on (:mod:`idgate.memo`); the others only shape refusals or are only logged."""
 _TEXT_ARGS = (
     "method",
     "host",
@@ -105,15 +107,18 @@ def facts_from_args(args: Mapping[str, Value]) -> RequestFacts | None:
 
 
 def _memo_key(args: Mapping[str, Value]) -> bytes | None:
-    """:func:`idgate.memo.memo_key` of the fields :func:`facts_from_args` reads them as; None for a value that is
-    not valid UTF-8 (never memoised)."""
-    fields: list[str | None] = []
-    for name in ("method", "host", "path", "authorization", "cookie"):
+    """:func:`idgate.memo.memo_key` of the fields as :func:`facts_from_args` reads them; None when one of them is
+    neither a string nor absent (``InvalidString``: the handler refuses it)."""
+    text: list[str | None] = []
+    for name in _KEY_ARGS:
         value = args.get(name)
-        if isinstance(value, InvalidString):
+        if isinstance(value, str):
+            text.append(value or None)
+        elif value is None:
+            text.append(None)
+        else:
             return None
-        fields.append(value if isinstance(value, str) and value else None)
-    method, host, path, authorization, cookie = fields
+    method, host, path, authorization, cookie = text
     copies: tuple[str, ...] = ()
     if authorization is not None:
         count = args.get("authorization_count")
@@ -147,7 +152,7 @@ def spoe_handler(engine: DecisionEngine) -> Handler:
         if decision.allow and memo.enabled:
             key = _memo_key(args)
             if key is not None:
-                engine.remember(key, facts, decision, encode_actions(actions), generation=generation)
+                engine.remember(key, facts, decision, encode_actions(actions), generation=generation, mode=MODE)
         return actions
 
     return handle
@@ -168,7 +173,7 @@ def spoe_quick(engine: DecisionEngine) -> QuickHandler:
         if entry is None or not isinstance(entry.rendered, bytes) or len(entry.rendered) > max_bytes:
             return None
         source, request_id = _source(args.get("src")), _request_id(args)
-        engine.replay(entry, source=source, request_id=request_id, mode=MODE, seconds=time.perf_counter() - started)
+        engine.replay(entry, source=source, request_id=request_id, seconds=time.perf_counter() - started)
         return entry.rendered
 
     return quick
