@@ -25,6 +25,7 @@ Read at scrape time from the components' own counters (no work per request):
     idgate_session_refreshes_total{result}    ``ok``, ``transient_failure``, ``invalid_grant``, ``rejected``
     idgate_store_up (1: the shared store answers; memory: always), idgate_store_errors_total (failed or late store
     calls), idgate_store_pending_revocations (queued while Redis is down), idgate_store_dropped_revocations_total
+    idgate_decision_memo_hits_total / _misses_total / _invalidations_total / _entries (:mod:`idgate.memo`)
     idgate_spoa_<counter>_total for each counter of the SPOA agent (connections, healthchecks, notifies, denies,
     handler_errors, handler_timeouts, protocol_errors, untrusted_callers, tls_errors)
 Denies decided by the adapters (``untrusted_caller`` at /auth and at the SPOA port, ``invalid_encoding``, the
@@ -216,6 +217,16 @@ class _CountersCollector(Collector):
             yield CounterMetricFamily(f"{self._prefix}_{name}", f"{self._help}: {name}", value=value)
 
 
+class _GaugeCollector(Collector):
+    def __init__(self, *, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self._name = name
+        self._help = help_text
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._name, self._help, value=self._read())
+
+
 class Metrics:
     """The registry of one app; pass it to the decision engine and mount :meth:`exposition` at ``/metrics``.
 
@@ -330,6 +341,17 @@ class Metrics:
     def watch_spoa(self, read: Callable[[], Mapping[str, int]]) -> None:
         """Expose the SPOA agent's cumulative counters (``read()`` → name → count) as ``idgate_spoa_<name>_total``."""
         self.registry.register(_CountersCollector(prefix="idgate_spoa", help_text="SPOA agent counter", read=read))
+
+    def watch_memo(self, read: Callable[[], Mapping[str, int]], entries: Callable[[], int]) -> None:
+        """Expose the memo of finished allows (:mod:`idgate.memo`): ``read()`` → ``hits``/``misses``/
+        ``invalidations`` as ``idgate_decision_memo_<name>_total``, ``entries()`` as ``idgate_decision_memo_entries``.
+        """
+        self.registry.register(
+            _CountersCollector(prefix="idgate_decision_memo", help_text="Decision memo counter", read=read)
+        )
+        self.registry.register(
+            _GaugeCollector(name="idgate_decision_memo_entries", help_text="Allows memoised", read=entries)
+        )
 
     def exposition(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""

@@ -205,7 +205,11 @@ def _services(config: Config, clients: dict[str | None, httpx.AsyncClient]) -> S
         metrics=metrics,
     )
     for cache in caches:  # a withdrawn key changes answers: the memo of finished allows is dropped too
-        cache.on_keys_withdrawn = _withdrawn(cache.on_keys_withdrawn, engine.memo.invalidate)
+        cache.on_keys_withdrawn = _withdrawn(cache.on_keys_withdrawn, lambda: engine.memo.invalidate())
+    metrics.watch_memo(
+        lambda: {"hits": engine.memo.hits, "misses": engine.memo.misses, "invalidations": engine.memo.invalidations},
+        lambda: len(engine.memo),
+    )
     return Services(
         engine=engine,
         caches=caches,
