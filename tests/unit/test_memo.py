@@ -147,3 +147,26 @@ async def test_the_engine_never_stores_denies_set_cookie_answers_assertions_or_s
     public_allow = await engine.decide(public)
     assert public_allow.reasons == ("public_route",) and engine.remember(b"p", public, public_allow, b"", generation=0)
     assert len(engine.memo) == 1
+
+
+# --- what invalidates it in a running idgate ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_withdrawn_key_empties_the_memo_and_the_token_cache_with_the_cache_on_or_off() -> None:
+    from idgate import runtime
+
+    for entries in (10, 0):
+        cfg = config(token_cache_entries=entries)
+        async with httpx.AsyncClient(transport=idp()) as client:
+            services = runtime._services(cfg, {None: client})
+            engine = services.engine
+            request = facts("/app", f"Bearer {token()}")
+            assert await services.caches[0].refresh()
+            decision = await engine.decide(request)
+            assert engine.remember(b"k", request, decision, b"x", generation=engine.memo.generation)
+            hook = services.caches[0].on_keys_withdrawn
+            assert hook is not None
+            purged = hook(ISS, frozenset({"k1"}))
+            assert engine.memo.get(b"k") is None and engine.memo.invalidations == 1
+            assert purged == (1 if entries else 0)  # the verified-token cache's purge still runs and counts
