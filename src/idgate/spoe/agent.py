@@ -136,6 +136,45 @@ class _Timeout(Exception):
     """The rest of a started frame did not arrive within ``read_timeout``."""
 
 
+class _LazyDeadline:
+    """A deadline that moves on every frame but costs a timer only once per period: moving it later is an
+    assignment; the pending timer, when it fires early, re-arms itself at the current deadline. ``expire`` runs
+    once the deadline passed while still set (``None``: disarmed)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expire: Callable[[], None]) -> None:
+        self._loop = loop
+        self._expire = expire
+        self._handle: asyncio.TimerHandle | None = None
+        self.at: float | None = None
+
+    def set(self, at: float | None) -> None:
+        self.at = at
+        if at is None:
+            return
+        handle = self._handle
+        if handle is None or handle.when() > at:
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        at = self.at
+        if at is None:
+            return
+        if self._loop.time() >= at:
+            self.at = None
+            self._expire()
+            return
+        self._handle = self._loop.call_at(at, self._check)
+
+    def close(self) -> None:
+        self.at = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class _Connection:
     """One HAProxy connection: the read loop runs in the stream's own task, NOTIFYs in child tasks."""
 
@@ -153,27 +192,51 @@ class _Connection:
         self.broken = False
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        # one lazy deadline for the wait before a frame (idle), one for the rest of a started frame (read_timeout)
+        loop = asyncio.get_running_loop()
+        self.reading: asyncio.Task[None] | None = None
+        self.expired: str | None = None
+        self.waiting = _LazyDeadline(loop, lambda: self.expire("wait"))
+        self.rest = _LazyDeadline(loop, lambda: self.expire("rest"))
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
+    def expire(self, which: str) -> None:
+        """A read deadline passed: interrupt the read loop (``read_frame`` turns it into its timeout)."""
+        if self.reading is not None and not self.reading.done():
+            self.expired = which
+            self.reading.cancel()
+
     async def read_frame(self, wait: float | None) -> bytes | None:
-        """One frame body; ``None`` on EOF between frames or after ``wait`` idle seconds (``TimeoutError``)."""
+        """One frame body; ``None`` on EOF between frames or after ``wait`` idle seconds (``TimeoutError``); the
+        rest of a started frame must arrive within ``read_timeout`` (else ``_Timeout``). Runs in the connection's
+        own task; the two deadlines cost a timer once per period, not per frame (:class:`_LazyDeadline`)."""
         reader = self.reader
-        loop = asyncio.get_running_loop()
-        started = False
+        clock = asyncio.get_running_loop().time
+        self.reading = asyncio.current_task()
+        self.expired = None
         try:
-            async with asyncio.timeout(wait) as deadline:
+            self.waiting.set(None if wait is None else clock() + wait)
+            try:
                 first = await reader.readexactly(1)
-                started = True
-                deadline.reschedule(loop.time() + self.agent.read_timeout)
+            finally:
+                self.waiting.at = None
+            self.rest.set(clock() + self.agent.read_timeout)
+            try:
                 length = frame_length(first + await reader.readexactly(3), self.frame_size)
                 return await reader.readexactly(length)
+            finally:
+                self.rest.at = None
         except asyncio.IncompleteReadError:
             return None  # EOF, between frames or inside one: nothing left to answer
-        except TimeoutError:
-            if started:
+        except asyncio.CancelledError:
+            which, self.expired = self.expired, None
+            task = self.reading
+            if which is None or task is None or task.uncancel() > 0:
+                raise  # cancelled by someone else
+            if which == "rest":
                 raise _Timeout from None
-            raise
+            raise TimeoutError from None
 
     # -- writing ---------------------------------------------------------------------------------------------------
 
@@ -230,6 +293,8 @@ class _Connection:
             except ConnectionError as exc:
                 _event(logging.INFO, "spoa_connection_lost", peer=self.peer, error=repr(exc)[:200])
         finally:
+            self.waiting.close()
+            self.rest.close()
             self.cancel_tasks()
             self.flush()  # queued frames go out before the close
             with contextlib.suppress(Exception):
