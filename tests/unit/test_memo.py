@@ -170,3 +170,21 @@ async def test_a_withdrawn_key_empties_the_memo_and_the_token_cache_with_the_cac
             purged = hook(ISS, frozenset({"k1"}))
             assert engine.memo.get(b"k") is None and engine.memo.invalidations == 1
             assert purged == (1 if entries else 0)  # the verified-token cache's purge still runs and counts
+
+
+def test_the_config_keys_default_on_and_bad_bounds_are_problems() -> None:
+    from idgate.config_load import parse_config
+    from idgate.errors import ConfigError
+
+    raw: dict[str, object] = {
+        "issuers": [{"name": "t", "issuer": ISS, "jwks_uri": f"{ISS}/jwks", "discovery": False, "audiences": ["a"]}],
+        "upstreams": {"app": {}},
+        "routes": [{"name": "app", "path": "/", "upstream": "app", "allow": {"authenticated": True}}],
+    }
+    assert config().decision_memo.max_entries == 10_000 and config().decision_memo.max_ttl_seconds == 10
+    for bad in ({"max_ttl_seconds": 31}, {"max_ttl_seconds": 0}, {"max_entries": -1}, {"max_entries": "many"}):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(raw | {"decision_memo": bad}, environ={})
+        assert any("decision_memo" in problem for problem in caught.value.problems), caught.value.problems
+    off = parse_config(raw | {"decision_memo": {"max_entries": 0}}, environ={})
+    assert off.decision_memo.max_entries == 0
