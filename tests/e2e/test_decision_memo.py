@@ -1,7 +1,6 @@
 """The agent's memo of finished allows (idgate.memo), end to end in both modes: repeat requests with one token get
 the same identity, each its own audit line (its own request id); a spoofed identity header never survives; another
-path, another user or the same user without the credential is decided afresh. (The memo answers SPOE NOTIFYs; in
-auth_request mode the same requests are decided in full: the contract is the same.)"""
+path, another user or the same user without the credential is decided afresh."""
 
 from __future__ import annotations
 
@@ -60,7 +59,6 @@ def test_repeats_get_the_same_identity_and_one_audit_line_each(fresh: Stack) -> 
         (401, None),
         (403, "bob"),
     ]
-    # SPOE: the four repeats were memo hits; auth_request: /auth decides in full
-    assert _memo_hits(fresh) - hits == (4 if fresh.plan.mode == "spoe" else 0)
+    assert _memo_hits(fresh) - hits == 4  # the four repeats, in both modes
     rids = [d["request_id"] for d in decisions]
     assert all(isinstance(r, str) and r for r in rids) and len(set(rids)) == len(rids)
