@@ -16,13 +16,15 @@ characters.
 
 Cost: a line is one ``json.dumps`` of the fields a decision fixes (:meth:`AuditLog.template`, reused as is for a
 memoised answer, :mod:`idgate.memo`) spliced with the three that differ per request (``request_id``, ``source``,
-``latency_ms``), handed to the logger's handlers as one ``LogRecord`` without ``Logger.log``'s caller lookup.
+``latency_ms``), handed to the logger's handlers as one ``LogRecord`` copied from one made once per level (no caller,
+process or thread lookup per line).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 
@@ -68,6 +70,7 @@ class AuditLog:
         self._log = logger or logging.getLogger("idgate.audit")
         self._log_allows = log_allows
         self._tail = ', "policy": ' + json.dumps(policy) + "}"
+        self._prototypes: dict[int, tuple[dict[str, object], float]] = {}
 
     def template(self, decision: Decision, *, method: str | None, host: str | None, path: str | None) -> AuditTemplate:
         """The fixed part of ``decision``'s line; ``method``/``host``/``path`` are the request's (None: unknown)."""
@@ -109,7 +112,25 @@ class AuditLog:
             + repr(round(latency_seconds * 1000, 3))
             + self._tail
         )
-        logger.handle(logger.makeRecord(logger.name, template.level, "", 0, line, (), None))
+        logger.handle(self._record(template.level, line))
+
+    def _record(self, level: int, line: str) -> logging.LogRecord:
+        """A ``LogRecord`` for ``line``: a copy of one made once per level, with this line and this time (``Logger.
+        makeRecord`` would look up the source file, process, thread and task of every line again)."""
+        proto = self._prototypes.get(level)
+        if proto is None:
+            made = self._log.makeRecord(self._log.name, level, "", 0, "", (), None)
+            proto = self._prototypes[level] = (made.__dict__.copy(), made.created - made.relativeCreated / 1000)
+        fields, started = proto
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        values = record.__dict__
+        values.update(fields)
+        created = time.time()
+        values["created"] = created
+        values["msecs"] = (created - int(created)) * 1000
+        values["relativeCreated"] = (created - started) * 1000
+        values["msg"] = line
+        return record
 
     def decision(
         self,

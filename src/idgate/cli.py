@@ -30,6 +30,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import httpx
@@ -87,6 +88,17 @@ class JsonLineFormatter(logging.Formatter):
             head["exc"] = self.formatException(record.exc_info)
         message = record.getMessage()
         if message.startswith('{"') and message.endswith("}"):  # idgate's json.dumps lines; a dict repr has '
+            if len(head) == 3:  # the common case, without json.dumps: the three values are JSON string-safe
+                return (
+                    '{"ts": "'
+                    + head["ts"]
+                    + '", "level": '
+                    + encode_basestring_ascii(head["level"])
+                    + ', "logger": '
+                    + encode_basestring_ascii(record.name)
+                    + ", "
+                    + message[1:]
+                )
             return json.dumps(head, ensure_ascii=True)[:-1] + ", " + message[1:]
         return json.dumps({**head, "msg": message}, ensure_ascii=True)
 

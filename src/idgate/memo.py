@@ -32,9 +32,17 @@ MAX_TTL_SECONDS = 30.0
 
 
 def memo_key(mode: str, authorization: tuple[str, ...], cookie: str | None, method: str, host: str, path: str) -> bytes:
-    """The 32-byte BLAKE2b digest of the fields an allow depends on (module docstring); ``None`` and ``""`` differ."""
-    fields = (mode, *authorization, cookie, method, host, path)
-    material = "|".join("-" if f is None else f"{len(f)}:{f}" for f in fields)
+    """The 32-byte BLAKE2b digest of the fields an allow depends on (module docstring); ``None`` and ``""`` differ.
+    Every field is length-prefixed (``len:value``; ``-`` for None), so no two field lists share an input."""
+    if len(authorization) == 1:
+        credentials = f"{len(authorization[0])}:{authorization[0]}"
+    else:
+        credentials = "|".join(f"{len(a)}:{a}" for a in authorization)
+    jar = "-" if cookie is None else f"{len(cookie)}:{cookie}"
+    material = (
+        f"{len(mode)}:{mode}|{len(authorization)}|{credentials}|{jar}"
+        f"|{len(method)}:{method}|{len(host)}:{host}|{len(path)}:{path}"
+    )
     return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=32).digest()
 
 

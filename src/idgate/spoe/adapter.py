@@ -32,8 +32,9 @@ MESSAGE = "idgate-check"
 MODE = "spoe"
 """This adapter's name in the metrics' ``mode`` label."""
 REQUIRED_ARGS = ("method", "host", "path", "src")
-_KEY_ARGS = ("method", "host", "path", "authorization", "cookie")
-"""The arguments an allow depends on (:mod:`idgate.memo`); the others only shape refusals or are only logged."""
+_TEXT = (str, type(None))
+"""An argument an allow depends on (method, host, path, authorization, cookie: :mod:`idgate.memo`) is one of these;
+the other arguments only shape refusals or are only logged."""
 _TEXT_ARGS = (
     "method",
     "host",
@@ -109,22 +110,28 @@ def facts_from_args(args: Mapping[str, Value]) -> RequestFacts | None:
 def _memo_key(args: Mapping[str, Value]) -> bytes | None:
     """:func:`idgate.memo.memo_key` of the fields as :func:`facts_from_args` reads them; None when one of them is
     neither a string nor absent (``InvalidString``: the handler refuses it)."""
-    text: list[str | None] = []
-    for name in _KEY_ARGS:
-        value = args.get(name)
-        if isinstance(value, str):
-            text.append(value or None)
-        elif value is None:
-            text.append(None)
-        else:
-            return None
-    method, host, path, authorization, cookie = text
+    get = args.get
+    method, host, path, authorization, cookie = (
+        get("method"),
+        get("host"),
+        get("path"),
+        get("authorization"),
+        get("cookie"),
+    )
+    if not (
+        isinstance(method, _TEXT)
+        and isinstance(host, _TEXT)
+        and isinstance(path, _TEXT)
+        and isinstance(authorization, _TEXT)
+        and isinstance(cookie, _TEXT)
+    ):
+        return None
     copies: tuple[str, ...] = ()
-    if authorization is not None:
-        count = args.get("authorization_count")
+    if authorization:
+        count = get("authorization_count")
         number = count if isinstance(count, int) and not isinstance(count, bool) else 0
         copies = (authorization,) * max(1, min(number, 2))
-    return memo_key(MODE, copies, cookie, method or "", host or "", path or "")
+    return memo_key(MODE, copies, cookie or None, method or "", host or "", path or "")
 
 
 def _request_id(args: Mapping[str, Value]) -> str:
