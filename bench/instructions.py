@@ -11,7 +11,9 @@ Variants (the agent is always idgate's own ``SpoaAgent`` on uvloop, as ``idgate 
 - ``warm``: the shipped handler (``idgate.runtime`` builds the engine, the agent, the audit log and metrics as
   ``idgate serve`` does; JSON log lines to /dev/null), one token, every request the same except its request id;
 - ``cold``: the same with ``server.token_cache_entries: 0`` and ``decision_memo.max_entries: 0`` when that key
-  exists, so every request is a full RS256 verification.
+  exists, so every request is a full RS256 verification;
+- ``decide`` (not run by default): the verified-token cache on, the memo off: every request is decided in full from
+  a cached verification (what ``warm`` was before the memo).
 
 The token is an RS256 ``at+jwt`` access token for the unit tests' issuer (``tests/support/fake_issuer``'s ``iss``
 and ``aud``) with the claims of the test IdP's tokens, signed by a 2048-bit key made for the run (its JWKS is served
@@ -39,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-VARIANTS = ("null", "warm", "cold")
+VARIANTS = ("null", "warm", "cold", "decide")
 
 
 def _key() -> Any:
@@ -110,7 +112,7 @@ def _config(variant: str, port: int) -> Any:
         "routes": [{"name": "app", "path": "/", "upstream": "app", "allow": {"authenticated": True}}],
         "audit": {"log_allows": True},
     }
-    if variant == "cold" and os.environ.get("IDGATE_BENCH_MEMO_KEY", "1") == "1":
+    if variant in ("cold", "decide") and os.environ.get("IDGATE_BENCH_MEMO_KEY", "1") == "1":
         with contextlib.suppress(Exception):
             parse_config({**raw, "decision_memo": {"max_entries": 0}}, environ={})
             raw["decision_memo"] = {"max_entries": 0}
@@ -275,7 +277,7 @@ def main() -> None:
     agent.add_argument("port", type=int)
     parser.add_argument("--n1", type=int, default=100)
     parser.add_argument("--n2", type=int, default=500)
-    parser.add_argument("--only", default=",".join(VARIANTS))
+    parser.add_argument("--only", default="null,warm,cold")
     args = parser.parse_args()
     if args.command == "agent":
         agent_main(args.variant, args.port)
