@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -40,6 +41,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+ISS = "https://idp.test"  # tests/support/fake_issuer's issuer and audience; that module is not imported here: it
+AUD = "https://api.test"  # makes an RSA key at import, whose random prime search would swamp the counts
 
 VARIANTS = ("null", "warm", "cold", "decide")
 
@@ -54,12 +57,11 @@ def _key() -> Any:
 
 def _token() -> str:
     import jwt
-    from tests.support import fake_issuer
 
     now = int(time.time())
     claims = {
-        "iss": fake_issuer.ISS,
-        "aud": fake_issuer.AUD,
+        "iss": ISS,
+        "aud": AUD,
         "sub": "alice",
         "exp": now + 3600,
         "iat": now,
@@ -76,10 +78,11 @@ def _token() -> str:
 
 
 def _idp() -> Any:
+    """The issuer's JWKS (the public key only, from ``IDGATE_BENCH_JWK``: loading the private key would run
+    OpenSSL's randomised key checks inside the measured process)."""
     import httpx
-    import jwt
 
-    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(_key().public_key(), as_dict=True) | {"kid": "k1", "use": "sig"}
+    jwk = json.loads(os.environ["IDGATE_BENCH_JWK"])
 
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"keys": [jwk]}, headers={"cache-control": "max-age=3600"})
@@ -88,8 +91,6 @@ def _idp() -> Any:
 
 
 def _config(variant: str, port: int) -> Any:
-    from tests.support import fake_issuer
-
     from idgate.config_load import parse_config
 
     server: dict[str, Any] = {}
@@ -101,10 +102,10 @@ def _config(variant: str, port: int) -> Any:
         "issuers": [
             {
                 "name": "test",
-                "issuer": fake_issuer.ISS,
-                "jwks_uri": f"{fake_issuer.ISS}/jwks",
+                "issuer": ISS,
+                "jwks_uri": f"{ISS}/jwks",
                 "discovery": False,
-                "audiences": [fake_issuer.AUD],
+                "audiences": [AUD],
                 "algorithms": ["RS256"],
             }
         ],
@@ -298,6 +299,10 @@ def main() -> None:
         compileall.compile_dir(str(Path(package.__file__).parent), quiet=1)
     for folder in (ROOT / "bench", ROOT / "tests" / "support"):
         compileall.compile_dir(str(folder), quiet=1)
+    import jwt
+
+    public = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True) | {"kid": "k1", "use": "sig"}
+    os.environ["IDGATE_BENCH_JWK"] = json.dumps(public)
     token = _token()
     print(f"token: RS256 at+jwt, {len(token)} characters; N1={args.n1} N2={args.n2}", flush=True)
     rows = []
