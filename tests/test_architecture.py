@@ -45,6 +45,8 @@ LAYERS: dict[str, int] = {
             "jwks",
             "token_cache",
             "recent",
+            "memo",
+            "jws",
             "verifier",
             "assertion",
             "audit",
@@ -107,6 +109,7 @@ LAYERS: dict[str, int] = {
         ],
         4,
     ),
+    "logsink": 5,
     "cli": 5,
 }
 

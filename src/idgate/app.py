@@ -9,6 +9,8 @@ and answers the decision: 200 + the ``X-Idgate-*`` headers of :data:`idgate.fact
 keys cannot be had). Only callers from ``server.trusted_callers`` may ask (others get 403 ``untrusted_caller``):
 like uvicorn's ProxyHeadersMiddleware, facts are trusted only from known hops. Both of this adapter's own denies
 (``untrusted_caller``, ``missing_facts``) are audited and counted through :meth:`DecisionEngine.refused`.
+A repeat allow (same credential, cookies, method, host and path) is answered from the engine's memo of finished
+allows (:mod:`idgate.memo`) with the answer it rendered before, audited and counted for this request.
 
 ``/healthz`` is 200 while the process serves. ``/readyz`` is 503 (``waiting for keys: NAME, …``) until every
 issuer's keys were fetched once, then 200: ``ready``, plus one ``degraded: NAME (…)`` line per issuer whose last
@@ -40,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -53,6 +56,7 @@ from idgate.decision import DecisionEngine
 from idgate.facts import ANSWER_HEADERS, Decision, RequestFacts, clean_request_id
 from idgate.jwks import FetchOutcome, JwksCache
 from idgate.looker.routes import Looker, looker_routes
+from idgate.memo import memo_key
 from idgate.metrics import Metrics
 from idgate.peers import Network, is_trusted
 from idgate.reload import ReloadResult
@@ -112,24 +116,7 @@ def facts_from_request(request: Request) -> RequestFacts | None:
 
 def decision_response(decision: Decision) -> Response:
     """Translate a Decision into the ``/auth`` HTTP answer."""
-    headers = {
-        ANSWER_HEADERS["decision"]: "allow" if decision.allow else "deny",
-        ANSWER_HEADERS["reason"]: ",".join(decision.reasons),
-        "cache-control": "no-store",
-    }
-    if decision.upstream:
-        headers[ANSWER_HEADERS["upstream"]] = decision.upstream
-    if decision.allow:
-        headers.update((ANSWER_HEADERS[slot], value) for slot, value in decision.identity.items())
-    if decision.www_authenticate:
-        headers[ANSWER_HEADERS["www_authenticate"]] = decision.www_authenticate
-    if decision.location:
-        headers[ANSWER_HEADERS["location"]] = decision.location
-    if decision.retry_after is not None:
-        headers[ANSWER_HEADERS["retry_after"]] = str(decision.retry_after)
-    if decision.allow and decision.cache_ttl > 0:  # HAProxy may keep this allow (idgate.cache_entry)
-        headers[ANSWER_HEADERS["cache_ttl"]] = str(decision.cache_ttl)
-        headers[ANSWER_HEADERS["cache_entry"]] = decision.cache_entry
+    headers = _answer_headers(decision)
     response = PlainTextResponse(f"{decision.status} {','.join(decision.reasons)}\n", decision.status, headers)
     for value in decision.set_cookies:
         response.headers.append("set-cookie", value)
@@ -165,6 +152,48 @@ def not_ready(services: Services) -> str | None:
     return None
 
 
+async def _decide(engine: DecisionEngine, facts: RequestFacts) -> Response:
+    """The ``/auth`` answer for ``facts``: a memoised allow (:mod:`idgate.memo`, its answer headers kept), audited
+    and counted for this request, or a decision (kept in the memo when it may be)."""
+    started = time.perf_counter()
+    memo = engine.memo
+    key = memo_key(MODE, facts.authorization, facts.cookie, facts.method, facts.host, facts.path)
+    entry = memo.get(key) if memo.enabled else None
+    if entry is not None and isinstance(entry.rendered, tuple):
+        engine.replay(entry, source=facts.source, request_id=facts.request_id, seconds=time.perf_counter() - started)
+        body, status, headers = entry.rendered
+        return PlainTextResponse(body, status, dict(headers))
+    generation = memo.generation
+    decision = await engine.decide(facts, mode=MODE)
+    response = decision_response(decision)
+    if decision.allow and memo.enabled:
+        rendered = (response.body, response.status_code, tuple(_answer_headers(decision).items()))
+        engine.remember(key, facts, decision, rendered, generation=generation, mode=MODE)
+    return response
+
+
+def _answer_headers(decision: Decision) -> dict[str, str]:
+    headers = {
+        ANSWER_HEADERS["decision"]: "allow" if decision.allow else "deny",
+        ANSWER_HEADERS["reason"]: ",".join(decision.reasons),
+        "cache-control": "no-store",
+    }
+    if decision.upstream:
+        headers[ANSWER_HEADERS["upstream"]] = decision.upstream
+    if decision.allow:
+        headers.update((ANSWER_HEADERS[slot], value) for slot, value in decision.identity.items())
+    if decision.www_authenticate:
+        headers[ANSWER_HEADERS["www_authenticate"]] = decision.www_authenticate
+    if decision.location:
+        headers[ANSWER_HEADERS["location"]] = decision.location
+    if decision.retry_after is not None:
+        headers[ANSWER_HEADERS["retry_after"]] = str(decision.retry_after)
+    if decision.allow and decision.cache_ttl > 0:  # HAProxy may keep this allow (idgate.cache_entry)
+        headers[ANSWER_HEADERS["cache_ttl"]] = str(decision.cache_ttl)
+        headers[ANSWER_HEADERS["cache_entry"]] = decision.cache_entry
+    return headers
+
+
 def http_routes(
     get: Callable[[Request], Services], *, reload: Callable[[Request], Awaitable[ReloadResult]] | None = None
 ) -> list[BaseRoute]:
@@ -193,7 +222,7 @@ def http_routes(
             request_id = clean_request_id(request.headers.get(REQUEST_ID_HEADER))
             refused_decision = services.engine.refused(refused, source=peer, request_id=request_id, mode=MODE)
             return decision_response(refused_decision)
-        return decision_response(await services.engine.decide(facts, mode=MODE))
+        return await _decide(services.engine, facts)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")

@@ -40,6 +40,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import httpx
@@ -48,6 +49,7 @@ from idgate.config import Config
 from idgate.config_load import load_config, summarize
 from idgate.config_warnings import config_warnings
 from idgate.errors import ConfigError
+from idgate.logsink import stderr_handler
 from idgate.ops import cache_commands
 from idgate.ops import commands as ops_commands
 from idgate.ops import init as init_command
@@ -57,9 +59,13 @@ log = logging.getLogger("idgate.config")
 
 
 def configure_logging(level: str = "info") -> None:
-    """Every record becomes one JSON line on stderr (:class:`JsonLineFormatter`)."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Every record becomes one JSON line on stderr (:class:`JsonLineFormatter`), written in batches
+    (:mod:`idgate.logsink`). Records do not look up the process, thread or task (no formatter prints them)."""
+    handler = stderr_handler()
     handler.setFormatter(JsonLineFormatter())
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -78,9 +84,16 @@ class JsonLineFormatter(logging.Formatter):
     and SSO event lines) gets these three keys spliced in front of its own, so it is not parsed twice; any other
     message becomes ``msg``. An exception's traceback goes in ``exc``."""
 
+    _second: int = -1
+    _date: str = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # the date part changes once a second: format it once
+            self._second, self._date = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        millis = min(int((record.created - second) * 1000), 999)
         head: dict[str, str] = {
-            "ts": rfc3339(record.created),
+            "ts": f"{self._date}.{millis:03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -88,6 +101,17 @@ class JsonLineFormatter(logging.Formatter):
             head["exc"] = self.formatException(record.exc_info)
         message = record.getMessage()
         if message.startswith('{"') and message.endswith("}"):  # idgate's json.dumps lines; a dict repr has '
+            if len(head) == 3:  # the common case, without json.dumps: the three values are JSON string-safe
+                return (
+                    '{"ts": "'
+                    + head["ts"]
+                    + '", "level": '
+                    + encode_basestring_ascii(head["level"])
+                    + ', "logger": '
+                    + encode_basestring_ascii(record.name)
+                    + ", "
+                    + message[1:]
+                )
             return json.dumps(head, ensure_ascii=True)[:-1] + ", " + message[1:]
         return json.dumps({**head, "msg": message}, ensure_ascii=True)
 

@@ -705,6 +705,16 @@ class HaproxyConfig(_Model):
         return value
 
 
+class DecisionMemoConfig(_Model):
+    """The agent's memo of finished allows (:mod:`idgate.memo`): a repeat request (same credential, cookies, method,
+    host and path) is answered without deciding again, never past the token's ``exp`` nor ``max_ttl_seconds``."""
+
+    # entries kept (least recently used go first); 0 turns the memo off
+    max_entries: int = Field(default=10_000, ge=0, le=1_000_000)
+    # seconds an answer may be reused at most: how long a group change at the IdP or a new JWKS may take to bite
+    max_ttl_seconds: float = Field(default=10.0, gt=0, le=30)
+
+
 class Config(_Model):
     """The whole idgate configuration."""
 
@@ -715,6 +725,7 @@ class Config(_Model):
     upstreams: dict[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     audit: AuditConfig = AuditConfig()
+    decision_memo: DecisionMemoConfig = DecisionMemoConfig()
     spoa: SpoaConfig | None = None
     sessions: SessionConfig | None = None
     login: LoginConfig | None = None

@@ -30,6 +30,7 @@ from idgate.config import Config
 from idgate.errors import RequestError
 from idgate.facts import Decision, RequestFacts, canonical_host, canonical_path
 from idgate.identity import render_identity, usable_email
+from idgate.memo import DecisionMemo, MemoEntry
 from idgate.metrics import Metrics
 from idgate.policy import Policy
 
@@ -60,6 +61,11 @@ class DecisionEngine:
         self._timeout = config.server.decision_timeout_seconds
         # issuers whose unverified `email` may still be used as an identity (trust_unverified_email, logged at start)
         self._email_trusted = frozenset(i.issuer for i in config.issuers if i.trust_unverified_email)
+        self.memo = DecisionMemo(
+            max_entries=config.decision_memo.max_entries, max_ttl_seconds=config.decision_memo.max_ttl_seconds
+        )
+        """Finished allows an adapter may answer again (:mod:`idgate.memo`); ``invalidate()`` it when answers
+        change (the runtime does on a key withdrawal)."""
 
     async def decide(self, facts: RequestFacts, *, mode: str | None = None) -> Decision:
         """Decide ``facts``; never raises for bad input, and logs one audit line.
@@ -95,6 +101,49 @@ class DecisionEngine:
         """
         self._record(facts, decision, latency_seconds=0.0, source=source, request_id=request_id, mode=mode)
         return decision
+
+    def remember(
+        self,
+        key: bytes,
+        facts: RequestFacts,
+        decision: Decision,
+        rendered: object,
+        *,
+        generation: int,
+        mode: str | None = None,
+    ) -> bool:
+        """Store ``decision`` (as the adapter ``rendered`` it) under ``key`` when it may be answered again (see
+        :mod:`idgate.memo`): an allow without ``Set-Cookie`` and without a signed assertion, decided from one
+        bearer token (until its ``exp``) or for a public route; never a session-cookie allow; never when the memo
+        was invalidated since ``generation`` (read before deciding). True when stored."""
+        memo = self.memo
+        if not memo.enabled or not decision.allow or decision.set_cookies or "assertion" in decision.identity:
+            return False
+        principal = decision.principal
+        if principal is None:
+            if decision.reasons != ("public_route",):
+                return False
+            expires_at = float("inf")
+        elif len(facts.authorization) == 1:
+            expires_at = principal.expires_at  # the token's exp: the verified-token cache's own bound
+        else:
+            return False  # a session: its revocation is read from the store on every request
+        entry = MemoEntry(
+            decision=decision,
+            rendered=rendered,
+            audit=self._audit.template(decision, method=facts.method, host=facts.host, path=facts.path),
+            expires_at=expires_at,
+            observe=self._metrics.bound(decision, mode=mode) if self._metrics is not None else None,
+        )
+        return memo.put(key, entry, generation=generation)
+
+    def replay(self, entry: MemoEntry, *, source: str, request_id: str, seconds: float) -> None:
+        """Audit and count a memoised answer for one request (its own ``source``, ``request_id`` and ``seconds``
+        spent), exactly as :meth:`decide` does for a decided one (the metrics under the ``mode`` it was stored with).
+        """
+        self._audit.write(entry.audit, request_id=request_id, source=source, latency_seconds=seconds)
+        if entry.observe is not None:
+            entry.observe(seconds)
 
     def _record(
         self,

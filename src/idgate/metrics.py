@@ -41,6 +41,7 @@ Decision cache in HAProxy (:mod:`idgate.cache_entry`, :mod:`idgate.cache_purge`)
     idgate_cache_purges_total{cause}, idgate_cache_purge_failures_total, idgate_cache_sweep_failures_total,
     idgate_cache_evictions_total{reason}, and per Runtime API socket at the last sweep: idgate_cache_entries,
     idgate_cache_hits_total, idgate_cache_misses_total (HAProxy's counters), idgate_cache_socket_up
+    idgate_decision_memo_hits_total / _misses_total / _invalidations_total / _entries (:mod:`idgate.memo`)
 Denies decided by the adapters (``untrusted_caller`` at /auth and at the SPOA port, ``invalid_encoding``, the
 agent's ``handler_timeout`` …) are in ``idgate_decisions_total`` too (:meth:`idgate.decision.DecisionEngine.refused`).
 Every label has a bounded set of values (Prometheus "Instrumentation" guide: no unbounded cardinality): reason
@@ -241,6 +242,16 @@ class _CountersCollector(Collector):
             yield CounterMetricFamily(f"{self._prefix}_{name}", f"{self._help}: {name}", value=value)
 
 
+class _GaugeCollector(Collector):
+    def __init__(self, *, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self._name = name
+        self._help = help_text
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._name, self._help, value=self._read())
+
+
 class Metrics:
     """The registry of one app; pass it to the decision engine and mount :meth:`exposition` at ``/metrics``.
 
@@ -273,6 +284,7 @@ class Metrics:
             "idgate_decision_seconds", "Decision latency in seconds", buckets=LATENCY_BUCKETS, registry=self.registry
         )
         self._recent = RecentDenials()
+        self._memo_collectors: tuple[Collector, ...] = ()
         self.registry.register(_RecentCollector(self._recent))
         self._fills = Counter(
             "idgate_cache_fills", "Allows marked cacheable for the decision cache in HAProxy", registry=self.registry
@@ -305,6 +317,29 @@ class Metrics:
 
     def observe(self, decision: Decision, *, mode: str | None, seconds: float) -> None:
         """Count one decision (``mode``: the adapter that asked) and its latency in seconds."""
+        self._child(decision, mode).inc()
+        if decision.status != 200:
+            reason = decision.reasons[0] if decision.reasons else ""
+            self._recent.note(reason_label(reason) if reason else f"status_{decision.status}")
+        self._latency.observe(seconds)
+        if decision.cache_ttl > 0:
+            self._fills.inc()
+
+    def bound(self, decision: Decision, *, mode: str | None) -> Callable[[float], None]:
+        """:meth:`observe` for ``decision`` with its labels resolved once: call it with the seconds of each
+        request answered with that decision (a memoised answer, :mod:`idgate.memo`)."""
+        inc, latency = self._child(decision, mode).inc, self._latency.observe
+        fill = self._fills.inc if decision.cache_ttl > 0 else None
+
+        def observe(seconds: float) -> None:
+            inc()
+            latency(seconds)
+            if fill is not None:
+                fill()
+
+        return observe
+
+    def _child(self, decision: Decision, mode: str | None) -> Any:
         route, upstream = decision.route, decision.upstream
         key = (decision.status, decision.reasons[0] if decision.reasons else "", route, upstream, mode)
         child = self._children.get(key)
@@ -316,12 +351,7 @@ class Metrics:
                 self._name(upstream, self._upstreams),
                 mode if mode in MODES else "none",
             )
-        child.inc()
-        if decision.status != 200:
-            self._recent.note(reason_label(key[1]) if key[1] else f"status_{decision.status}")
-        self._latency.observe(seconds)
-        if decision.cache_ttl > 0:
-            self._fills.inc()
+        return child
 
     @staticmethod
     def _name(name: str | None, known: frozenset[str]) -> str:
@@ -367,6 +397,19 @@ class Metrics:
     def watch_spoa(self, read: Callable[[], Mapping[str, int]]) -> None:
         """Expose the SPOA agent's cumulative counters (``read()`` → name → count) as ``idgate_spoa_<name>_total``."""
         self.registry.register(_CountersCollector(prefix="idgate_spoa", help_text="SPOA agent counter", read=read))
+
+    def watch_memo(self, read: Callable[[], Mapping[str, int]], entries: Callable[[], int]) -> None:
+        """Expose the memo of finished allows (:mod:`idgate.memo`): ``read()`` → ``hits``/``misses``/
+        ``invalidations`` as ``idgate_decision_memo_<name>_total``, ``entries()`` as ``idgate_decision_memo_entries``.
+        """
+        for old in self._memo_collectors:  # a hot reload builds a new engine, and so a new memo
+            self.registry.unregister(old)
+        self._memo_collectors = (
+            _CountersCollector(prefix="idgate_decision_memo", help_text="Decision memo counter", read=read),
+            _GaugeCollector(name="idgate_decision_memo_entries", help_text="Allows memoised", read=entries),
+        )
+        for collector in self._memo_collectors:
+            self.registry.register(collector)
 
     def exposition(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""

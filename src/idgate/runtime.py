@@ -51,8 +51,15 @@ from idgate.ops.runtime_api import RuntimeApi
 from idgate.peers import parse_networks
 from idgate.policy import Policy
 from idgate.reload import Reloader, ReloadResult
-from idgate.spoe.adapter import MESSAGE, REQUIRED_ARGS, spoe_deny_actions, spoe_handler, spoe_untrusted_caller
-from idgate.spoe.agent import DenyActions, Handler, SpoaAgent
+from idgate.spoe.adapter import (
+    MESSAGE,
+    REQUIRED_ARGS,
+    spoe_deny_actions,
+    spoe_handler,
+    spoe_quick,
+    spoe_untrusted_caller,
+)
+from idgate.spoe.agent import DenyActions, Handler, QuickHandler, SpoaAgent
 from idgate.spoe.spop import Action, Value
 from idgate.sso.claim_sources import claim_sources, policy_groups
 from idgate.sso.cookies import CookieJarSettings, KeyRing, SessionCookies
@@ -239,6 +246,7 @@ class Generation:
     spoe_handle: Handler
     spoe_deny: DenyActions
     spoe_untrusted: Callable[[str], None]
+    spoe_quick: QuickHandler
     assertion_source: tuple[AssertionConfig | None, bytes]
 
 
@@ -259,6 +267,19 @@ def _assertion_source(config: Config) -> tuple[AssertionConfig | None, bytes]:
     if section is None or not section.keys_file:
         return section, b""
     return section, Path(section.keys_file).read_bytes()
+
+
+def _withdrawn(
+    purge: Callable[[str, frozenset[str | None]], int] | None, invalidate: Callable[[], None]
+) -> Callable[[str, frozenset[str | None]], int]:
+    """A JWKS cache's ``on_keys_withdrawn``: ``purge`` (the verified-token cache's, when on), then ``invalidate``."""
+
+    def withdrawn(issuer: str, kids: frozenset[str | None]) -> int:
+        purged = purge(issuer, kids) if purge is not None else 0
+        invalidate()
+        return purged
+
+    return withdrawn
 
 
 def _services(config: Config, shared: _Shared, previous: Generation | None = None) -> Generation:
@@ -316,6 +337,12 @@ def _services(config: Config, shared: _Shared, previous: Generation | None = Non
         assertions=assertions,
         metrics=metrics,
     )
+    for cache in caches:  # a withdrawn key changes answers: the memo of finished allows is dropped too
+        cache.on_keys_withdrawn = _withdrawn(cache.on_keys_withdrawn, lambda: engine.memo.invalidate())
+    metrics.watch_memo(
+        lambda: {"hits": engine.memo.hits, "misses": engine.memo.misses, "invalidations": engine.memo.invalidations},
+        lambda: len(engine.memo),
+    )
     services = Services(
         looker=_looker(config),
         engine=engine,
@@ -332,6 +359,7 @@ def _services(config: Config, shared: _Shared, previous: Generation | None = Non
         spoe_handle=spoe_handler(engine),
         spoe_deny=spoe_deny_actions(engine),
         spoe_untrusted=spoe_untrusted_caller(engine),
+        spoe_quick=spoe_quick(engine),
         assertion_source=source,
     )
 
@@ -439,6 +467,7 @@ def _agent(config: Config, live: Callable[[], Generation]) -> SpoaAgent | None:
         # read), so HAProxy sends a restarting replica nothing while another can decide. One process (memory store):
         # there is nowhere else to go, and its own answer (503 keys_unavailable + Retry-After) beats HAProxy's 503
         ready=(lambda: not_ready(live().services) is None) if config.store.kind == "redis" else (lambda: True),
+        quick=lambda message, args, max_bytes: live().spoe_quick(message, args, max_bytes),
     )
     metrics = live().services.metrics
     if metrics is not None:

@@ -1,4 +1,4 @@
-"""Bearer JWT verification (RFC 9068 §4, RFC 8725, RFC 7515) on PyJWT, with keys from :mod:`idgate.jwks`.
+"""Bearer JWT verification (RFC 9068 §4, RFC 8725, RFC 7515) on ``cryptography``, with keys from :mod:`idgate.jwks`.
 
 Order of checks, cheapest first, each failure a :class:`~idgate.errors.TokenError` with a reason code:
 
@@ -11,12 +11,13 @@ Order of checks, cheapest first, each failure a :class:`~idgate.errors.TokenErro
    requires it (``invalid_typ``);
 4. claims: required ones present, and every registered claim idgate relies on of its JSON type —
    ``exp``/``nbf``/``iat`` numbers, ``iss``/``sub``/``jti``/``azp``/``sid``/``client_id`` strings, ``aud`` a string
-   or an array of strings (``invalid_claim_type``; :mod:`idgate.claims`), before PyJWT reads any of them: PyJWT
-   would coerce ``"exp": "9999999999"`` into a number;
+   or an array of strings (``invalid_claim_type``; :mod:`idgate.claims`), before any of them is read as a
+   number (``int("9999999999")`` would be one);
 5. the key for ``kid`` (``unknown_kid``), and ``alg`` usable with that key's type; when the issuer's keys cannot
    be had, :class:`~idgate.errors.KeysUnavailable` (503, not a verdict on the token: see :mod:`idgate.jwks`);
-6. PyJWT: signature (``invalid_signature``), exact ``iss``, ``aud`` containing a configured audience
-   (``invalid_audience``), ``exp`` (``expired``), ``nbf``/``iat`` (``not_yet_valid``) with the leeway;
+6. :mod:`idgate.jws` (the rules PyJWT's ``jwt.decode`` applied, in its order): canonical base64url, signature
+   (``invalid_signature``), ``nbf``/``iat`` (``not_yet_valid``) and ``exp`` (``expired``) with the leeway, exact
+   ``iss``, ``aud`` containing a configured audience (``invalid_audience``);
 7. not an ID token or logout token (``nonce``, ``at_hash``, ``c_hash``, ``events``; Keycloak ``typ`` ID/Logout):
    ``invalid_typ`` (RFC 8725 §3.11).
 """
@@ -31,12 +32,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jwt
-
 from idgate.claims import check_claims
 from idgate.config import IssuerConfig
 from idgate.errors import TokenError
 from idgate.jwks import JwksCache, VerificationKey
+from idgate.jws import check_registered_claims, verify_signature
 from idgate.principal import Principal, principal_from_claims
 from idgate.token_cache import TokenCache
 
@@ -144,7 +144,10 @@ async def _verify_parts(
     key = await trusted.keys.get_key(kid)
     if alg not in key.algorithms:
         raise TokenError("alg_not_allowed", f"alg {alg} does not fit the key's type")
-    return _decode(token, key.key, alg, cfg, audiences=audiences, require=require), key
+    verify_signature(token, header, alg, key.key)
+    claims = dict(payload)
+    check_registered_claims(claims, issuer=cfg.issuer, audiences=audiences, leeway=cfg.leeway_seconds, require=require)
+    return claims, key
 
 
 class Verifier:
@@ -198,33 +201,3 @@ class Verifier:
         if any(c in claims for c in _ID_TOKEN_CLAIMS) or claims.get("typ") in ("ID", "Logout"):
             raise TokenError("invalid_typ", "an ID or logout token is not a bearer token (RFC 8725 §3.11)")
         return principal_from_claims(claims, paths=cfg.claims), key.kid
-
-
-def _decode(
-    token: str, key: object, alg: str, cfg: IssuerConfig, *, audiences: Sequence[str], require: Sequence[str]
-) -> dict[str, Any]:
-    try:
-        return jwt.decode(
-            token,
-            key,  # type: ignore[arg-type]
-            algorithms=[alg],
-            audience=list(audiences),
-            issuer=cfg.issuer,
-            leeway=cfg.leeway_seconds,
-            options={"require": list(require), "verify_iat": True},
-        )
-    except jwt.ExpiredSignatureError:
-        raise TokenError("expired", "exp is in the past") from None
-    except jwt.ImmatureSignatureError:
-        raise TokenError("not_yet_valid", "nbf or iat is in the future") from None
-    except jwt.InvalidAudienceError:
-        raise TokenError("invalid_audience", "aud names none of the configured audiences") from None
-    except jwt.InvalidIssuerError:
-        raise TokenError("invalid_issuer", "iss mismatch") from None
-    except jwt.MissingRequiredClaimError as exc:
-        code = {"aud": "invalid_audience", "iss": "invalid_issuer", "exp": "invalid_claims"}.get(exc.claim)
-        raise TokenError(code or "invalid_claims", f"missing claim {exc.claim}") from None
-    except jwt.InvalidSignatureError:
-        raise TokenError("invalid_signature", "signature does not verify") from None
-    except (jwt.InvalidTokenError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
-        raise TokenError("invalid_token", type(exc).__name__) from None

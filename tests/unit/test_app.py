@@ -243,9 +243,9 @@ async def test_metrics_count_decisions_and_cache_hits() -> None:
     async with serve() as c:
         await ready(c)
         tok = f"Bearer {token()}"
-        for _ in range(3):
+        for n in range(3):  # three paths: three decisions (a repeat of one would be a memo hit, not a token hit)
             assert (
-                await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app", "authorization": tok})
+                await c.get("/auth", headers=FACTS | {"x-idgate-path": f"/app/{n}", "authorization": tok})
             ).status_code == 200
         assert (await c.get("/auth", headers=FACTS | {"x-idgate-path": "/app"})).status_code == 401
         text = (await c.get("/metrics")).text
@@ -393,3 +393,26 @@ async def test_every_audit_line_names_the_policy_that_decided(caplog: pytest.Log
     assert len(lines) == 2 and len(policies) == 1
     (policy,) = policies
     assert policy.startswith("sha256:") and f'policy="{policy}"' in text
+
+
+@pytest.mark.anyio
+async def test_a_repeat_auth_is_answered_from_the_memo_with_the_same_headers_and_its_own_audit_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bearer = {"authorization": f"Bearer {token()}"}
+    with caplog.at_level("INFO", logger="idgate.audit"):
+        async with serve() as c:
+            await ready(c)
+            answers = [
+                await c.get("/auth", headers=AUTH_APP | bearer | {"x-idgate-request-id": f"rid-{n}"}) for n in range(3)
+            ]
+            text = (await c.get("/metrics")).text
+    first = answers[0]
+    assert first.status_code == 200 and first.headers["x-idgate-decision"] == "allow"
+    for other in answers[1:]:
+        assert other.status_code == 200 and other.content == first.content
+        assert sorted(other.headers.items()) == sorted(first.headers.items())
+    assert "idgate_decision_memo_hits_total 2.0" in text
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "idgate.audit"]
+    assert [line["request_id"] for line in lines] == ["rid-0", "rid-1", "rid-2"]
+    assert {line["user"] for line in lines} == {"alice"}

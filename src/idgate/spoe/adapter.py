@@ -20,17 +20,22 @@ through :meth:`DecisionEngine.refused`, like every decision.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from idgate.decision import DecisionEngine
 from idgate.facts import MAX_SET_COOKIES, Decision, RequestFacts, clean_request_id
-from idgate.spoe.agent import DenyActions, Handler, default_deny_actions
-from idgate.spoe.spop import Action, InvalidString, Scope, SetVar, Value
+from idgate.memo import memo_key
+from idgate.spoe.agent import DenyActions, Handler, QuickHandler, default_deny_actions
+from idgate.spoe.spop import Action, InvalidString, Scope, SetVar, Value, encode_actions
 
 MESSAGE = "idgate-check"
 MODE = "spoe"
 """This adapter's name in the metrics' ``mode`` label."""
 REQUIRED_ARGS = ("method", "host", "path", "src")
+_TEXT = (str, type(None))
+"""An argument an allow depends on (method, host, path, authorization, cookie: :mod:`idgate.memo`) is one of these;
+the other arguments only shape refusals or are only logged."""
 _TEXT_ARGS = (
     "method",
     "host",
@@ -106,6 +111,33 @@ def facts_from_args(args: Mapping[str, Value]) -> RequestFacts | None:
     )
 
 
+def _memo_key(args: Mapping[str, Value]) -> bytes | None:
+    """:func:`idgate.memo.memo_key` of the fields as :func:`facts_from_args` reads them; None when one of them is
+    neither a string nor absent (``InvalidString``: the handler refuses it)."""
+    get = args.get
+    method, host, path, authorization, cookie = (
+        get("method"),
+        get("host"),
+        get("path"),
+        get("authorization"),
+        get("cookie"),
+    )
+    if not (
+        isinstance(method, _TEXT)
+        and isinstance(host, _TEXT)
+        and isinstance(path, _TEXT)
+        and isinstance(authorization, _TEXT)
+        and isinstance(cookie, _TEXT)
+    ):
+        return None
+    copies: tuple[str, ...] = ()
+    if authorization:
+        count = get("authorization_count")
+        number = count if isinstance(count, int) and not isinstance(count, bool) else 0
+        copies = (authorization,) * max(1, min(number, 2))
+    return memo_key(MODE, copies, cookie or None, method or "", host or "", path or "")
+
+
 def _request_id(args: Mapping[str, Value]) -> str:
     value = args.get("request_id")
     return clean_request_id(value) if isinstance(value, str) else ""
@@ -124,9 +156,38 @@ def spoe_handler(engine: DecisionEngine) -> Handler:
             refused = Decision(status=400, reasons=("invalid_encoding",))
             source, request_id = _source(args.get("src")), _request_id(args)
             return decision_actions(engine.refused(refused, source=source, request_id=request_id, mode=MODE))
-        return decision_actions(await engine.decide(facts, mode=MODE))
+        memo = engine.memo
+        generation = memo.generation
+        decision = await engine.decide(facts, mode=MODE)
+        actions = decision_actions(decision)
+        if decision.allow and memo.enabled:
+            key = _memo_key(args)
+            if key is not None:
+                engine.remember(key, facts, decision, encode_actions(actions), generation=generation, mode=MODE)
+        return actions
 
     return handle
+
+
+def spoe_quick(engine: DecisionEngine) -> QuickHandler:
+    """The agent's ``quick``: a memoised allow for this request (:mod:`idgate.memo`), audited and counted like a
+    decision, as its encoded actions; None on a miss (the handler then decides)."""
+
+    def quick(message: str, args: Mapping[str, Value], max_bytes: int) -> bytes | None:
+        started = time.perf_counter()
+        if message != MESSAGE:
+            return None
+        key = _memo_key(args)
+        if key is None:
+            return None
+        entry = engine.memo.get(key)
+        if entry is None or not isinstance(entry.rendered, bytes) or len(entry.rendered) > max_bytes:
+            return None
+        source, request_id = _source(args.get("src")), _request_id(args)
+        engine.replay(entry, source=source, request_id=request_id, seconds=time.perf_counter() - started)
+        return entry.rendered
+
+    return quick
 
 
 def spoe_deny_actions(engine: DecisionEngine) -> DenyActions:

@@ -33,6 +33,11 @@ Behaviour (HAProxy ``doc/SPOE.txt`` §3; the codec is ``idgate.spoe.spop``):
   or an ACK that would not fit the frame size → the ACK carries ``deny_actions(reason)`` and nothing else (the
   actions of the NOTIFY's other messages are dropped). The connection stays up. Configure HAProxy to deny unless
   the agent set a positive verdict.
+- ``quick(message_name, args, max_bytes)`` (optional) is asked first, synchronously, for a NOTIFY of one message
+  whose arguments passed the checks above: encoded actions (``spop.encode_actions``, at most ``max_bytes``)
+  answer at once, without the handler, its task or its timeout (idgate: a memoised allow, ``idgate.memo``);
+  None, or any exception, falls through to the handler, which decides (and denies) as if ``quick`` had not
+  been asked.
 - Log lines are JSON on the ``idgate.spoe.agent`` logger; argument values are never logged.
 """
 
@@ -67,6 +72,7 @@ from idgate.spoe.spop import (
     decode_notify,
     decode_payload,
     encode_ack,
+    encode_ack_payload,
     encode_frame,
     frame_length,
     negotiate,
@@ -76,6 +82,8 @@ from idgate.spoe.spop import (
 log = logging.getLogger("idgate.spoa")
 
 Handler = Callable[[str, Mapping[str, Value]], Awaitable[Sequence[Action]]]
+QuickHandler = Callable[[str, Mapping[str, Value], int], bytes | None]
+_ACK_HEADER_MAX = 1 + 4 + 10 + 10  # type, flags, stream-id and frame-id varints (at most 10 bytes each)
 DenyActions = Callable[[str], Sequence[Action]]
 UntrustedHook = Callable[[str], object]
 CAPABILITIES = "pipelining"
@@ -135,6 +143,45 @@ class _Timeout(Exception):
     """The rest of a started frame did not arrive within ``read_timeout``."""
 
 
+class _LazyDeadline:
+    """A deadline that moves on every frame but costs a timer only once per period: moving it later is an
+    assignment; the pending timer, when it fires early, re-arms itself at the current deadline. ``expire`` runs
+    once the deadline passed while still set (``None``: disarmed)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expire: Callable[[], None]) -> None:
+        self._loop = loop
+        self._expire = expire
+        self._handle: asyncio.TimerHandle | None = None
+        self.at: float | None = None
+
+    def set(self, at: float | None) -> None:
+        self.at = at
+        if at is None:
+            return
+        handle = self._handle
+        if handle is None or handle.when() > at:
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        at = self.at
+        if at is None:
+            return
+        if self._loop.time() >= at:
+            self.at = None
+            self._expire()
+            return
+        self._handle = self._loop.call_at(at, self._check)
+
+    def close(self) -> None:
+        self.at = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class _Connection:
     """One HAProxy connection: the read loop runs in the stream's own task, NOTIFYs in child tasks."""
 
@@ -152,27 +199,51 @@ class _Connection:
         self.broken = False
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        # one lazy deadline for the wait before a frame (idle), one for the rest of a started frame (read_timeout)
+        loop = asyncio.get_running_loop()
+        self.reading: asyncio.Task[None] | None = None
+        self.expired: str | None = None
+        self.waiting = _LazyDeadline(loop, lambda: self.expire("wait"))
+        self.rest = _LazyDeadline(loop, lambda: self.expire("rest"))
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
+    def expire(self, which: str) -> None:
+        """A read deadline passed: interrupt the read loop (``read_frame`` turns it into its timeout)."""
+        if self.reading is not None and not self.reading.done():
+            self.expired = which
+            self.reading.cancel()
+
     async def read_frame(self, wait: float | None) -> bytes | None:
-        """One frame body; ``None`` on EOF between frames or after ``wait`` idle seconds (``TimeoutError``)."""
+        """One frame body; ``None`` on EOF between frames or after ``wait`` idle seconds (``TimeoutError``); the
+        rest of a started frame must arrive within ``read_timeout`` (else ``_Timeout``). Runs in the connection's
+        own task; the two deadlines cost a timer once per period, not per frame (:class:`_LazyDeadline`)."""
         reader = self.reader
-        loop = asyncio.get_running_loop()
-        started = False
+        clock = asyncio.get_running_loop().time
+        self.reading = asyncio.current_task()
+        self.expired = None
         try:
-            async with asyncio.timeout(wait) as deadline:
+            self.waiting.set(None if wait is None else clock() + wait)
+            try:
                 first = await reader.readexactly(1)
-                started = True
-                deadline.reschedule(loop.time() + self.agent.read_timeout)
+            finally:
+                self.waiting.at = None
+            self.rest.set(clock() + self.agent.read_timeout)
+            try:
                 length = frame_length(first + await reader.readexactly(3), self.frame_size)
                 return await reader.readexactly(length)
+            finally:
+                self.rest.at = None
         except asyncio.IncompleteReadError:
             return None  # EOF, between frames or inside one: nothing left to answer
-        except TimeoutError:
-            if started:
+        except asyncio.CancelledError:
+            which, self.expired = self.expired, None
+            task = self.reading
+            if which is None or task is None or task.uncancel() > 0:
+                raise  # cancelled by someone else
+            if which == "rest":
                 raise _Timeout from None
-            raise
+            raise TimeoutError from None
 
     # -- writing ---------------------------------------------------------------------------------------------------
 
@@ -229,6 +300,8 @@ class _Connection:
             except ConnectionError as exc:
                 _event(logging.INFO, "spoa_connection_lost", peer=self.peer, error=repr(exc)[:200])
         finally:
+            self.waiting.close()
+            self.rest.close()
             self.cancel_tasks()
             self.flush()  # queued frames go out before the close
             with contextlib.suppress(Exception):
@@ -296,6 +369,11 @@ class _Connection:
             kind = header.type
             if kind == FrameType.NOTIFY and header.flags & FLAG_FIN:
                 notify = decode_notify(header, body, offset)
+                quick = agent.quick_ack(notify, self.frame_size)
+                if quick is not None:
+                    slots.release()
+                    await self.send(quick)
+                    continue
                 task = asyncio.create_task(self.answer(notify))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
@@ -365,6 +443,7 @@ class SpoaAgent:
         on_untrusted: UntrustedHook | None = None,
         ssl_context: ssl.SSLContext | None = None,
         ready: Callable[[], bool] = lambda: True,
+        quick: QuickHandler | None = None,
     ) -> None:
         if not MIN_FRAME_SIZE <= max_frame_size <= MAX_FRAME_SIZE:
             raise ValueError(f"max_frame_size must be in [{MIN_FRAME_SIZE}, {MAX_FRAME_SIZE}]")
@@ -384,6 +463,7 @@ class SpoaAgent:
         self.on_untrusted = on_untrusted
         self.ssl_context = ssl_context
         self.ready = ready
+        self.quick = quick
         self.stats = SpoaStats()
         self._listener: GuardedListener | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
@@ -457,6 +537,23 @@ class SpoaAgent:
             _event(logging.ERROR, "spoa_connection_error", peer=connection.peer, error=repr(exc)[:300])
         finally:
             self._connections.pop(task, None)
+
+    def quick_ack(self, notify: Notify, frame_size: int) -> bytes | None:
+        """The ACK bytes ``quick`` answers for ``notify`` at once (counted as a NOTIFY), or None: then
+        :meth:`decide` must answer it."""
+        quick = self.quick
+        if quick is None or len(notify.messages) != 1:
+            return None
+        message = notify.messages[0]
+        try:
+            args = message_args(message.name, message.args, self.messages)
+            payload = quick(message.name, args, frame_size - _ACK_HEADER_MAX)
+        except Exception:
+            return None  # decide() asks the handler, and denies what deserves it
+        if payload is None:
+            return None
+        self.stats.notifies += 1
+        return encode_ack_payload(notify.stream_id, notify.frame_id, payload)
 
     async def decide(self, notify: Notify, frame_size: int) -> bytes:
         """The ACK bytes for ``notify``: the handler's actions, or the deny actions on any failure."""

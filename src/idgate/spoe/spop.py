@@ -471,6 +471,16 @@ def encode_ack(stream_id: int, frame_id: int, actions: Iterable[Action]) -> byte
     return _frame(FrameType.ACK, stream_id, frame_id, b"".join(encode_action(action) for action in actions))
 
 
+def encode_actions(actions: Iterable[Action]) -> bytes:
+    """The encoded action list of an ACK, to be framed later by :func:`encode_ack_payload` (a memoised answer)."""
+    return b"".join(encode_action(action) for action in actions)
+
+
+def encode_ack_payload(stream_id: int, frame_id: int, payload: bytes) -> bytes:
+    """The wire bytes of an ACK whose actions ``payload`` were encoded before (:func:`encode_actions`)."""
+    return _frame(FrameType.ACK, stream_id, frame_id, payload)
+
+
 def encode_frame(frame: Frame, *, flags: int = FLAG_FIN) -> bytes:
     """Wire bytes (with the 4-byte length prefix) of any frame, in either direction."""
     if isinstance(frame, Ack):

@@ -814,3 +814,43 @@ async def test_through_real_haproxy(tmp_path: Path) -> None:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+# --- quick: answers the agent gives without the handler (idgate's memo) ---------------------------------------------
+
+
+async def test_quick_answers_without_the_handler_and_falls_through_on_none_errors_and_bad_messages(
+    recorder: Recorder,
+) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def quick(name: str, args: Mapping[str, Value], max_bytes: int) -> bytes | None:
+        seen.append((name, max_bytes))
+        n = args.get("n")
+        if n == 1:
+            return spop.encode_actions(allow("memo"))
+        if n == 2:
+            raise RuntimeError("boom")
+        return None
+
+    agent = await started(recorder, messages={"check": ("n",)}, quick=quick)
+    try:
+        client = await Client.connect(agent)
+        await client.hello()
+        for stream, args in ((1, {"n": 1}), (2, {"n": 2}), (3, {"n": 3}), (4, {"other": 1})):
+            await client.send(notify(stream, 1, **args))
+            ack = await client.frame()
+            assert isinstance(ack, Ack) and ack.stream_id == stream and ack.frame_id == 1
+            values = {a.name: a.value for a in ack.actions if isinstance(a, SetVar)}
+            expected = {
+                1: {"decision": "memo"},
+                2: {"decision": "ok-2"},  # quick raised: the handler decides
+                3: {"decision": "ok-3"},  # quick had nothing: the handler decides
+                4: {"decision": "deny", "reason": "missing_argument"},  # checked before quick, denied as ever
+            }[stream]
+            assert values == expected
+        assert [args["n"] for _, args in recorder.calls] == [2, 3]
+        assert seen == [("check", 16380 - 25)] * 3  # the frame size less the largest ACK header
+        assert agent.stats.notifies == 4 and agent.stats.denies == 1
+    finally:
+        await agent.close()
