@@ -159,7 +159,7 @@ async def test_a_withdrawn_key_empties_the_memo_and_the_token_cache_with_the_cac
     for entries in (10, 0):
         cfg = config(token_cache_entries=entries)
         async with httpx.AsyncClient(transport=idp()) as client:
-            services = runtime._services(cfg, {None: client})
+            services = runtime._services(cfg, runtime._Shared(clients={None: client})).services
             engine = services.engine
             request = facts("/app", f"Bearer {token()}")
             assert await services.caches[0].refresh()
