@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
             "tls",
             "fingerprint",
             "looker",
-            "looker.config",
+            "config_looker",
             "presets",
             "config_reload",
         ],
@@ -56,7 +56,7 @@ LAYERS: dict[str, int] = {
             "store.memory",
             "store.redis",
             "assertion_ring",
-            "store.ring",
+            "assertion_store",
             "sso.cookies",
             "sso.session",
             "sso.redirects",
@@ -92,7 +92,7 @@ LAYERS: dict[str, int] = {
         2,
     ),
     # the Runtime API client is a wire adapter too (HAProxy's stats socket): the decision cache's purger uses it
-    **dict.fromkeys(["ops.runtime_api", "cache_purge"], 2),
+    **dict.fromkeys(["runtime_api", "cache_purge"], 2),
     # 3 the composition root, 4 operator tools (explain, status), 5 the command line
     "runtime": 3,
     "supervisor": 3,

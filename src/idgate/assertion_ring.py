@@ -2,7 +2,8 @@
 
 Every replica behind one HAProxy must sign with the same key and publish the same JWKS (``/.idgate/jwks.json``),
 or an upstream that fetched the key set from one replica refuses tokens minted by another. With a shared store
-(``store.kind: redis``) the ring lives in Redis (:mod:`idgate.store.ring`: private keys sealed with the session keys);
+(``store.kind: redis``) the ring lives in Redis (:mod:`idgate.assertion_store`: private keys sealed with the
+session keys);
 this module is the rule every replica applies to it, from the ring's timestamps and its own wall clock alone, so
 all replicas move at the same moment without writing anything:
 

@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from idgate.cache_entry import HEAD_FIELDS, TAG_KINDS, tag
-from idgate.ops.runtime_api import RuntimeApi, RuntimeApiError
+from idgate.runtime_api import RuntimeApi, RuntimeApiError
 from idgate.store.base import RevocationStore, StoreHealth
 
 log = logging.getLogger("idgate.cache")

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from idgate.looker.config import LookerEmbedConfig
+from idgate.config_looker import LookerEmbedConfig
 from idgate.peers import LOOPBACK_TEXT, parse_networks
 
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -379,7 +379,7 @@ class UpstreamConfig(_Model):
     # profile grafana: the role set may also name GrafanaAdmin (Grafana's server admin), granted only by Grafana's
     # [auth.jwt] with allow_assign_grafana_admin = true.
     allow_grafana_admin: bool = False
-    # profile looker_embed: Looker's URL, secrets and per role what the embed user gets (idgate.looker.config)
+    # profile looker_embed: Looker's URL, secrets and per role what the embed user gets (idgate.config_looker)
     looker: LookerEmbedConfig | None = None
 
     @field_validator("assertion_audience")

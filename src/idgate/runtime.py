@@ -36,6 +36,7 @@ from starlette.requests import Request
 from idgate.app import Services, http_routes, not_ready, refresh_report
 from idgate.assertion import AssertionSigner, split_pem
 from idgate.assertion_ring import RingState
+from idgate.assertion_store import RedisAssertionRing, RingFollower, first_ring
 from idgate.audit import AuditLog
 from idgate.authn import Authenticator
 from idgate.cache_purge import COMMAND_TIMEOUT_SECONDS, CachePurger
@@ -47,10 +48,10 @@ from idgate.looker.cookieless import LookerApi
 from idgate.looker.routes import Looker, LookerUpstream
 from idgate.metrics import Metrics
 from idgate.metrics_workers import PUBLISH_INTERVAL_SECONDS, worker_registry
-from idgate.ops.runtime_api import RuntimeApi
 from idgate.peers import parse_networks
 from idgate.policy import Policy
 from idgate.reload import Reloader, ReloadResult
+from idgate.runtime_api import RuntimeApi
 from idgate.spoe.adapter import (
     MESSAGE,
     REQUIRED_ARGS,
@@ -69,7 +70,6 @@ from idgate.sso.routes import Sso
 from idgate.store.base import RevocationStore
 from idgate.store.memory import MemoryRevocationStore
 from idgate.store.redis import RedisRevocationStore, client_from_config
-from idgate.store.ring import RedisAssertionRing, RingFollower, first_ring
 from idgate.supervisor import WorkerContext
 from idgate.tls import server_context
 from idgate.token_cache import TokenCache
@@ -621,7 +621,7 @@ def create_app(
 
 
 async def _follow_ring(config: Config, signer: Callable[[], AssertionSigner | None]) -> RingFollower | None:
-    """With ``store.kind: redis`` and ``assertion``: the shared assertion key ring (:mod:`idgate.store.ring`), read
+    """With ``store.kind: redis`` and ``assertion``: the shared assertion key ring (:mod:`idgate.assertion_store`), read
     or created, installed into the signer and followed. None otherwise (the signer keeps its own keys).
 
     Raises:

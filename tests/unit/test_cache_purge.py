@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from idgate.cache_entry import encode_entry, tag
 from idgate.cache_purge import CachePurger, parse_counters, parse_show_map
-from idgate.ops.runtime_api import RuntimeApi
+from idgate.runtime_api import RuntimeApi
 from idgate.store.memory import MemoryRevocationStore
 
 MAP = "idgate-cache.map"

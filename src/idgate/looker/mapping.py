@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TypeVar
 
-from idgate.looker.config import LookerEmbedConfig
+from idgate.config_looker import LookerEmbedConfig
 from idgate.looker.embed_url import EmbedUser, external_user_id
 
 T = TypeVar("T")

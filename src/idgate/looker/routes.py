@@ -35,8 +35,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from idgate.config import UpstreamConfig
+from idgate.config_looker import LookerEmbedConfig
 from idgate.errors import ProviderError, RequestError
-from idgate.looker.config import LookerEmbedConfig
 from idgate.looker.cookieless import LookerApi
 from idgate.looker.embed_url import EmbedUser, as_json, check_target, signed_embed_url
 from idgate.looker.mapping import embed_user

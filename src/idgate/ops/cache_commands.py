@@ -14,7 +14,7 @@ import time
 from idgate.cache_purge import CachePurger, parse_counters, parse_show_map
 from idgate.config_load import load_config
 from idgate.errors import ConfigError
-from idgate.ops.runtime_api import RuntimeApi, RuntimeApiError
+from idgate.runtime_api import RuntimeApi, RuntimeApiError
 
 
 def _purger(config_path: str) -> CachePurger | str:

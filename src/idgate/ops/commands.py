@@ -18,8 +18,8 @@ import time
 from idgate.config_load import load_config
 from idgate.errors import ConfigError, IdgateError
 from idgate.ops.explain import Caller, as_json, explain, render_text, request_facts
-from idgate.ops.runtime_api import RuntimeApi, RuntimeApiError
 from idgate.ops.status import collect, render
+from idgate.runtime_api import RuntimeApi, RuntimeApiError
 
 DEFAULT_SOCKET = "/tmp/idgate-haproxy.sock"  # noqa: S108 - haproxy.cfg's IDGATE_STATS_SOCKET default
 """The Runtime API address when neither ``--socket`` nor ``$IDGATE_STATS_SOCKET`` names one."""

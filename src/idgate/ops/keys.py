@@ -30,11 +30,11 @@ from pathlib import Path
 
 from idgate.assertion import generate_pem, pem_kid
 from idgate.assertion_ring import RotationPending, advance, rotate
+from idgate.assertion_store import RedisAssertionRing, RingError, first_ring, fresh_key
 from idgate.config_load import load_config
 from idgate.errors import ConfigError
 from idgate.sso.cookies import KeyRing
 from idgate.store.redis import client_from_config
-from idgate.store.ring import RedisAssertionRing, RingError, first_ring, fresh_key
 
 SESSION_KEY_BYTES = 32
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from idgate.ops.runtime_api import RuntimeApi, RuntimeApiError
+from idgate.runtime_api import RuntimeApi, RuntimeApiError
 
 IDGATE_BACKENDS = {"be_idgate": "replicas", "be_idgate_spoa": "agents"}
 TOP_REASONS = 5

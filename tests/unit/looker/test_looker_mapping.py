@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from idgate.looker.config import LookerEmbedConfig
+from idgate.config_looker import LookerEmbedConfig
 from idgate.looker.mapping import embed_user, split_name
 
 

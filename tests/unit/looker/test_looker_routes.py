@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from idgate.config import AllowRule, Config, RoleSet, RouteConfig, UpstreamConfig
-from idgate.looker.config import LookerEmbedConfig, LookerRoleGrant
+from idgate.config_looker import LookerEmbedConfig, LookerRoleGrant
 from idgate.looker.cookieless import LookerApi
 from idgate.looker.routes import Looker, LookerUpstream, looker_routes
 from idgate.policy import Policy

@@ -1,4 +1,4 @@
-"""The assertion key ring in a real Redis (idgate.store.ring): sealed at rest, created once, compare-and-set
+"""The assertion key ring in a real Redis (idgate.assertion_store): sealed at rest, created once, compare-and-set
 rotations, and followers ("replicas") that sign and publish the same keys, switching on the ring's clock."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 
 from idgate.assertion import AssertionSigner
 from idgate.assertion_ring import rotate
+from idgate.assertion_store import RedisAssertionRing, RingError, RingFollower, decode, encode, first_ring, fresh_key
 from idgate.config import StoreConfig
 from idgate.sso.cookies import KeyRing
 from idgate.store.redis import client_from_config
-from idgate.store.ring import RedisAssertionRing, RingError, RingFollower, decode, encode, first_ring, fresh_key
 from idgate_devstack.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio

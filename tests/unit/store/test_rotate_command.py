@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from idgate.assertion_store import RedisAssertionRing
 from idgate.cli import main
 from idgate.config import StoreConfig
 from idgate.sso.cookies import KeyRing
 from idgate.store.redis import client_from_config
-from idgate.store.ring import RedisAssertionRing
 from idgate_devstack.redis_server import RedisServer
 
 
