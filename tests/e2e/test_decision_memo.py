@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from stack import Stack
+from stack import Stack, run_stack
 
 pytestmark = pytest.mark.e2e
 API = {"accept": "application/json"}
@@ -20,6 +21,14 @@ def _identity(record: dict[str, object]) -> dict[str, str]:
     headers = record["headers"]
     assert isinstance(headers, list)
     return {n.lower(): v for n, v in headers if n.lower().startswith("x-auth-")}
+
+
+@pytest.fixture(scope="module", params=("spoe", "auth_request"))
+def fresh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack with HAProxy's decision cache off: every repeat must reach idgate (a cache hit is answered by HAProxy
+    alone, before the memo), so the memo is what answers it."""
+    with run_stack(tmp_path_factory.mktemp(f"memo-{request.param}"), mode=request.param, cache=False) as running:
+        yield running
 
 
 def _memo_hits(stack: Stack) -> float:
