@@ -11,8 +11,9 @@ Restart-only (:data:`RESTART_ONLY`): ``server.host``, ``server.port``, ``server.
 ``spoa`` (its listener and per-connection limits), every key of ``store`` (kind, url, credentials, TLS, prefix) and
 ``assertion.rotation.poll_seconds`` (the key-ring follower's period), every key of ``cache`` and ``haproxy`` (the
 decision cache's purger and sweeper, and the Runtime API sockets they hold, are built once; every applied reload
-clears HAProxy's decision cache) and ``server.workers`` (the supervisor's process count). With
-``store.kind: redis``, adding an ``assertion`` section where there was none is refused too (the shared key ring is
+clears HAProxy's decision cache). ``server.workers`` is read once, by the supervisor at start (``--workers`` may
+override it), and a reload never changes the number of processes. With ``store.kind: redis``, adding an
+``assertion`` section where there was none is refused too (the shared key ring is
 followed from the start).
 Everything else — issuers, routes, role sets, upstreams, audit, sessions (keys included: a reload is how session
 keys rotate), login, assertion — is applied by a reload.
@@ -37,7 +38,6 @@ RESTART_ONLY: tuple[str, ...] = (
     "assertion.rotation.poll_seconds",
     "cache",
     "haproxy",
-    "server.workers",
 )
 """Dotted paths of the settings a reload refuses to change (a section name covers every key under it)."""
 

@@ -43,7 +43,7 @@ def test_adding_or_removing_the_spoa_section_needs_a_restart() -> None:
     assert restart_only_changes(with_spoa, changed(with_spoa, spoa=agent)) == ["spoa.max_in_flight"]
 
 
-def test_the_decision_cache_runtime_api_and_workers_need_a_restart() -> None:
+def test_the_decision_cache_and_runtime_api_need_a_restart_and_workers_are_not_compared() -> None:
     base = config()
     cache = base.cache.model_copy(update={"max_ttl_seconds": base.cache.max_ttl_seconds + 5})
     haproxy = base.haproxy.model_copy(update={"runtime_api": ("tcp:127.0.0.1:9999",)})
@@ -51,5 +51,4 @@ def test_the_decision_cache_runtime_api_and_workers_need_a_restart() -> None:
     assert restart_only_changes(base, changed(base, cache=cache, haproxy=haproxy, server=server)) == [
         "cache.max_ttl_seconds",
         "haproxy.runtime_api",
-        "server.workers",
-    ]
+    ]  # server.workers: read by the supervisor at start only (the CLI may override it), never by a reload

@@ -38,3 +38,13 @@ def test_secrets_never_change_the_hash() -> None:
     assert policy_hash(with_secret) == policy_hash(with_other)
     assert "s3cr3t" not in with_secret.model_dump_json()
     assert _with(issuers=other) == _with(issuers=issuers)  # nor the variable it came from (not kept once loaded)
+
+
+def test_where_a_process_listens_and_its_worker_count_leave_the_hash_alone() -> None:
+    base = config()
+    placed = base.model_copy(
+        update={"server": base.server.model_copy(update={"port": base.server.port + 1, "workers": 3})}
+    )
+    assert policy_hash(placed) == policy_hash(base)
+    timeout = base.server.model_copy(update={"decision_timeout_seconds": base.server.decision_timeout_seconds + 1})
+    assert policy_hash(base.model_copy(update={"server": timeout})) != policy_hash(base)

@@ -319,7 +319,8 @@ async def test_registered_claim_of_the_wrong_type(
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"exp": NOW + 86400.5, "iat": NOW - 0.25, "nbf": float(NOW)},  # NumericDate may be non-integer (a day: the suite is long)
+        # NumericDate may be non-integer (exp a day ahead: NOW is taken at import, and the suite is long)
+        {"exp": NOW + 86400.5, "iat": NOW - 0.25, "nbf": float(NOW)},
         {"aud": [AUD]},
         {"aud": [AUD, "https://other.test"]},
         {"jti": MISSING, "client_id": MISSING, "nbf": MISSING, "iat": MISSING},  # optional ones may be absent
