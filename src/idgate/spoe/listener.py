@@ -154,4 +154,8 @@ class GuardedListener:
         task = asyncio.current_task()
         if task is not None:
             self._handshakes.discard(task)  # served from here on: the handler's to close, not ours
-        await self._on_connection(reader, writer)
+        try:
+            await self._on_connection(reader, writer)
+        finally:  # a handler cancelled before its own cleanup ran (a close() racing a new connection) leaks nothing
+            if not transport.is_closing():
+                transport.close()
