@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -41,6 +42,11 @@ def _bind(host: str, port: int) -> socket.socket:
     listener = socket.create_server(address[:2], family=family, backlog=_BACKLOG)
     listener.setblocking(False)
     return listener
+
+
+def _close_if_cancelled(conn: socket.socket, task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        conn.close()
 
 
 class GuardedListener:
@@ -127,6 +133,8 @@ class GuardedListener:
                 continue
             conn.setblocking(False)
             task = asyncio.create_task(self._open(conn, peer))
+            # cancelled before it ever ran (close() right after this accept), _open cannot close the socket itself
+            task.add_done_callback(functools.partial(_close_if_cancelled, conn))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
