@@ -345,3 +345,22 @@ def test_start_failure_reports_node_output(idp: TestIdp, workdir: Path) -> None:
     )
     with pytest.raises(RuntimeError, match=r"exited with code 2(?s:.*)EADDRINUSE"), TestIdp(busy):
         pass
+
+
+def test_a_start_that_hangs_is_tried_twice_then_reported(workdir: Path) -> None:
+    # a "node" that stays alive and never prints the ready line: the harness kills it and starts once more
+    starts = workdir / "starts"
+    hanging_node = workdir / "hanging-node"
+    hanging_node.write_text(f"#!/bin/sh\necho started >> {starts}\nexec sleep 60\n")
+    hanging_node.chmod(0o755)
+    hangs = IdpConfig(
+        port=free_port(),
+        redirect_uris=(REDIRECT_URI,),
+        log_file=workdir / "hang.log",
+        node=str(hanging_node),
+        startup_timeout=0.5,
+    )
+    with pytest.raises(RuntimeError, match=r"not ready after 0.5 s \(last: no ready line yet; load average"):
+        TestIdp(hangs).start()
+    assert starts.read_text().splitlines() == ["started", "started"]
+    assert "start attempt 1 hung; trying again" in (workdir / "hang.log").read_text()
