@@ -137,31 +137,49 @@ def measure(env: Env, outcomes: dict[str, Outcome], load: Load, args: argparse.N
             say(f"round {round_no}/{args.repeats} {outcome.label}: {status}, {latency} ({noise})")
 
 
-def fixed_rate(env: Env, outcomes: dict[str, Outcome], load: Load, args: argparse.Namespace) -> FixedRate:
-    """h2load at 50 % of (b) warm's median req/s against (a), (b) warm and (f), interleaved, ``args.repeats`` times."""
-    if args.no_fixed_rate:
-        return FixedRate(note="--no-fixed-rate")
-    pair = [outcomes.get("a"), outcomes.get("b_warm")]
-    if any(o is None or o.summary is None for o in pair):
-        return FixedRate(note="needs (a) and (b) warm measured successfully")
-    peak = outcomes["b_warm"].summary
-    assert peak is not None
-    rate = per_client_rate(peak.rps / 2, load.connections) * load.connections  # what h2load will really send
-    keys = ["a", "b_warm"] + (["f"] if (f := outcomes.get("f")) and f.summary else [])  # (f): where the gap comes from
-    fixed = FixedRate(rate=rate, runs={key: [] for key in keys})
+FIXED_RATE_PLANS = (
+    # (subject, whose peak sets the rate, variants run, p99 budget in ms): the issue's two latency targets
+    ("b_warm", "b_warm", ("a", "b_warm", "f"), 1.0),
+    ("j", "a", ("a", "j"), 0.5),
+)
+
+
+def fixed_rate(env: Env, outcomes: dict[str, Outcome], load: Load, args: argparse.Namespace) -> list[FixedRate]:
+    """h2load at 50 % of a peak, interleaved, ``args.repeats`` times: (a), (b) warm and (f) at half (b) warm's median;
+    (a) and (j) at half (a)'s median (:data:`FIXED_RATE_PLANS`). A plan whose variants were not measured is skipped."""
+    plans = []
+    for subject, peak_key, keys, budget in FIXED_RATE_PLANS:
+        labels = {k: outcomes[k].label for k in keys if k in outcomes}
+        basis = f"50 % of {labels.get(peak_key, peak_key).split(' ', 1)[0]}'s median"
+        plan = FixedRate(subject=subject, basis=basis, budget_ms=budget, labels=labels)
+        if args.no_fixed_rate:
+            plan.note = "--no-fixed-rate"
+        elif any((o := outcomes.get(k)) is None or o.summary is None for k in ("a", subject, peak_key)):
+            plan.note = f"needs (a) and {subject} measured successfully"
+        else:
+            peak = outcomes[peak_key].summary
+            assert peak is not None
+            plan.rate = per_client_rate(peak.rps / 2, load.connections) * load.connections  # what h2load really sends
+            plan.runs = {k: [] for k in keys if (o := outcomes.get(k)) and o.summary}
+        plans.append(plan)
     for round_no in range(1, args.repeats + 1):
-        for key in fixed.runs:
-            log = env.root / f"h2load-{key}-{round_no}.log"
-            url = outcomes[key].url
-            with CpuMeter() as meter:
-                result = run_fixed_rate(
-                    url, env.token, rate=fixed.rate, connections=load.connections, duration=load.duration, log=log
-                )
-            result = replace(result, others_pct=meter.share.others_pct, steal_pct=meter.share.steal_pct)
-            fixed.runs[key].append(result)
-            status = f"FAILED: {result.failure}" if result.failure else f"p99 {result.p99_ms:.2f} ms"
-            say(f"fixed rate {fixed.rate:,.0f} req/s round {round_no} {outcomes[key].label}: {status}")
-    return fixed
+        for plan in plans:
+            for key in plan.runs:
+                log = env.root / f"h2load-{plan.subject}-{key}-{round_no}.log"
+                with CpuMeter() as meter:
+                    result = run_fixed_rate(
+                        outcomes[key].url,
+                        env.token,
+                        rate=plan.rate,
+                        connections=load.connections,
+                        duration=load.duration,
+                        log=log,
+                    )
+                result = replace(result, others_pct=meter.share.others_pct, steal_pct=meter.share.steal_pct)
+                plan.runs[key].append(result)
+                status = f"FAILED: {result.failure}" if result.failure else f"p99 {result.p99_ms:.2f} ms"
+                say(f"fixed rate {plan.rate:,.0f} req/s round {round_no} {outcomes[key].label}: {status}")
+    return plans
 
 
 def idgate_stats(services: Services) -> list[IdgateStats]:
@@ -254,14 +272,19 @@ def run(args: argparse.Namespace, root: Path) -> int:
     text += "\n\ndecision cache in HAProxy (counters over the whole run, warm-ups included):\n"
     text += "\n".join(f"  {line}" for line in cache_lines(cache)) if cache else "  (no cache variant ran)"
     print(text, flush=True)
-    payload = {
+    payload: dict[str, object] = {
         "variants": {k: o.to_json() for k, o in outcomes.items()},
-        "fixed_rate": {
-            "rate": round(fixed.rate, 1),
-            "note": fixed.note,
-            "runs": {k: [r.to_json() for r in runs] for k, runs in fixed.runs.items()},
-            "p99_ms": {k: (s.p99_ms if (s := fixed.summary(k)) else None) for k in fixed.runs},
-        },
+        "fixed_rate": [
+            {
+                "subject": f.subject,
+                "basis": f.basis,
+                "rate": round(f.rate, 1),
+                "note": f.note,
+                "runs": {k: [r.to_json() for r in runs] for k, runs in f.runs.items()},
+                "p99_ms": {k: (s.p99_ms if (s := f.summary(k)) else None) for k in f.runs},
+            }
+            for f in fixed
+        ],
         "idgate": [s.__dict__ for s in stats],
         "decision_cache": cache,
         "targets": [t.__dict__ for t in checked],

@@ -122,15 +122,18 @@ def cache_socket(env: Env, name: str) -> Path:
 
 
 def idgate_config(env: Env, *, spoa_port: int, cache_entries: int, decision_cache: bool = False) -> dict[str, object]:
-    """The bench's idgate config: one issuer; upstreams ``app`` and ``grpc``; gRPC routes for the bench's methods, then
-    route ``/``, each for any authenticated caller. ``decision_cache``: the decision cache in HAProxy on, purged and
-    swept through the sockets of :data:`CACHE_HAPROXIES` (off: no ``haproxy.runtime_api``, nothing is marked)."""
+    """The bench's idgate config (``cache_entries`` 0: the token cache and the decision memo off): one issuer;
+    upstreams ``app`` and ``grpc``; gRPC routes for the bench's methods, then route ``/``, each for any
+    authenticated caller. ``decision_cache``: the decision cache in HAProxy on, purged and swept through the
+    sockets of :data:`CACHE_HAPROXIES` (off: no ``haproxy.runtime_api``, nothing is marked)."""
     grpc_routes = [
         {"name": f"rpc-{n}", "grpc": method, "upstream": "grpc", "allow": {"authenticated": True}}
         for n, method in enumerate(GRPC_ROUTES, 1)
     ]
     return {
         "server": {"host": "127.0.0.1", "token_cache_entries": cache_entries},
+        # cold (no token cache) means no memo of finished answers either: every request is a full verification
+        **({"decision_memo": {"max_entries": 0}} if cache_entries == 0 else {}),
         "spoa": {"host": "127.0.0.1", "port": spoa_port},
         "issuers": [
             {
