@@ -19,9 +19,12 @@ from pathlib import Path
 from types import FrameType
 
 from ibench import checks, rpc
+from ibench.ablations import ABLATIONS, run_ablations
 from ibench.info import versions
 from ibench.load import Load, RunResult, per_client_rate, run_fixed_rate, run_wrk
+from ibench.memory import measure_memory
 from ibench.procs import CpuMeter, haproxy_frontend_requests, rss_kib
+from ibench.purge_scale import measure_purge_scale
 from ibench.report import FixedRate, IdgateStats, Outcome, grpc_overhead, refusal_lines, render, targets
 from ibench.stack import BENCH_DIR, GRPC_UPSTREAM_FRONTEND, UPSTREAM_FRONTEND, Env, Services, start_env
 from ibench.variants import CACHE_VARIANTS, VARIANTS, Variant, read_cache
@@ -41,9 +44,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help="comma-separated variant keys: " + ",".join(v.key for v in VARIANTS))
     parser.add_argument("--no-fixed-rate", action="store_true", help="skip the h2load fixed-rate latency comparison")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    parser.add_argument(
+        "--ablate",
+        nargs="?",
+        const=",".join(ABLATIONS),
+        default="",
+        metavar="NAMES",
+        help="instead of the variants: (a) and (j) with parts of the shipped config taken out (default: every one: "
+        + ",".join(ABLATIONS)
+        + ")",
+    )
+    parser.add_argument(
+        "--purge-at",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the variants: purge and sweep times with N entries in HAProxy's decision cache",
+    )
+    parser.add_argument(
+        "--memory", type=int, default=0, metavar="N", help="instead of the variants: idgate's RSS with N cached tokens"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.repeats = 3, 1
+    args.ablate = [n for n in args.ablate.split(",") if n]
+    if unknown_ablations := set(args.ablate) - set(ABLATIONS):
+        parser.error(f"unknown ablation(s) {sorted(unknown_ablations)}; known: {sorted(ABLATIONS)}")
     keys = {v.key for v in VARIANTS}
     args.only = [k for k in args.only.split(",") if k]
     if unknown := set(args.only) - keys:
@@ -250,6 +276,26 @@ def write_results(args: argparse.Namespace, info: dict[str, str], text: str, pay
     return path
 
 
+def run_memory(args: argparse.Namespace, root: Path) -> int:
+    """``--memory N`` (ibench/memory.py): print and return 0 when every token was allowed."""
+    with ExitStack() as stack:
+        say(f"starting the IdP and idgate, signing {args.memory:,} tokens (logs in {root}) ...")
+        env = start_env(stack, root, grpc_echo=False)
+        result = measure_memory(stack, env, tokens=args.memory)
+    print("\n".join(result.lines()), flush=True)
+    return 0 if result.allowed == result.tokens else 1
+
+
+def run_purge_scale(args: argparse.Namespace, root: Path) -> int:
+    """``--purge-at N`` (ibench/purge_scale.py): print; 0 when every purge deleted its one entry."""
+    with ExitStack() as stack:
+        say(f"starting the IdP and the shipped HAProxy, adding {args.purge_at:,} cache entries (logs in {root}) ...")
+        env = start_env(stack, root, grpc_echo=False)
+        result = measure_purge_scale(stack, env, entries=args.purge_at)
+    print("\n".join(result.lines()), flush=True)
+    return 0 if all(n == 1 for n in result.purged) else 1
+
+
 def run(args: argparse.Namespace, root: Path) -> int:
     info = versions()  # before starting anything: the load average says whether something else is running
     load = Load(threads=args.threads, connections=args.connections, duration=args.duration)
@@ -306,11 +352,17 @@ def _ratios(outcomes: dict[str, Outcome], base_key: str, *, grpc: bool) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.ablate:
+        passed = ["--duration", str(args.duration), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+        print("\n".join(run_ablations(args.ablate, bench_argv=passed, say=say)), flush=True)
+        return 0
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)
     root = Path(tempfile.mkdtemp(prefix="idgate-bench-"))
     try:
-        return run(args, root)
+        if args.purge_at:
+            return run_purge_scale(args, root)
+        return run_memory(args, root) if args.memory else run(args, root)
     except KeyboardInterrupt:
         say("interrupted: every process was stopped")
         return 130

@@ -94,6 +94,44 @@ def test_show_map_and_show_table_are_parsed() -> None:
     assert first.key == "6E3F" and first.expires_at == int(NOW + 5) and first.tags == ("", tag("sid:s1"), "")
     assert second.expires_at == 12 and second.tags == ("x", "", "")
     assert parse_counters("# table: st_idgate_cache\n0x1: key=1 use=0 exp=0 gpc0=4 gpc1=9\n") == (4, 9)
+
+
+def _reference_parse(text: str) -> list[tuple[str, int, tuple[str, ...]]]:
+    """The obvious line-by-line reading of ``show map`` that parse_show_map must equal."""
+    out = []
+    for line in text.split("\n"):
+        parts = line.split(" ", 2)
+        if len(parts) != 3 or not parts[0].startswith("0x"):
+            continue
+        fields = parts[2].split("|")
+        tags = (fields[1:4] + ["", "", ""])[:3]
+        out.append((parts[1], int(fields[0]) if fields[0].isdigit() else 0, tuple(tags)))
+    return out
+
+
+def test_show_map_parsing_of_odd_values_and_at_scale() -> None:
+    odd = [
+        "0x1 K1 not-a-number|a|b|c|d|e",  # a foreign value: expiry 0 (swept)
+        "0x2 K2 77",  # no tags at all
+        "0x3 K3 78||",  # fewer tag fields than kinds
+        "0x4 K4 |||",  # an empty expiry
+        "0x5 K5 79|t1|t2|t3|" + "A" * 3000,  # a long value
+        "nothing 0x6 K6 80",  # not a map line
+    ]
+    many = [
+        f"0x{n:x} {n:064x} {entry(NOW + n % 60, f'sid:s{n}', f'sub:https://idp.test|u{n % 97}')}"
+        for n in range(100_000)
+    ]
+    text = "\n".join(odd + many) + "\n"
+    parsed = [(e.key, e.expires_at, e.tags) for e in parse_show_map(text)]
+    assert parsed == _reference_parse(text)
+    assert len(parsed) == 5 + 100_000
+    assert parsed[:4] == [
+        ("K1", 0, ("a", "b", "c")),
+        ("K2", 77, ("", "", "")),
+        ("K3", 78, ("", "", "")),
+        ("K4", 0, ("", "", "")),
+    ]
     assert parse_counters("# table: st_idgate_cache, used:0\n\n") is None
 
 
