@@ -58,15 +58,17 @@ def sweep_pause(interval: float, last_sweep: float) -> float:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MapEntry:
-    """One line of ``show map``: ``key`` (the request hash), ``expires_at`` (epoch seconds; 0 when unreadable) and
-    the entry's tags (:data:`~idgate.cache_entry.TAG_KINDS` order, empty strings for none)."""
+    """One line of ``show map``: ``ref`` (HAProxy's pointer to the entry, ``0x…``), ``key`` (the request hash),
+    ``expires_at`` (epoch seconds; 0 when unreadable) and the entry's tags (:data:`~idgate.cache_entry.TAG_KINDS`
+    order, empty strings for none)."""
 
     key: str
     expires_at: int
     tags: tuple[str, ...]
+    ref: str = ""
 
 
-_SHOW_MAP_LINE = re.compile(r"^0x\S* (\S+) ([^|\n]*)" + r"(?:\|([^|\n]*))?" * len(TAG_KINDS), re.MULTILINE)
+_SHOW_MAP_LINE = re.compile(r"^(0x[0-9a-fA-F]+) (\S+) ([^|\n]*)" + r"(?:\|([^|\n]*))?" * len(TAG_KINDS), re.MULTILINE)
 """One ``show map`` line: the pointer, the key, then the value's expiry and tag fields (missing ones unmatched)."""
 
 
@@ -76,11 +78,29 @@ def parse_show_map(text: str) -> list[MapEntry]:
     entries (~24 MB of text) parse in well under a second, where splitting each line took 0.35 s."""
     entries = []
     for match in _SHOW_MAP_LINE.finditer(text):
-        key, exp, *tags = match.groups()
+        ref, key, exp, *tags = match.groups()
         entries.append(
-            MapEntry(key=key, expires_at=int(exp) if exp.isdigit() else 0, tags=tuple(t or "" for t in tags))
+            MapEntry(ref=ref, key=key, expires_at=int(exp) if exp.isdigit() else 0, tags=tuple(t or "" for t in tags))
         )
     return entries
+
+
+def find_tagged(text: str, tags: Collection[str]) -> list[MapEntry]:
+    """The entries of ``show map`` output that carry one of ``tags`` (as :func:`parse_show_map` reads them), found
+    by searching the text for each tag and parsing only the lines it occurs on: a purge among 100,000 entries reads
+    a few lines instead of building 100,000 entries (0.4 s)."""
+    found: dict[str, MapEntry] = {}
+    for wanted in {t for t in tags if t}:
+        at = text.find(wanted)
+        while at >= 0:
+            start = text.rfind("\n", 0, at) + 1
+            end = text.find("\n", at)
+            end = len(text) if end < 0 else end
+            for entry in parse_show_map(text[start:end]):
+                if wanted in entry.tags:
+                    found[entry.ref] = entry
+            at = text.find(wanted, end)
+    return list(found.values())
 
 
 def parse_counters(text: str) -> tuple[int, int] | None:
@@ -188,13 +208,13 @@ class CachePurger:
 
     async def _purge_socket(self, api: RuntimeApi, tags: set[str], cause: str) -> int:
         try:
-            entries = await self._read_map(api)
-            keys = [e.key for e in entries if tags.intersection(e.tags)]
-            await self._delete(api, keys)
+            text = await api.command(f"show map {self._map}")
+            doomed = find_tagged(text, tags)
+            await self._delete(api, doomed)
         except RuntimeApiError as exc:
             self._failed(api, "cache_purge_failed", exc, cause=cause)
             return 0
-        return len(keys)
+        return len(doomed)
 
     async def _read_map(self, api: RuntimeApi) -> list[MapEntry]:
         """``show map`` of one socket, parsed in a worker thread: 100,000 entries are ~24 MB of text, and the event
@@ -239,11 +259,16 @@ class CachePurger:
             return False
         return True
 
-    async def _delete(self, api: RuntimeApi, keys: Iterable[str]) -> None:
+    async def _delete(self, api: RuntimeApi, entries: Iterable[MapEntry]) -> None:
+        """``del map <map> #<ref>`` for each entry, in batches. By reference, not by key: HAProxy 2.8 keeps a map's
+        entries in one list, and deleting by key walks all of it (several entries may share a key: 1.8 ms per delete
+        at 100,000 entries, so a sweep of 50,000 expired ones took 81 s), while a reference stops at its entry (7 us
+        for the oldest, which is where expired entries sit). A reference whose entry is gone meanwhile deletes
+        nothing, or at worst an entry that reused the memory: a miss, never an allow."""
         batch: list[str] = []
         size = 0
-        for key in keys:
-            command = f"del map {self._map} {key}"
+        for entry in entries:
+            command = f"del map {self._map} #{entry.ref}"
             if batch and size + len(command) + 2 > MAX_BATCH_CHARS:
                 await api.commands(batch)
                 batch, size = [], 0
@@ -282,9 +307,9 @@ class CachePurger:
                 log.info(json.dumps({"event": "cache_cleared_at_start", "socket": api.address}))
             entries = await self._read_map(api)
             now = self._clock()
-            expired = [e.key for e in entries if e.expires_at <= now]
+            expired = [e for e in entries if e.expires_at <= now]
             live = sorted((e for e in entries if e.expires_at > now), key=lambda e: e.expires_at)
-            over = [e.key for e in live[: max(0, len(live) - self._max_entries)]]
+            over = live[: max(0, len(live) - self._max_entries)]
             await self._delete(api, expired + over)
             self.stats.evictions["expired"] += len(expired)
             self.stats.evictions["over_cap"] += len(over)

@@ -55,9 +55,9 @@ class RuntimeApi:
                 try:
                     writer.write(line.encode("ascii") + b"\n")
                     await writer.drain()
-                    data = await reader.read(MAX_ANSWER_BYTES)
+                    data = bytearray(await reader.read(MAX_ANSWER_BYTES))
                     while chunk := await reader.read(MAX_ANSWER_BYTES):
-                        data += chunk
+                        data += chunk  # a bytearray grows in place (show map of 100,000 entries: ~24 MB)
                 finally:
                     writer.close()
         except TimeoutError:

@@ -4,6 +4,8 @@ that keeps one map and a counter table, as HAProxy 2.8 answers them (doc/managem
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from idgate.cache_entry import encode_entry, tag
-from idgate.cache_purge import CachePurger, parse_counters, parse_show_map
+from idgate.cache_purge import CachePurger, find_tagged, parse_counters, parse_show_map
 from idgate.runtime_api import RuntimeApi
 from idgate.store.memory import MemoryRevocationStore
 
@@ -48,13 +50,19 @@ class FakeHaproxy:
         await writer.drain()
         writer.close()
 
+    @staticmethod
+    def ref(key: str) -> str:
+        """The entry's pointer, as ``show map`` prints it (stable for a key, like HAProxy's for an entry)."""
+        return "0x" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
     def _one(self, cmd: str) -> str:
         self.commands.append(cmd)
         words = cmd.split()
         if words[:2] == ["show", "map"] and words[2] == MAP:
-            return "".join(f"0x{i + 0x55D0:x} {k} {v}\n" for i, (k, v) in enumerate(self.map.items())) + "\n"
-        if words[:2] == ["del", "map"]:
-            return "\n" if self.map.pop(words[3], None) is not None else "Key not found.\n\n"
+            return "".join(f"{self.ref(k)} {k} {v}\n" for k, v in self.map.items()) + "\n"
+        if words[:2] == ["del", "map"] and words[3].startswith("#"):  # by reference, as idgate deletes
+            key = next((k for k in self.map if self.ref(k) == words[3][1:]), None)
+            return "\n" if key is not None and self.map.pop(key, None) is not None else "Key not found.\n\n"
         if words[:2] == ["clear", "map"]:
             self.map.clear()
             return "\n"
@@ -94,45 +102,55 @@ def test_show_map_and_show_table_are_parsed() -> None:
     assert first.key == "6E3F" and first.expires_at == int(NOW + 5) and first.tags == ("", tag("sid:s1"), "")
     assert second.expires_at == 12 and second.tags == ("x", "", "")
     assert parse_counters("# table: st_idgate_cache\n0x1: key=1 use=0 exp=0 gpc0=4 gpc1=9\n") == (4, 9)
+    assert parse_counters("# table: st_idgate_cache, used:0\n\n") is None
 
 
-def _reference_parse(text: str) -> list[tuple[str, int, tuple[str, ...]]]:
+def _reference_parse(text: str) -> list[tuple[str, str, int, tuple[str, ...]]]:
     """The obvious line-by-line reading of ``show map`` that parse_show_map must equal."""
     out = []
     for line in text.split("\n"):
         parts = line.split(" ", 2)
-        if len(parts) != 3 or not parts[0].startswith("0x"):
+        if len(parts) != 3 or not re.fullmatch(r"0x[0-9a-fA-F]+", parts[0]):
             continue
         fields = parts[2].split("|")
-        tags = (fields[1:4] + ["", "", ""])[:3]
-        out.append((parts[1], int(fields[0]) if fields[0].isdigit() else 0, tuple(tags)))
+        tags = [*fields[1:4], "", "", ""][:3]
+        out.append((parts[0], parts[1], int(fields[0]) if fields[0].isdigit() else 0, tuple(tags)))
     return out
 
 
 def test_show_map_parsing_of_odd_values_and_at_scale() -> None:
     odd = [
-        "0x1 K1 not-a-number|a|b|c|d|e",  # a foreign value: expiry 0 (swept)
-        "0x2 K2 77",  # no tags at all
-        "0x3 K3 78||",  # fewer tag fields than kinds
-        "0x4 K4 |||",  # an empty expiry
-        "0x5 K5 79|t1|t2|t3|" + "A" * 3000,  # a long value
-        "nothing 0x6 K6 80",  # not a map line
+        "0xf1 K1 not-a-number|a|b|c|d|e",  # a foreign value: expiry 0 (swept)
+        "0xf2 K2 77",  # no tags at all
+        "0xf3 K3 78||",  # fewer tag fields than kinds
+        "0xf4 K4 |||",  # an empty expiry
+        "0xf5 K5 79|t1|t2|t3|" + "A" * 3000,  # a long value
+        "nothing 0xf6 K6 80",  # not a map line
+        "0xZZ K7 81",  # not a pointer
     ]
     many = [
         f"0x{n:x} {n:064x} {entry(NOW + n % 60, f'sid:s{n}', f'sub:https://idp.test|u{n % 97}')}"
         for n in range(100_000)
     ]
     text = "\n".join(odd + many) + "\n"
-    parsed = [(e.key, e.expires_at, e.tags) for e in parse_show_map(text)]
+    parsed = [(e.ref, e.key, e.expires_at, e.tags) for e in parse_show_map(text)]
     assert parsed == _reference_parse(text)
     assert len(parsed) == 5 + 100_000
-    assert parsed[:4] == [
+    assert [p[1:] for p in parsed[:4]] == [
         ("K1", 0, ("a", "b", "c")),
         ("K2", 77, ("", "", "")),
         ("K3", 78, ("", "", "")),
         ("K4", 0, ("", "", "")),
     ]
-    assert parse_counters("# table: st_idgate_cache, used:0\n\n") is None
+    assert parsed[0][0] == "0xf1"
+    # a purge reads only the lines of its tags: the same entries as filtering the whole parse
+    wanted = {tag("sid:s5"), tag("sub:https://idp.test|u7"), "t2", "0" * 16}
+    every = parse_show_map(text)
+    assert sorted(find_tagged(text, wanted), key=lambda e: e.ref) == sorted(
+        (e for e in every if wanted.intersection(e.tags)), key=lambda e: e.ref
+    )
+    assert len(find_tagged(text, {tag("sub:https://idp.test|u7")})) == len(range(7, 100_000, 97))
+    assert find_tagged(text, {"member", ""}) == []
 
 
 @pytest.mark.anyio
