@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from stack import Stack, run_stack
+from stack import Stack, run_stack, suite_cache_on
 
 _BROWSER_TESTS = Path(__file__).resolve().parent / "browser"
 
@@ -25,7 +24,7 @@ MODES = ("spoe", "auth_request")
 @pytest.fixture(scope="session", params=MODES)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The stack with 300 s tokens, once per mode: every test using it runs in SPOE and in auth_request mode."""
-    cache = os.environ.get("IDGATE_TEST_CACHE", "on") != "off"  # off: the whole suite without the decision cache
+    cache = suite_cache_on()  # IDGATE_TEST_CACHE=off: the whole suite without the decision cache
     with run_stack(tmp_path_factory.mktemp(f"stack-{request.param}"), mode=request.param, cache=cache) as running:
         yield running
 

@@ -56,6 +56,20 @@ def _machine_load() -> str:
         return "load average unknown"
 
 
+def _process_state(pid: int) -> str:
+    """Where a Node process that stopped answering is: its state letter (R running, S sleeping, D disk wait …), the
+    CPU seconds it used and the kernel function it waits in (``/proc/<pid>/stat`` and ``wchan``). A hung test IdP was
+    seen in CI twice without a cause; this says next time whether it spins or blocks."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip() or "-"
+    except (OSError, IndexError, ValueError):
+        return f"node pid {pid}: state unknown"
+    return f"node pid {pid}: state {fields[0]}, {cpu:.1f} s CPU, waiting in {wchan}"
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 a moment ago (:func:`idgate_devstack.process.free_tcp_port`)."""
     return free_tcp_port()
@@ -321,7 +335,8 @@ class TestIdp(StartStop):
                     last_error = f"discovery answered HTTP {response.status_code}"
             time.sleep(_POLL_INTERVAL_S)
         raise _StartHung(
-            f"test IdP not ready after {self.config.startup_timeout} s (last: {last_error}; {_machine_load()}); "
+            f"test IdP not ready after {self.config.startup_timeout} s (last: {last_error}; {_machine_load()}; "
+            f"{_process_state(running.process.pid)}); "
             f"output ({self.log_file}):\n{self.log_tail()}"
         )
 
@@ -398,7 +413,14 @@ class TestIdp(StartStop):
     ) -> httpx.Response:
         if not self.config.test_endpoints:
             raise RuntimeError("test endpoints are disabled (IdpConfig.test_endpoints=False)")
-        response = self._state().client.request(method, self.issuer + path, json=body, params=params)
+        running = self._state()
+        try:
+            response = running.client.request(method, self.issuer + path, json=body, params=params)
+        except httpx.TimeoutException as exc:
+            state = _process_state(running.process.pid)
+            raise RuntimeError(
+                f"{method} {path}: no answer from the test IdP ({exc!r}; {state}; {_machine_load()})"
+            ) from exc
         if response.status_code != 200:
             raise RuntimeError(f"{method} {path} answered {response.status_code}: {response.text[:300]}")
         return response

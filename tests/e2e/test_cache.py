@@ -16,9 +16,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from stack import Stack, access_claims, browser_login
+from stack import Stack, access_claims, browser_login, purge_trials, suite_cache_on
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not suite_cache_on(), reason="IDGATE_TEST_CACHE=off: this run checks everything else without the cache"
+    ),
+]
 API = {"accept": "application/json"}
 IDENTITY_PREFIXES = ("x-auth-", "x-webauth-", "x-jwt-")
 
@@ -143,10 +148,12 @@ def session_cookies(client: httpx.Client) -> dict[str, str]:
 
 
 def test_sign_out_purges_the_session_within_a_second(fresh: Stack) -> None:
-    """p100 over 30 sign-outs of the time from the sign-out answer to the first refused replay of the old cookie."""
+    """p100 over :func:`purge_trials` sign-outs (30; ``IDGATE_PURGE_TRIALS=100`` for the issue's figure) of the time
+    from the sign-out answer to the first refused replay of the old cookie."""
     wait_until_cache_ready(fresh)
     delays = []
-    for n in range(30):
+    trials = purge_trials()
+    for n in range(trials):
         with fresh.client() as client:
             assert browser_login(fresh, client, f"/app/s{n}").response.status_code == 200
             old = session_cookies(client)
@@ -164,7 +171,7 @@ def test_sign_out_purges_the_session_within_a_second(fresh: Stack) -> None:
         f"\nsign-out purge ({fresh.mode}): p50 {statistics.median(delays) * 1000:.1f} ms, "
         f"p100 {max(delays) * 1000:.1f} ms over {len(delays)} trials"
     )
-    assert cache_outcomes(fresh, "?hit", 30) == ["hit"] * 30
+    assert cache_outcomes(fresh, "?hit", trials) == ["hit"] * trials
     assert max(delays) < 1.0
 
 
@@ -252,7 +259,7 @@ def test_a_repeat_grpc_call_is_answered_from_the_cache_with_the_same_metadata(fr
 def test_a_key_withdrawn_from_the_jwks_empties_the_cache_before_the_refresh_answers(tmp_path: Path, mode: str) -> None:
     from stack import run_stack
 
-    with run_stack(tmp_path, mode=mode) as s:
+    with run_stack(tmp_path, mode=mode, cache=True) as s:
         wait_until_cache_ready(s)
         old = s.idp.sign({"typ": "at+jwt"}, access_claims(s))
         auth = {"authorization": f"Bearer {old}"}

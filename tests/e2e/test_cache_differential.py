@@ -13,9 +13,14 @@ import time
 from typing import Any
 
 import pytest
-from stack import Stack, access_claims, browser_login
+from stack import Stack, access_claims, browser_login, suite_cache_on
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not suite_cache_on(), reason="IDGATE_TEST_CACHE=off: this run checks everything else without the cache"
+    ),
+]
 PATHS = (
     "/app/x",
     "/app/./y",

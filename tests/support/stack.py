@@ -9,6 +9,7 @@ OpenID Provider (npm ``oidc-provider``, HTTPS) obtained by a real authorization 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,17 @@ __all__ = [
 AUTH_TIMEOUT_MS = 500
 HTTP_TIMEOUT_SECONDS = 3  # HAProxy's plain HTTP inactivity timeout in the test stack (IDGATE_TIMEOUT)
 STREAM_TIMEOUT_SECONDS = 6  # its gRPC stream inactivity timeout (IDGATE_STREAM_TIMEOUT)
+
+
+def suite_cache_on() -> bool:
+    """Whether this test run keeps the decision cache in HAProxy on for the shared stacks: ``IDGATE_TEST_CACHE=off``
+    runs the end-to-end suite without it (the cache's own tests then skip: they need it on)."""
+    return os.environ.get("IDGATE_TEST_CACHE", "on") != "off"
+
+
+def purge_trials() -> int:
+    """Sign-outs timed by the purge test: ``IDGATE_PURGE_TRIALS`` (default 30; the issue's figure is over 100)."""
+    return int(os.environ.get("IDGATE_PURGE_TRIALS", "30"))
 
 
 def run_stack(
