@@ -13,10 +13,12 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from ibench import checks, rpc
 from ibench.ablations import ABLATIONS, run_ablations
@@ -276,24 +278,23 @@ def write_results(args: argparse.Namespace, info: dict[str, str], text: str, pay
     return path
 
 
-def run_memory(args: argparse.Namespace, root: Path) -> int:
-    """``--memory N`` (ibench/memory.py): print and return 0 when every token was allowed."""
-    with ExitStack() as stack:
-        say(f"starting the IdP and idgate, signing {args.memory:,} tokens (logs in {root}) ...")
-        env = start_env(stack, root, grpc_echo=False)
-        result = measure_memory(stack, env, tokens=args.memory)
-    print("\n".join(result.lines()), flush=True)
-    return 0 if result.allowed == result.tokens else 1
+class Measurement(Protocol):
+    """What ``--memory`` and ``--purge-at`` print (ibench/memory.py, ibench/purge_scale.py)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def lines(self) -> list[str]: ...
 
 
-def run_purge_scale(args: argparse.Namespace, root: Path) -> int:
-    """``--purge-at N`` (ibench/purge_scale.py): print; 0 when every purge deleted its one entry."""
+def run_measurement(root: Path, what: str, measure: Callable[[ExitStack, Env], Measurement]) -> int:
+    """Start the shared environment, ``measure`` in it, print; 0 when the measurement says ``ok``."""
     with ExitStack() as stack:
-        say(f"starting the IdP and the shipped HAProxy, adding {args.purge_at:,} cache entries (logs in {root}) ...")
+        say(f"starting the IdP and {what} (logs in {root}) ...")
         env = start_env(stack, root, grpc_echo=False)
-        result = measure_purge_scale(stack, env, entries=args.purge_at)
+        result = measure(stack, env)
     print("\n".join(result.lines()), flush=True)
-    return 0 if all(n == 1 for n in result.purged) else 1
+    return 0 if result.ok else 1
 
 
 def run(args: argparse.Namespace, root: Path) -> int:
@@ -361,8 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="idgate-bench-"))
     try:
         if args.purge_at:
-            return run_purge_scale(args, root)
-        return run_memory(args, root) if args.memory else run(args, root)
+            what = f"the shipped HAProxy, adding {args.purge_at:,} cache entries"
+            return run_measurement(root, what, lambda st, env: measure_purge_scale(st, env, entries=args.purge_at))
+        if args.memory:
+            what = f"idgate, signing {args.memory:,} tokens"
+            return run_measurement(root, what, lambda st, env: measure_memory(st, env, tokens=args.memory))
+        return run(args, root)
     except KeyboardInterrupt:
         say("interrupted: every process was stopped")
         return 130

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httpx
 
 from ibench.procs import rss_kib
-from ibench.stack import AUDIENCE, Env, idgate_config, service_pid
+from ibench.stack import Env, idgate_config, member_token, service_pid
 from idgate_devstack.process import free_tcp_port
 from idgate_devstack.stack import start_idgate
 
@@ -44,6 +44,11 @@ class MemoryResult:
     sign_s: float
     send_s: float
 
+    @property
+    def ok(self) -> bool:
+        """Every token was allowed."""
+        return self.allowed == self.tokens
+
     def lines(self) -> list[str]:
         per_token = (self.rss_after_kib - self.rss_ready_kib) * 1024 / max(1, self.cached)
         verdict = "PASS" if self.rss_after_kib <= 100 * 1024 and self.allowed == self.tokens else "FAIL"
@@ -58,22 +63,8 @@ class MemoryResult:
 
 def _tokens(env: Env, count: int) -> list[str]:
     now = int(time.time())
-
-    def token(n: int) -> str:
-        claims = {
-            "iss": env.idp.issuer,
-            "aud": AUDIENCE,
-            "sub": f"member{n}",
-            "iat": now,
-            "exp": now + 3600,
-            "email": f"member{n}@example.test",
-            "groups": ["staff"],
-            "client_id": "idgate",
-        }
-        return env.idp.sign({"typ": "at+jwt"}, claims)
-
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(token, range(count)))
+        return list(pool.map(lambda n: member_token(env, f"member{n}", now=now), range(count)))
 
 
 async def _send(url: str, tokens: list[str]) -> int:

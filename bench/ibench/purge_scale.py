@@ -36,6 +36,11 @@ class PurgeScale:
     sweep_s: float
     swept: int
 
+    @property
+    def ok(self) -> bool:
+        """Every purge deleted its one entry."""
+        return all(n == 1 for n in self.purged)
+
     def lines(self) -> list[str]:
         p100 = max(self.purge_s)
         verdict = "PASS" if p100 <= 1.0 and all(n == 1 for n in self.purged) else "FAIL"

@@ -116,6 +116,22 @@ CACHE_HAPROXIES = ("j-cache", "jmix-cache", "k-cache")
 ``haproxy.runtime_api``, so it marks allows cacheable and sweeps them)."""
 
 
+def member_token(env: Env, subject: str, *, now: int) -> str:
+    """An access token for ``subject`` signed by the test IdP's real key, shaped like the bench token (``at+jwt``,
+    audience :data:`AUDIENCE`, group ``staff``), valid one hour from ``now`` (epoch seconds)."""
+    claims = {
+        "iss": env.idp.issuer,
+        "aud": AUDIENCE,
+        "sub": subject,
+        "iat": now,
+        "exp": now + 3600,
+        "email": f"{subject}@example.test",
+        "groups": ["staff"],
+        "client_id": "idgate",
+    }
+    return env.idp.sign({"typ": "at+jwt"}, claims)
+
+
 def cache_socket(env: Env, name: str) -> Path:
     """The Runtime API socket of the shipped HAProxy ``name`` (as :func:`shipped_haproxy` names it)."""
     return env.root / f"haproxy-{name}.sock"

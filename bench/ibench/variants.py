@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from ibench.procs import rss_kib
-from ibench.stack import Env, Mode, Services, apache, bench_haproxy, cache_socket, shipped_haproxy
+from ibench.stack import Env, Mode, Services, apache, bench_haproxy, cache_socket, member_token, shipped_haproxy
 from idgate.cache_purge import parse_counters, parse_show_map
-from idgate_devstack.stack_config import AUDIENCE
 
 Launch = Callable[[ExitStack, Env, Services], str]
 
@@ -75,21 +74,8 @@ def write_mix(env: Env) -> None:
     of never-used ones for the new users, and :data:`MIX_PATHS` paths; ibench/mix.lua reads them (env vars)."""
     now = int(time.time())
 
-    def token(n: int) -> str:
-        claims = {
-            "iss": env.idp.issuer,
-            "aud": AUDIENCE,
-            "sub": f"user{n}",
-            "iat": now,
-            "exp": now + 3600,
-            "email": f"user{n}@example.test",
-            "groups": ["staff"],
-            "client_id": "idgate",
-        }
-        return env.idp.sign({"typ": "at+jwt"}, claims)
-
     with ThreadPoolExecutor(max_workers=8) as pool:
-        tokens = list(pool.map(token, range(MIX_USERS + MIX_NEW_POOL)))
+        tokens = list(pool.map(lambda n: member_token(env, f"user{n}", now=now), range(MIX_USERS + MIX_NEW_POOL)))
     files = {
         "BENCH_MIX_TOKENS": ("mix-tokens.txt", tokens[:MIX_USERS]),
         "BENCH_MIX_NEW": ("mix-new-tokens.txt", tokens[MIX_USERS:]),
