@@ -219,22 +219,41 @@ def _service_url(url: str | None, config_path: str | None) -> str:
     return f"http://[{host}]:{server.port}" if ":" in host else f"http://{host}:{server.port}"
 
 
-def _jwks_refresh(*, url: str | None, config_path: str | None, issuer: str | None, timeout: float, raw: bool) -> int:
-    prog = "idgate jwks refresh"
+def _admin_post(
+    prog: str,
+    path: str,
+    *,
+    url: str | None,
+    config_path: str | None,
+    timeout: float,
+    params: dict[str, str] | None = None,
+) -> tuple[str, httpx.Response, Any] | None:
+    """POST to a running idgate's admin ``path``: (endpoint, response, its JSON body or None). None, with the reason
+    printed, when the config cannot be read or idgate cannot be reached (timeout in seconds)."""
     try:
-        endpoint = _service_url(url, config_path) + ADMIN_JWKS_REFRESH
+        endpoint = _service_url(url, config_path) + path
     except ConfigError as exc:
         _print_problems(f"{prog}: {config_path} has", exc)
-        return 1
+        return None
     try:
-        response = httpx.post(endpoint, params={"issuer": issuer} if issuer else None, timeout=timeout, trust_env=False)
+        response = httpx.post(endpoint, params=params, timeout=timeout, trust_env=False)
     except httpx.HTTPError as exc:
         print(f"{prog}: cannot reach {endpoint}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return None
     try:
         body: Any = response.json()
     except ValueError:
         body = None
+    return endpoint, response, body
+
+
+def _jwks_refresh(*, url: str | None, config_path: str | None, issuer: str | None, timeout: float, raw: bool) -> int:
+    prog = "idgate jwks refresh"
+    params = {"issuer": issuer} if issuer else None
+    answer = _admin_post(prog, ADMIN_JWKS_REFRESH, url=url, config_path=config_path, timeout=timeout, params=params)
+    if answer is None:
+        return 1
+    endpoint, response, body = answer
     if response.status_code == 404 and isinstance(body, dict) and body.get("error") == "unknown_issuer":
         print(f"{prog}: idgate has no issuer named {issuer!r}", file=sys.stderr)
         return 1
@@ -273,20 +292,10 @@ ADMIN_RELOAD = "/admin/reload"  # idgate.app's route
 def _reload(*, url: str | None, config_path: str | None, timeout: float) -> int:
     """``idgate reload``: ask a running idgate to re-read its configuration file; exit 0 applied, 1 otherwise."""
     prog = "idgate reload"
-    try:
-        endpoint = _service_url(url, config_path) + ADMIN_RELOAD
-    except ConfigError as exc:
-        _print_problems(f"{prog}: {config_path} has", exc)
+    answer = _admin_post(prog, ADMIN_RELOAD, url=url, config_path=config_path, timeout=timeout)
+    if answer is None:
         return 1
-    try:
-        response = httpx.post(endpoint, timeout=timeout, trust_env=False)
-    except httpx.HTTPError as exc:
-        print(f"{prog}: cannot reach {endpoint}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
+    endpoint, response, body = answer
     if response.status_code not in (200, 400) or not isinstance(body, dict) or "applied" not in body:
         print(f"{prog}: {endpoint} answered {response.status_code}: {response.text[:300]}", file=sys.stderr)
         return 1
