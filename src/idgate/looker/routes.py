@@ -27,7 +27,7 @@ import html
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -75,6 +75,33 @@ class Looker:
 
 def _event(event: str, **fields: object) -> None:
     log.info(json.dumps({"event": event, **fields}, ensure_ascii=True, default=str))
+
+
+def _granted(
+    response: Response,
+    mode: str,
+    upstream: str,
+    session: Session,
+    user: EmbedUser,
+    roles: Iterable[str],
+    cookies: Iterable[str],
+) -> Response:
+    """Audit one granted embedding (``looker_embed``: who, which roles, permissions and models) and return
+    ``response`` with the session's ``Set-Cookie`` values."""
+    _event(
+        "looker_embed",
+        mode=mode,
+        upstream=upstream,
+        iss=session.issuer,
+        sub=session.subject,
+        external_user_id=user.external_user_id,
+        roles=list(roles),
+        permissions=list(user.permissions),
+        models=list(user.models),
+    )
+    for value in cookies:
+        response.headers.append("set-cookie", value)
+    return response
 
 
 def _json(status: int, reason: str, *, cookies: tuple[str, ...] = (), **extra: object) -> JSONResponse:
@@ -162,21 +189,8 @@ def looker_routes(get_sso: Callable[[Request], Sso | None], get: Callable[[Reque
             session_length=target.config.session_length_seconds,
             force_logout_login=target.config.force_logout_login,
         )
-        _event(
-            "looker_embed",
-            mode="signed",
-            upstream=target.name,
-            iss=session.issuer,
-            sub=session.subject,
-            external_user_id=user.external_user_id,
-            roles=list(roles),
-            permissions=list(user.permissions),
-            models=list(user.models),
-        )
         response = RedirectResponse(url, 302, headers=_NO_STORE)
-        for value in outcome.set_cookies:
-            response.headers.append("set-cookie", value)
-        return response
+        return _granted(response, "signed", target.name, session, user, roles, outcome.set_cookies)
 
     async def cookieless(request: Request, action: str) -> Response:
         sso, looker = get_sso(request), get(request)
@@ -231,21 +245,8 @@ def looker_routes(get_sso: Callable[[Request], Sso | None], get: Callable[[Reque
             ttl = answer.browser.get("session_reference_token_ttl")
             seconds = float(ttl) if isinstance(ttl, int | float) else float(target.config.session_length_seconds)
             target.references.put(key, answer.reference, seconds)
-        _event(
-            "looker_embed",
-            mode=f"cookieless_{action}",
-            upstream=target.name,
-            iss=session.issuer,
-            sub=session.subject,
-            external_user_id=user.external_user_id,
-            roles=list(roles),
-            permissions=list(user.permissions),
-            models=list(user.models),
-        )
         response = JSONResponse(dict(answer.browser), headers=_NO_STORE)
-        for value in outcome.set_cookies:
-            response.headers.append("set-cookie", value)
-        return response
+        return _granted(response, f"cookieless_{action}", target.name, session, user, roles, outcome.set_cookies)
 
     async def acquire(request: Request) -> Response:
         return await cookieless(request, "acquire")

@@ -4,6 +4,7 @@ tests/e2e/test_looker_embed.py): who gets a signed URL or tokens, and every refu
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -128,11 +129,18 @@ async def _call(app: Starlette, method: str, path: str, **kw: Any) -> httpx.Resp
 
 
 @pytest.mark.anyio
-async def test_signed_embed_for_an_analyst_carries_the_mapped_access_and_verifies() -> None:
+async def test_signed_embed_for_an_analyst_carries_the_mapped_access_and_verifies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     app, sessions = _app(FakeLooker())
     sessions.by_cookie["a"] = _session(("analysts", "staff"))
-    answer = await _call(app, "GET", "/.idgate/looker/embed?target=/embed/dashboards/42", headers={"cookie": "a"})
+    with caplog.at_level(logging.INFO, logger="idgate"):
+        answer = await _call(app, "GET", "/.idgate/looker/embed?target=/embed/dashboards/42", headers={"cookie": "a"})
     assert answer.status_code == 302
+    granted = [json.loads(r.getMessage()) for r in caplog.records if '"looker_embed"' in r.getMessage()]
+    assert len(granted) == 1 and granted[0]["mode"] == "signed"  # the grant is audited: who, roles, access
+    assert granted[0]["permissions"] == ["access_data", "see_user_dashboards"] and granted[0]["models"] == ["sales"]
+    assert granted[0]["roles"] and granted[0]["sub"]
     assert answer.headers["cache-control"] == "no-store"
     assert answer.headers["set-cookie"] == "__Host-idgate_0=touched; Path=/"
     url = urlsplit(answer.headers["location"])
