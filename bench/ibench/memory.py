@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httpx
 
 from ibench.procs import rss_kib
-from ibench.stack import Env, idgate_config, member_token, service_pid
+from ibench.stack import Env, IdgateHandle, idgate_config, member_token, service_pid
 from idgate_devstack.process import free_tcp_port
 from idgate_devstack.stack import start_idgate
 
@@ -94,6 +94,7 @@ def measure_memory(stack: ExitStack, env: Env, *, tokens: int) -> MemoryResult:
     service = start_idgate(stack, env.root, config, port=free_tcp_port(), name="idgate-memory")
     pid = service_pid(service)
     ready = rss_kib(pid)
+    handle = IdgateHandle(name="memory", service=service, spoa_addr="", rss_at_start_kib=ready)
     started = time.monotonic()
     signed = [f"Bearer {t}" for t in _tokens(env, tokens)]
     sign_s = time.monotonic() - started
@@ -101,15 +102,15 @@ def measure_memory(stack: ExitStack, env: Env, *, tokens: int) -> MemoryResult:
     allowed = asyncio.run(_send(f"{service.url}/auth", signed))
     send_s = time.monotonic() - started
     after = rss_kib(pid)
-    before_hits = _hits(service.url)
+    before_hits = _hits(handle.metrics())
     sample = signed[:: max(1, len(signed) // RECHECK)][:RECHECK]
     asyncio.run(_send(f"{service.url}/auth", sample))
     return MemoryResult(
         tokens=tokens,
         allowed=allowed,
-        cached=int(_metric(service.url, "idgate_token_cache_entries")),
+        cached=int(handle.metrics().get("idgate_token_cache_entries", 0)),
         rechecked=len(sample),
-        recheck_hits=int(_hits(service.url) - before_hits),
+        recheck_hits=int(_hits(handle.metrics()) - before_hits),
         rss_ready_kib=ready,
         rss_after_kib=after,
         sign_s=sign_s,
@@ -117,14 +118,7 @@ def measure_memory(stack: ExitStack, env: Env, *, tokens: int) -> MemoryResult:
     )
 
 
-def _hits(base_url: str) -> float:
+def _hits(metrics: dict[str, float]) -> float:
     """Requests answered without verifying the token again: token-cache hits plus decision-memo hits (a recent token
     may still be in the memo, which answers before the token cache is asked)."""
-    return _metric(base_url, "idgate_token_cache_hits_total") + _metric(base_url, "idgate_decision_memo_hits_total")
-
-
-def _metric(base_url: str, name: str) -> float:
-    for line in httpx.get(f"{base_url}/metrics", timeout=5.0).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    return metrics.get("idgate_token_cache_hits_total", 0) + metrics.get("idgate_decision_memo_hits_total", 0)

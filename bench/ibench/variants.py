@@ -7,8 +7,8 @@ shipped config with the decision cache in HAProxy on. See bench/README.md for wh
 
 from __future__ import annotations
 
+import asyncio
 import os
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +20,7 @@ from typing import Literal
 from ibench.procs import rss_kib
 from ibench.stack import Env, Mode, Services, apache, bench_haproxy, cache_socket, member_token, shipped_haproxy
 from idgate.cache_purge import parse_counters, parse_show_map
+from idgate.runtime_api import RuntimeApi
 
 Launch = Callable[[ExitStack, Env, Services], str]
 
@@ -88,14 +89,8 @@ def write_mix(env: Env) -> None:
 
 
 def _runtime_api(path: Path, command: str) -> str:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
-        sock.sendall(command.encode() + b"\n")
-        chunks = []
-        while chunk := sock.recv(1 << 20):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
+    """One command to a cache variant's Runtime API, through idgate's own client."""
+    return asyncio.run(RuntimeApi(address=f"unix:{path}", timeout=10.0).command(command))
 
 
 def read_cache(env: Env, key: str) -> dict[str, float]:
