@@ -65,7 +65,7 @@ class MapEntry:
     key: str
     expires_at: int
     tags: tuple[str, ...]
-    ref: str = ""
+    ref: str
 
 
 _SHOW_MAP_LINE = re.compile(r"^(0x[0-9a-fA-F]+) (\S+) ([^|\n]*)" + r"(?:\|([^|\n]*))?" * len(TAG_KINDS), re.MULTILINE)
